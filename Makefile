@@ -1,0 +1,43 @@
+# spfmilter — the two commands a newcomer types are `make run` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+CONF   ?= spfmilter.conf
+PYTEST_ARGS ?=
+
+# As root the shipped socket (/run/spfmilter/spfmilter.sock) is used; otherwise
+# one under ./run, which the current user can create.
+RUN_SOCKET := $(if $(filter 0,$(shell id -u)),,--socket unix:$(CURDIR)/run/spfmilter.sock)
+
+.PHONY: run test deps test-deps mta-deps check-config clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+deps: .stamp-deps
+.stamp-deps: setup.cfg pyproject.toml scripts/system-deps.sh | $(BIN)/python
+	sh scripts/system-deps.sh
+	$(BIN)/python -m pip install -q -e .
+	touch $@
+
+test-deps: .stamp-test-deps
+.stamp-test-deps: .stamp-deps
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $@
+
+mta-deps:
+	sh scripts/install-mtas.sh
+
+run: deps
+	@mkdir -p run
+	$(BIN)/spfmilter -c $(CONF) $(RUN_SOCKET)
+
+check-config: deps
+	$(BIN)/spfmilter --check-config -c $(CONF)
+
+test: test-deps
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) .stamp-* run build *.egg-info .pytest_cache

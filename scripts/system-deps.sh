@@ -1,0 +1,24 @@
+#!/bin/sh
+# Install the system packages spfmilter needs to build (libmilter headers for
+# pymilter, a C compiler, Python headers and venv).  As root with apt this
+# installs them; otherwise it prints the one command that would.
+set -eu
+PKGS="libmilter-dev gcc python3-dev python3-venv"
+missing=""
+for p in $PKGS; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
+done
+# A Python that is not Debian's (pyenv, a local build) brings its own headers and venv.
+if python3 -c 'import sysconfig,os,sys; sys.exit(0 if os.path.exists(os.path.join(sysconfig.get_paths()["include"],"Python.h")) else 1)' 2>/dev/null; then
+  missing=$(echo "$missing" | tr ' ' '\n' | grep -v -e '^python3-dev$' -e '^python3-venv$' | tr '\n' ' ')
+fi
+missing=$(echo $missing)
+[ -z "$missing" ] && exit 0
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y -qq $missing >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq $missing; }
+else
+  echo "spfmilter needs: $missing" >&2
+  echo "install them with:  sudo apt-get install -y $missing" >&2
+  exit 1
+fi

@@ -1,0 +1,373 @@
+"""Configuration: parse ``Key = value`` files once into a frozen, typed Settings.
+
+Key names follow python policyd-spf / pyspf-milter where the concept is the same,
+so that their users can point spfmilter at the files they already have.  Every
+mistake is reported as one ``ConfigError`` line naming file, line and key; the
+daemon prints that line and exits instead of starting with a guess.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import ipaddress
+import re
+from socket import gethostname
+import string
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class ConfigError(Exception):
+    """A configuration mistake, rendered as one line an administrator can act on."""
+
+    def __init__(self, message: str, path: str | None = None, line: int | None = None,
+                 key: str | None = None) -> None:
+        self.message = message
+        self.path = path
+        self.line = line
+        self.key = key
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        where = self.path or "<settings>"
+        if self.line is not None:
+            where += f":{self.line}"
+        if self.key:
+            where += f": {self.key}"
+        return f"{where}: {self.message}"
+
+
+class HeloPolicy(enum.Enum):
+    """When a HELO result refuses mail (policyd-spf's HELO_reject values)."""
+
+    FAIL = "Fail"
+    SOFTFAIL = "Softfail"
+    SPF_NOT_PASS = "SPF_Not_Pass"
+    NULL = "Null"          # refuse a HELO fail only for the null sender (SPF classic)
+    FALSE = "False"        # never refuse, header only
+    NO_CHECK = "No_Check"  # do not evaluate HELO at all
+
+
+class MailFromPolicy(enum.Enum):
+    """When a MAIL FROM result refuses mail (policyd-spf's Mail_From_reject values)."""
+
+    FAIL = "Fail"
+    SOFTFAIL = "Softfail"
+    SPF_NOT_PASS = "SPF_Not_Pass"
+    FALSE = "False"
+    NO_CHECK = "No_Check"
+
+
+class HeaderType(enum.Enum):
+    """Which result headers spfmilter adds."""
+
+    SPF = "SPF"
+    AR = "AR"
+    BOTH = "both"
+    NONE = "None"
+
+
+DEFAULT_SOCKET = "unix:/run/spfmilter/spfmilter.sock"
+DEFAULT_REASON = "Message {rejectdefer} due to SPF {result} for {identity} {sender}: {exp}"
+REASON_FIELDS = frozenset(
+    {"rejectdefer", "result", "identity", "sender", "domain", "ip", "helo", "exp", "spf", "url"})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything spfmilter decides with; built only by ``parse``/``from_mapping``."""
+
+    socket: str = DEFAULT_SOCKET
+    helo_reject: HeloPolicy = HeloPolicy.FAIL
+    mail_from_reject: MailFromPolicy = MailFromPolicy.FAIL
+    permerror_reject: bool = False
+    temperror_defer: bool = False
+    test_only: bool = False
+    skip_addresses: tuple[IPNetwork, ...] = (
+        ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
+    whitelist: tuple[IPNetwork, ...] = ()
+    domain_whitelist: tuple[str, ...] = ()
+    helo_whitelist: tuple[str, ...] = ()
+    exempt_recipients: tuple[str, ...] = ()
+    header_type: HeaderType = HeaderType.BOTH
+    authserv_id: str = field(default_factory=gethostname)
+    hide_receiver: bool = False
+    lookup_time: float = 20.0
+    void_limit: int = 2
+    reason_message: str = DEFAULT_REASON
+    nameservers: tuple[tuple[str, int], ...] = ()
+    user_id: str | None = None
+    pid_file: str | None = None
+    umask: int = 0o007
+    debug_level: int = 1
+
+    def with_overrides(self, **changes: object) -> "Settings":
+        """A copy with some fields replaced, for command-line overrides and tests."""
+        return dataclasses.replace(self, **changes)
+
+
+# --- value parsers: each takes the raw text and returns the typed value or raises
+#     ValueError with a message meant for the administrator.
+
+_TRUE = {"true", "yes", "on", "1"}
+_FALSE = {"false", "no", "off", "0"}
+
+
+def _bool(text: str) -> bool:
+    low = text.strip().lower()
+    if low in _TRUE:
+        return True
+    if low in _FALSE:
+        return False
+    raise ValueError(f"expected True or False, got {text!r}")
+
+
+def _enum(kind: type[enum.Enum]) -> Callable[[str], enum.Enum]:
+    by_lower = {m.value.lower(): m for m in kind}
+
+    def parse(text: str) -> enum.Enum:
+        try:
+            return by_lower[text.strip().lower()]
+        except KeyError:
+            allowed = " | ".join(m.value for m in kind)
+            raise ValueError(f"expected one of {allowed}, got {text!r}") from None
+    return parse
+
+
+def _items(text: str) -> list[str]:
+    return [t for t in re.split(r"[,\s]+", text.strip()) if t]
+
+
+def _networks(text: str) -> tuple[IPNetwork, ...]:
+    nets = []
+    for item in _items(text):
+        try:
+            nets.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            raise ValueError(f"{item!r} is not an IP address or CIDR network") from None
+    return tuple(nets)
+
+
+_DOMAIN_RE = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?\.)*"
+                        r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?$")
+
+
+def _domains(text: str) -> tuple[str, ...]:
+    out = []
+    for item in _items(text):
+        name = item.rstrip(".").lower()
+        if not _DOMAIN_RE.match(name):
+            raise ValueError(f"{item!r} is not a domain name")
+        out.append(name)
+    return tuple(out)
+
+
+def _recipients(text: str) -> tuple[str, ...]:
+    out = []
+    for item in _items(text):
+        item = item.strip("<>").lower()
+        local, at, domain = item.rpartition("@")
+        if not at or (not local and not domain) or (domain and not _DOMAIN_RE.match(domain)):
+            raise ValueError(f"{item!r} is not 'user@domain', 'user@' or '@domain'")
+        out.append(item)
+    return tuple(out)
+
+
+def _hostname(text: str) -> str:
+    name = text.strip().rstrip(".").lower()
+    if not _DOMAIN_RE.match(name):
+        raise ValueError(f"{text!r} is not a host name")
+    return name
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"expected a number of seconds, got {text!r}") from None
+    if not 0 < value <= 3600:
+        raise ValueError(f"expected seconds between 0 and 3600, got {text!r}")
+    return value
+
+
+def _nonneg_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise ValueError(f"expected a whole number >= 0, got {text!r}")
+    return value
+
+
+def _umask(text: str) -> int:
+    try:
+        value = int(text.strip(), 8)
+    except ValueError:
+        raise ValueError(f"expected an octal mask such as 007, got {text!r}") from None
+    if not 0 <= value <= 0o777:
+        raise ValueError(f"expected an octal mask between 000 and 777, got {text!r}")
+    return value
+
+
+def parse_socket(text: str) -> str:
+    """Validate a libmilter socket spec early, so a typo fails at start, not at bind."""
+    spec = text.strip()
+    kind, sep, rest = spec.partition(":")
+    kind = kind.lower()
+    if not sep or not rest:
+        raise ValueError(f"expected inet:PORT@HOST, inet6:PORT@HOST or unix:/path, got {text!r}")
+    if kind in ("unix", "local"):
+        if not rest.startswith("/"):
+            raise ValueError(f"a unix socket needs an absolute path, got {text!r}")
+        return f"unix:{rest}"
+    if kind in ("inet", "inet6"):
+        port, _, host = rest.partition("@")
+        if not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"bad port in {text!r}")
+        if host:
+            try:
+                addr = ipaddress.ip_address(host.strip("[]"))
+            except ValueError:
+                if not _DOMAIN_RE.match(host):
+                    raise ValueError(f"bad host in {text!r}") from None
+            else:
+                if (addr.version == 6) != (kind == "inet6"):
+                    raise ValueError(f"{kind} does not take the address {host!r}")
+        return f"{kind}:{port}@{host}" if host else f"{kind}:{port}"
+    raise ValueError(f"unknown socket type {kind!r}: use inet:, inet6: or unix:")
+
+
+def _nameservers(text: str) -> tuple[tuple[str, int], ...]:
+    out = []
+    for item in _items(text):
+        host, port = item, 53
+        m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\](?::(\d+))?", item)
+        if m:
+            host, port = m.group(1), int(m.group(2) or 53)
+        elif item.count(":") == 1:
+            host, _, p = item.partition(":")
+            if not p.isdigit():
+                raise ValueError(f"bad port in {item!r}")
+            port = int(p)
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise ValueError(f"{item!r} is not IP[:port] (IPv6 with a port: [addr]:port)") from None
+        if not 0 < port < 65536:
+            raise ValueError(f"bad port in {item!r}")
+        out.append((host, port))
+    return tuple(out)
+
+
+def _reason(text: str) -> str:
+    try:
+        fields = {f for _, f, _, _ in string.Formatter().parse(text) if f is not None}
+    except ValueError as exc:
+        raise ValueError(f"bad template: {exc}") from None
+    unknown = fields - REASON_FIELDS
+    if unknown:
+        raise ValueError(f"unknown placeholder {{{sorted(unknown)[0]}}}; known: "
+                         + ", ".join("{%s}" % f for f in sorted(REASON_FIELDS)))
+    return text
+
+
+def _text(text: str) -> str:
+    return text.strip()
+
+
+def _optional_text(text: str) -> str | None:
+    return text.strip() or None
+
+
+def _test_only(text: str) -> bool:
+    # policyd-spf: TestOnly = 1 is normal operation, 0 means "never reject".
+    return not _bool(text)
+
+
+# key (lower case) -> (canonical key as documented, Settings field, parser)
+_KEYS: dict[str, tuple[str, str, Callable[[str], object]]] = {
+    k.lower(): (k, f, p) for k, f, p in [
+        ("Socket", "socket", parse_socket),
+        ("HELO_reject", "helo_reject", _enum(HeloPolicy)),
+        ("Mail_From_reject", "mail_from_reject", _enum(MailFromPolicy)),
+        ("PermError_reject", "permerror_reject", _bool),
+        ("TempError_Defer", "temperror_defer", _bool),
+        ("TestOnly", "test_only", _test_only),
+        ("skip_addresses", "skip_addresses", _networks),
+        ("Whitelist", "whitelist", _networks),
+        ("Domain_Whitelist", "domain_whitelist", _domains),
+        ("HELO_Whitelist", "helo_whitelist", _domains),
+        ("Exempt_Recipients", "exempt_recipients", _recipients),
+        ("Header_Type", "header_type", _enum(HeaderType)),
+        ("Authserv_Id", "authserv_id", _hostname),
+        ("Hide_Receiver", "hide_receiver", _bool),
+        ("Lookup_Time", "lookup_time", _positive_float),
+        ("Void_Limit", "void_limit", _nonneg_int),
+        ("Reason_Message", "reason_message", _reason),
+        ("Nameservers", "nameservers", _nameservers),
+        ("UserID", "user_id", _optional_text),
+        ("PidFile", "pid_file", _optional_text),
+        ("UMask", "umask", _umask),
+        ("debugLevel", "debug_level", _nonneg_int),
+    ]
+}
+
+KNOWN_KEYS: tuple[str, ...] = tuple(v[0] for v in _KEYS.values())
+
+
+def _lines(text: str) -> Iterable[tuple[int, str]]:
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if line and not line.startswith("#"):
+            yield number, line
+
+
+def parse_text(text: str, path: str = "<string>") -> Settings:
+    """Parse configuration text; ``path`` only names the source in errors."""
+    values: dict[str, object] = {}
+    seen: dict[str, int] = {}
+    for number, line in _lines(text):
+        key, sep, raw = line.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError("expected 'Key = value'", path, number, key or None)
+        entry = _KEYS.get(key.lower())
+        if entry is None:
+            raise ConfigError("unknown key (known keys: " + ", ".join(KNOWN_KEYS) + ")",
+                              path, number, key)
+        canonical, field_name, parser = entry
+        if field_name in seen:
+            raise ConfigError(f"given twice (first on line {seen[field_name]})",
+                              path, number, canonical)
+        seen[field_name] = number
+        try:
+            values[field_name] = parser(raw.strip())
+        except ValueError as exc:
+            raise ConfigError(str(exc), path, number, canonical) from None
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+def parse(path: str | Path) -> Settings:
+    """Read and parse a configuration file; any failure is a one-line ConfigError."""
+    name = str(path)
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read: {exc.strerror or exc}", name) from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        raise ConfigError("not valid UTF-8", name, line) from None
+    return parse_text(text, name)
+
+
+def from_mapping(mapping: dict[str, str], source: str = "<overrides>") -> Settings:
+    """Settings from key/value pairs, validated exactly like a file (used by tests, CLI)."""
+    text = "\n".join(f"{k} = {v}" for k, v in mapping.items())
+    return parse_text(text, source)

@@ -1,0 +1,195 @@
+"""Result headers: Received-SPF by RFC 7208 §9.1, Authentication-Results by RFC 8601.
+
+Everything a client sent (HELO, envelope sender, addresses) is hostile input
+here: it passes through ``clean`` (no CR, LF, NUL or other control character
+survives, and lengths are bounded) and is then written as a dot-atom only when
+it is one, else as a quoted-string, so a sender cannot end our header early,
+add a header of its own, or smuggle a second ``receiver=`` or ``spf=`` clause.
+"""
+
+from __future__ import annotations
+
+import re
+
+import authres
+
+from spfmilter.spfcheck import SPFResult
+
+RECEIVED_SPF = "Received-SPF"
+AUTH_RESULTS = "Authentication-Results"
+MAX_VALUE = 255  # RFC 5321 §4.5.3.1.3: a path is at most 256 octets
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")
+_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]"
+_DOT_ATOM = re.compile(rf"^{_ATEXT}+(\.{_ATEXT}+)*$")
+_DOMAIN = re.compile(r"^[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?(\.[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?)*\.?$")
+
+
+def clean(text: str | None, limit: int = MAX_VALUE) -> str:
+    """Make client-supplied text safe for one header line.
+
+    Control characters (CR, LF, NUL, TAB, …) and undecodable bytes (lone
+    surrogates from pymilter's decoding) become ``?``; text beyond ``limit``
+    characters is cut and marked with ``...``.
+    """
+    if not text:
+        return ""
+    text = _CONTROL.sub("?", text)
+    if len(text) > limit:
+        text = text[:limit] + "..."
+    return text
+
+
+def quote(value: str) -> str:
+    """A §9.1 key-value value: dot-atom when it is one, else a quoted-string."""
+    if _DOT_ATOM.match(value):
+        return value
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def comment(text: str) -> str:
+    """Escape text for use inside an RFC 5322 comment."""
+    return re.sub(r"([()\\])", r"\\\1", text)
+
+
+def _describe(res: SPFResult, ip: str) -> str:
+    who = res.sender or "the sender"
+    texts = {
+        "pass": f"domain of {who} designates {ip} as permitted sender",
+        "fail": f"domain of {who} does not designate {ip} as permitted sender",
+        "softfail": f"transitioning domain of {who} does not designate {ip} as permitted sender",
+        "neutral": f"{ip} is neither permitted nor denied by domain of {who}",
+        "none": f"domain of {who} does not designate permitted sender hosts",
+        "permerror": f"permanent error in processing during lookup of {who}: {res.explanation}",
+        "temperror": f"temporary error in processing during lookup of {who}: {res.explanation}",
+    }
+    return texts[res.result]
+
+
+def received_spf(res: SPFResult, *, client_ip: str, helo: str, envelope_from: str,
+                 receiver: str | None) -> str:
+    """The Received-SPF value (without the field name) for one identity."""
+    ip = clean(client_ip, 64)
+    prefix = f"{receiver}: " if receiver else ""
+    text = comment(clean(prefix + _describe(res, ip), 2 * MAX_VALUE))
+    pairs = [("client-ip", ip)]
+    if res.identity == "mailfrom":
+        pairs.append(("envelope-from", clean(envelope_from or res.sender)))
+    if helo:
+        pairs.append(("helo", clean(helo)))
+    if receiver:
+        pairs.append(("receiver", receiver))
+    if res.mechanism and res.mechanism != "not-checked":
+        pairs.append(("mechanism", clean(res.mechanism)))
+    if res.result in ("permerror", "temperror"):
+        pairs.append(("problem", clean(res.explanation)))
+    pairs.append(("identity", res.identity))
+    kv = "; ".join(f"{k}={quote(v)}" for k, v in pairs)
+    return f"{res.result} ({text}) {kv}"
+
+
+def _ascii_domain(domain: str) -> str | None:
+    """The A-label form of a domain (RFC 8601 values are ASCII), or None if it is not one."""
+    if domain.isascii():
+        return domain if _DOMAIN.match(domain) else None
+    try:
+        ace = domain.encode("idna").decode("ascii")
+    except UnicodeError:
+        return None
+    return ace if _DOMAIN.match(ace) else None
+
+
+def _ascii(text: str) -> str:
+    return "".join(ch if ch.isascii() else "?" for ch in text)
+
+
+_QUOTED_STRING = re.compile(r'^"(?:[^"\\]|\\.)*"$')
+
+
+def _pvalue_address(address: str) -> str:
+    """An RFC 8601 pvalue for an address: [local-part]@domain-name, or a quoted-string.
+
+    A non-ASCII local part is left out (the pvalue grammar allows "@domain"),
+    since parsers such as authres and OpenDMARC read ASCII only.
+    """
+    address = clean(address)
+    local, at, domain = address.rpartition("@")
+    ace = _ascii_domain(domain) if at else None
+    if ace is None:
+        return address if _DOT_ATOM.match(address) else quote(_ascii(address))
+    if not local.isascii():
+        local = ""
+    elif local and not (_DOT_ATOM.match(local) or _QUOTED_STRING.match(local)):
+        local = quote(local)
+    return f"{local}@{ace}"
+
+
+def _pvalue_helo(helo: str) -> str:
+    value = clean(helo)
+    ace = _ascii_domain(value.rstrip("."))
+    # authres quotes a value that is not a token; it must not get one already quoted
+    return ace if ace is not None else _ascii(value)
+
+
+def authentication_results(authserv_id: str, results: list[SPFResult], *,
+                           helo: str) -> str:
+    """The Authentication-Results value (without the field name), built by authres."""
+    clauses = []
+    for res in results:
+        if res.identity == "mailfrom":
+            clause = authres.SPFAuthenticationResult(
+                result=res.result, smtp_mailfrom=_pvalue_address(res.sender))
+        else:
+            clause = authres.SPFAuthenticationResult(
+                result=res.result, smtp_helo=_pvalue_helo(helo))
+        clauses.append(clause)
+    header = authres.AuthenticationResultsHeader(
+        authserv_id=authserv_id, results=clauses)
+    return header.header_value()
+
+
+# --- recognising headers that claim to be ours (RFC 8601 §5) -----------------
+
+_UNFOLD = re.compile(r"\r?\n[ \t]*")
+_COMMENTS = re.compile(r"\((?:[^()\\]|\\.)*\)")
+
+
+def _unfold(value: str) -> str:
+    value = _UNFOLD.sub(" ", value)
+    # Nested comments are rare but legal: strip innermost first, a few rounds.
+    for _ in range(5):
+        stripped = _COMMENTS.sub(" ", value)
+        if stripped == value:
+            break
+        value = stripped
+    return value
+
+
+def ar_authserv_id(value: str) -> str:
+    """The authserv-id an Authentication-Results value claims, lower case."""
+    text = _unfold(value).strip()
+    m = re.match(r'^"((?:[^"\\]|\\.)*)"|^([^\s;]+)', text)
+    if not m:
+        return ""
+    ident = m.group(1) if m.group(1) is not None else m.group(2)
+    return ident.replace("\\", "").strip().rstrip(".").lower()
+
+
+def received_spf_receiver(value: str) -> str:
+    """The receiver= a Received-SPF value names, lower case ('' when none)."""
+    text = _unfold(value)
+    m = re.search(r'(?:^|[;\s])receiver\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s;]+))', text, re.I)
+    if not m:
+        return ""
+    ident = m.group(1) if m.group(1) is not None else m.group(2)
+    return ident.replace("\\", "").strip().rstrip(".").lower()
+
+
+def claims_to_be_ours(name: str, value: str, authserv_id: str) -> bool:
+    """True for an incoming header a sender may have forged to look like our verdict."""
+    ours = authserv_id.lower().rstrip(".")
+    if name.lower() == AUTH_RESULTS.lower():
+        return ar_authserv_id(value) == ours
+    if name.lower() == RECEIVED_SPF.lower():
+        return received_spf_receiver(value) == ours
+    return False

@@ -1,0 +1,52 @@
+"""Logging: one key=value line per decision, to syslog's mail facility or stderr.
+
+The decision line mirrors what python policyd-spf writes to the mail log, so
+the greps administrators already use keep working; values are quoted and
+stripped of control characters because they come from the SMTP client.
+"""
+
+from __future__ import annotations
+
+import logging
+import logging.handlers
+import os
+import sys
+
+from spfmilter.headers import clean
+
+LOGGER_NAME = "spfmilter"
+log = logging.getLogger(LOGGER_NAME)
+
+
+def setup(debug_level: int = 1, *, stderr: bool | None = None,
+          syslog_socket: str = "/dev/log") -> None:
+    """Send our records to syslog (mail facility) when it exists, else to stderr."""
+    root = logging.getLogger(LOGGER_NAME)
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+        handler.close()
+    use_stderr = stderr if stderr is not None else not os.path.exists(syslog_socket)
+    handler: logging.Handler
+    if use_stderr:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s spfmilter[%(process)d]: %(message)s"))
+    else:
+        handler = logging.handlers.SysLogHandler(
+            address=syslog_socket, facility=logging.handlers.SysLogHandler.LOG_MAIL)
+        handler.setFormatter(logging.Formatter("spfmilter[%(process)d]: %(message)s"))
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG if debug_level >= 2 else logging.INFO)
+    root.propagate = False
+
+
+def kv(**fields: object) -> str:
+    """key=value pairs; values with spaces, quotes or '=' are quoted."""
+    parts = []
+    for key, value in fields.items():
+        if value is None:
+            continue
+        text = clean(str(value), 512)
+        if not text or any(c in text for c in ' "=;'):
+            text = '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        parts.append(f"{key}={text}")
+    return " ".join(parts)

@@ -1,0 +1,265 @@
+"""The libmilter glue: collect facts per callback, run the plan, apply the decision.
+
+No policy lives here.  Every callback that can fail is guarded: an exception
+becomes a 451 tempfail, so a fault in spfmilter never lets mail through
+unlabelled.  Settings and resolver are taken once per connection from the
+current ``Runtime``, so a reload applies to new connections only.
+"""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+import threading
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import Milter
+
+from spfmilter import decision as dec
+from spfmilter import headers as hdr
+from spfmilter.config import Settings
+from spfmilter.log import kv, log
+from spfmilter.resolver import Resolver
+from spfmilter.spfcheck import SPFResult, evaluate, not_checked
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """The settings and the one resolver every new connection uses."""
+
+    settings: Settings
+    resolver: Resolver
+
+
+_runtime_lock = threading.Lock()
+_runtime: Runtime | None = None
+
+
+def set_runtime(runtime: Runtime) -> None:
+    global _runtime
+    with _runtime_lock:
+        _runtime = runtime
+
+
+def get_runtime() -> Runtime:
+    with _runtime_lock:
+        if _runtime is None:
+            raise RuntimeError("spfmilter runtime not configured")
+        return _runtime
+
+
+def normalize_ip(hostaddr: Any) -> str:
+    """The client IP from libmilter's hostaddr, '' for a non-IP (unix) client."""
+    raw = hostaddr[0] if isinstance(hostaddr, tuple) and hostaddr else hostaddr
+    if not isinstance(raw, str):
+        return ""
+    raw = raw.strip().strip("[]")
+    if raw.lower().startswith("ipv6:"):
+        raw = raw[5:]
+    raw = raw.split("%", 1)[0]
+    try:
+        addr = ipaddress.ip_address(raw)
+    except ValueError:
+        return ""
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped:
+        addr = addr.ipv4_mapped
+    return str(addr)
+
+
+def strip_brackets(address: str) -> str:
+    """'<user@example.com>' -> 'user@example.com'; drops an RFC 5321 source route."""
+    address = (address or "").strip()
+    if address.startswith("<") and address.endswith(">"):
+        address = address[1:-1]
+    if address.startswith("@") and ":" in address:
+        address = address.split(":", 1)[1]
+    return address
+
+
+_REPLYING = frozenset({"envrcpt", "eom"})
+
+
+def guarded(callback: Callable[..., int]) -> Callable[..., int]:
+    """Turn any exception in a callback into a logged 451 tempfail.
+
+    Callbacks negotiated as no-reply cannot refuse anything, so a fault there is
+    remembered and the next callback that can reply (RCPT, end of message)
+    tempfails instead.
+    """
+    @functools.wraps(callback)
+    def wrapper(self: "SPFMilter", *args: Any) -> int:
+        try:
+            if self.fault and callback.__name__ in _REPLYING:
+                raise RuntimeError(f"earlier fault: {self.fault}")
+            return callback(self, *args)
+        except Exception as exc:  # noqa: BLE001 - this is the safety net
+            self.fault = f"{type(exc).__name__}: {exc}"
+            log.error("%s", kv(action="tempfail", error=self.fault, callback=callback.__name__,
+                               queue_id=getattr(self, "queue_id", "") or None))
+            log.debug("traceback", exc_info=True)
+            if callback.__name__ not in _REPLYING:
+                return Milter.CONTINUE
+            try:
+                self.setreply("451", "4.3.0", "spfmilter: internal error, try again later")
+            except Exception:  # noqa: BLE001 - the MTA may be gone already
+                pass
+            return Milter.TEMPFAIL
+    return wrapper
+
+
+class SPFMilter(Milter.Base):
+    """One instance per SMTP connection."""
+
+    def __init__(self) -> None:
+        self.runtime = get_runtime()
+        self.settings = self.runtime.settings
+        self.client_ip = ""
+        self.helo = ""
+        self.helo_result: SPFResult | None = None
+        self.queue_id = ""
+        self.fault: str | None = None
+        self._reset_message()
+
+    def _reset_message(self) -> None:
+        self.sender: str | None = None
+        self.auth_user = ""
+        self.recipients: list[str] = []
+        self.plan: dec.Plan | None = None
+        self.mailfrom_result: SPFResult | None = None
+        self.whitelisted_by: str | None = None
+        self.forged: list[tuple[str, int]] = []
+        self.header_counts: dict[str, int] = {}
+
+    def _facts(self, recipient: str = "") -> dec.Facts:
+        return dec.Facts(client_ip=self.client_ip, helo=self.helo, sender=self.sender or "",
+                         recipient=recipient, auth_user=self.auth_user, queue_id=self.queue_id)
+
+    def _macro(self, name: str) -> str:
+        value = self.getsymval(name)
+        return value if isinstance(value, str) else ""
+
+    @Milter.noreply
+    @guarded
+    def connect(self, hostname: str, family: int, hostaddr: Any) -> int:
+        self.client_ip = normalize_ip(hostaddr)
+        return Milter.CONTINUE
+
+    @Milter.noreply
+    @guarded
+    def hello(self, heloname: str) -> int:
+        if heloname != self.helo:
+            self.helo_result = None
+        self.helo = heloname or ""
+        return Milter.CONTINUE
+
+    @Milter.noreply
+    @guarded
+    def envfrom(self, mailfrom: str, *params: str) -> int:
+        self._reset_message()
+        self.sender = strip_brackets(mailfrom)
+        self.auth_user = self._macro("{auth_authen}")
+        self.queue_id = self._macro("i")
+        return Milter.CONTINUE
+
+    def _evaluate(self) -> None:
+        """Run the plan once per message (the first RCPT), not per recipient."""
+        rt, facts = self.runtime, self._facts()
+        self.plan = plan = dec.plan(facts, self.settings)
+        if plan.skip:
+            return
+        s = self.settings
+
+        def run(identity: str, sender: str) -> SPFResult:
+            return evaluate(identity, self.client_ip, sender, self.helo, resolver=rt.resolver,
+                            receiver=s.authserv_id, lookup_time=s.lookup_time,
+                            void_limit=s.void_limit)
+
+        if plan.check_helo and self.helo:  # no HELO at all: nothing to check or report
+            if self.helo_result is None:
+                self.helo_result = run("helo", "")
+        if plan.check_mailfrom:
+            if not self.sender and self.helo_result is not None:
+                # RFC 7208 §2.4: the null sender's MAIL FROM identity is postmaster@HELO,
+                # which is exactly the HELO evaluation: reuse it, no second lookup.
+                self.mailfrom_result = SPFResult(**{**self.helo_result.__dict__,
+                                                    "identity": "mailfrom"})
+            else:
+                self.mailfrom_result = run("mailfrom", self.sender or "")
+        elif self.sender is not None:
+            self.mailfrom_result = not_checked("mailfrom", self.sender)
+        for domain in plan.whitelist_domains:
+            if run("mailfrom", f"postmaster@{domain}").result == "pass":
+                self.whitelisted_by = domain
+                break
+
+    @guarded
+    def envrcpt(self, to: str, *params: str) -> int:
+        recipient = strip_brackets(to)
+        if self.plan is None:
+            if not self.queue_id:
+                self.queue_id = self._macro("i")
+            self._evaluate()
+        assert self.plan is not None
+        helo_res = self.helo_result if self.plan.check_helo else None
+        verdict = dec.decide(self._facts(recipient), helo_res, self.mailfrom_result,
+                             self.settings, skip=self.plan.skip, whitelisted_by=self.whitelisted_by)
+        self._log(verdict, recipient)
+        if verdict.action == dec.ACCEPT:
+            self.recipients.append(recipient)
+            return Milter.CONTINUE
+        self.setreply(verdict.code, verdict.status, (verdict.text or "").replace("%", "%%"))
+        return Milter.REJECT if verdict.action == dec.REJECT else Milter.TEMPFAIL
+
+    def _log(self, verdict: dec.Decision, recipient: str) -> None:
+        m, h = self.mailfrom_result, self.helo_result if (self.plan and self.plan.check_helo) else None
+        main = m if m is not None and m.mechanism != "not-checked" else h
+        log.info("%s", kv(
+            action=verdict.action, reason=verdict.reason,
+            identity=main.identity if main else None, result=main.result if main else None,
+            helo_result=h.result if h else None,
+            client_ip=self.client_ip, helo=self.helo, envelope_from=self.sender,
+            rcpt=recipient, receiver=self.settings.authserv_id, queue_id=self.queue_id or None,
+            reply=f"{verdict.code} {verdict.status}" if verdict.code else None))
+
+    @Milter.noreply
+    @guarded
+    def header(self, name: str, value: str) -> int:
+        key = name.lower()
+        if key in (hdr.AUTH_RESULTS.lower(), hdr.RECEIVED_SPF.lower()):
+            index = self.header_counts.get(key, 0) + 1
+            self.header_counts[key] = index
+            if hdr.claims_to_be_ours(name, value, self.settings.authserv_id):
+                self.forged.append((name, index))
+        return Milter.CONTINUE
+
+    @Milter.nocallback
+    def body(self, chunk: bytes) -> int:  # pragma: no cover - negotiated away
+        return Milter.CONTINUE
+
+    @guarded
+    def eom(self) -> int:
+        if self.plan is None:  # no RCPT reached us (e.g. milter added late); decide now
+            self._evaluate()
+        assert self.plan is not None
+        for name, index in sorted(self.forged, key=lambda f: -f[1]):
+            self.chgheader(name, index, "")
+            log.info("%s", kv(action="removed-forged-header", header=name, index=index,
+                                queue_id=self.queue_id or self._macro("i") or None))
+        helo_res = self.helo_result if self.plan.check_helo else None
+        headers = dec.message_headers(self._facts(), helo_res, self.mailfrom_result,
+                                      self.settings) if not self.plan.skip else ()
+        for name, value in reversed(headers):
+            self.addheader(name, value, 0)
+        self._reset_message()
+        return Milter.ACCEPT
+
+    def abort(self) -> int:
+        self._reset_message()
+        return Milter.CONTINUE
+
+    def close(self) -> int:
+        return Milter.CONTINUE
+
+
+FLAGS = Milter.ADDHDRS | Milter.CHGHDRS

@@ -1,0 +1,89 @@
+"""DNS: one dnspython resolver per process, with a TTL-respecting shared cache.
+
+pyspf's own dnspython driver builds no cache and ignores TTLs, so every
+transaction would pay every round trip again; here all connections share
+dnspython's LRUCache, which honours TTLs (and negative answers' SOA minimum).
+dnspython retries over TCP by itself when a UDP answer comes back truncated.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import dns.exception
+import dns.inet
+import dns.nameserver
+import dns.name
+import dns.rdatatype
+import dns.resolver
+
+CACHE_SIZE = 50_000
+
+
+class TempFailure(Exception):
+    """A lookup that did not get a definitive answer (timeout, SERVFAIL, REFUSED)."""
+
+
+class Resolver:
+    """The lookups pyspf needs, answered through one cached dnspython resolver."""
+
+    def __init__(self, nameservers: tuple[tuple[str, int], ...] = (),
+                 timeout: float = 20.0, cache_size: int = CACHE_SIZE) -> None:
+        if nameservers:
+            res = dns.resolver.Resolver(configure=False)
+            res.nameservers = [dns.nameserver.Do53Nameserver(host, port)
+                               for host, port in nameservers]
+        else:
+            res = dns.resolver.Resolver()
+        # Each attempt may use the whole budget; the budget itself is enforced by
+        # the caller through ``lifetime`` so a check never outlives Lookup_Time.
+        res.timeout = timeout
+        res.lifetime = timeout
+        res.cache = dns.resolver.LRUCache(cache_size)
+        self._resolver = res
+        self._lock = threading.Lock()
+        self.queries = 0
+        self.timeouts = 0
+
+    @property
+    def cache(self) -> dns.resolver.LRUCache:
+        return self._resolver.cache
+
+    def resolve(self, name: str, qtype: str, lifetime: float) -> dns.resolver.Answer | None:
+        """One lookup; None means 'no such data' (NXDOMAIN or no records of that type)."""
+        with self._lock:
+            self.queries += 1
+        try:
+            return self._resolver.resolve(name, qtype, lifetime=max(lifetime, 0.001),
+                                          search=False, raise_on_no_answer=False)
+        except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer, dns.resolver.YXDOMAIN):
+            return None
+        except dns.exception.Timeout as exc:
+            with self._lock:
+                self.timeouts += 1
+            raise TempFailure(f"DNS timeout looking up {name}/{qtype}") from exc
+        except dns.resolver.NoNameservers as exc:
+            raise TempFailure(f"DNS server failure looking up {name}/{qtype}") from exc
+        except (dns.name.LabelTooLong, dns.name.NameTooLong, dns.name.EmptyLabel):
+            return None
+        except dns.exception.DNSException as exc:
+            raise TempFailure(f"DNS error looking up {name}/{qtype}: {exc}") from exc
+
+    def spf_lookup(self, name: str, qtype: str, lifetime: float) -> list[tuple[tuple[str, str], Any]]:
+        """Answer in the shape pyspf's DNSLookup hook returns: [((name, type), data)]."""
+        answer = self.resolve(name, qtype, lifetime)
+        if answer is None or answer.rrset is None:
+            return []
+        out: list[tuple[tuple[str, str], Any]] = []
+        key = (name, qtype)
+        for rdata in answer.rrset:
+            if qtype in ("A", "AAAA"):
+                out.append((key, rdata.address))
+            elif qtype == "MX":
+                out.append((key, (rdata.preference, rdata.exchange.to_text(omit_final_dot=True))))
+            elif qtype == "PTR":
+                out.append((key, rdata.target.to_text(omit_final_dot=True)))
+            elif qtype in ("TXT", "SPF"):
+                out.append((key, list(rdata.strings)))
+        return out

@@ -1,0 +1,108 @@
+"""SPF evaluation: pyspf behind one function, every lookup through our Resolver.
+
+pyspf looks names up through a module-level hook (``spf.DNSLookup``).  We point
+that hook, once, at a dispatcher that uses the Resolver of the evaluation in
+progress (a context variable), so a process can hold several resolvers (tests,
+reload with new name servers) without pyspf's own uncached driver ever running.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import ipaddress
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import spf
+
+from spfmilter.resolver import Resolver, TempFailure
+
+RESULTS = ("pass", "fail", "softfail", "neutral", "none", "permerror", "temperror")
+
+_current: contextvars.ContextVar[Resolver] = contextvars.ContextVar("spfmilter_resolver")
+
+
+def _lookup(name: str, qtype: str, strict: Any = True, timeout: float = 20.0) -> list:
+    try:
+        resolver = _current.get()
+    except LookupError:  # pragma: no cover - only reachable if pyspf is used directly
+        raise spf.TempError("spfmilter: no resolver for this evaluation") from None
+    try:
+        return resolver.spf_lookup(name, qtype, timeout)
+    except TempFailure as exc:
+        raise spf.TempError(str(exc)) from None
+
+
+spf.DNSLookup = _lookup
+
+
+@dataclass(frozen=True)
+class SPFResult:
+    """The outcome of one identity's evaluation, as plain values."""
+
+    identity: str          # "helo" or "mailfrom"
+    result: str            # one of RESULTS
+    sender: str            # the identity checked: user@domain, or postmaster@helo
+    domain: str            # the domain whose record was evaluated
+    explanation: str       # pyspf's text: the domain's exp= for a fail when published
+    exp_published: bool    # True when ``explanation`` came from the domain's exp=
+    mechanism: str | None = None
+    lookups: int = 0
+    seconds: float = 0.0
+
+
+def _domain_of(sender: str) -> str:
+    return sender.rpartition("@")[2]
+
+
+def evaluate(identity: str, ip: str, sender: str, helo: str, *, resolver: Resolver,
+             receiver: str, lookup_time: float, void_limit: int) -> SPFResult:
+    """Evaluate one identity per RFC 7208.
+
+    ``identity`` is "helo" (sender is ignored; postmaster@helo is checked) or
+    "mailfrom" (an empty sender is checked as postmaster@helo, RFC 7208 §2.4).
+    Never raises for bad input: a malformed address is the RFC's none/permerror.
+    """
+    if identity not in ("helo", "mailfrom"):
+        raise ValueError(identity)
+    helo = helo or ""
+    if identity == "helo" or not sender:
+        checked = f"postmaster@{helo}" if helo else ""
+    else:
+        checked = sender
+    if not checked or not _domain_of(checked):
+        return SPFResult(identity, "none", checked, "", "no identity to check", False)
+    try:
+        ipaddress.ip_address(ip)
+    except ValueError:
+        return SPFResult(identity, "permerror", checked, _domain_of(checked),
+                         f"client address {ip!r} is not an IP address", False)
+    spf.MAX_VOID_LOOKUPS = void_limit  # process-wide in pyspf; one value per process
+    token = _current.set(resolver)
+    started = time.monotonic()
+    try:
+        q = spf.query(i=ip, s=checked, h=helo or "unknown", receiver=receiver,
+                      querytime=lookup_time, timeout=lookup_time)
+        result, _code, explanation = q.check()
+        mechanism = q.mechanism
+        lookups = q.lookups
+    except spf.TempError as exc:
+        result, explanation, mechanism, lookups = "temperror", f"SPF Temporary Error: {exc}", None, 0
+    except spf.PermError as exc:
+        result, explanation, mechanism, lookups = "permerror", f"SPF Permanent Error: {exc}", None, 0
+    finally:
+        _current.reset(token)
+    result = result.lower()
+    if result not in RESULTS:  # pyspf spells some results the RFC 4408 way
+        result = {"error": "temperror", "unknown": "permerror"}.get(result, "permerror")
+    published = result in ("fail", "softfail", "permerror") and \
+        explanation != spf.EXPLANATIONS.get(result) and not explanation.startswith("SPF ")
+    return SPFResult(identity, result, checked, _domain_of(checked), explanation or "",
+                     published, mechanism, lookups, time.monotonic() - started)
+
+
+def not_checked(identity: str, sender: str = "") -> SPFResult:
+    """The placeholder for an identity the settings say not to check."""
+    return SPFResult(identity, "none", sender, _domain_of(sender), "not checked", False,
+                     mechanism="not-checked")

@@ -1,0 +1,135 @@
+"""The pure decision: plain facts and SPF results in, a verdict and headers out."""
+
+import pytest
+
+from spfmilter import config as cfg
+from spfmilter.decision import ACCEPT, DEFER, REJECT, Facts, decide, plan, recipient_exempt
+from spfmilter.spfcheck import SPFResult
+
+BASE = cfg.from_mapping({"Authserv_Id": "mx.test", "skip_addresses": "127.0.0.0/8, ::1"})
+
+
+def res(identity, result, sender="user@example.com", exp="", published=False):
+    return SPFResult(identity, result, sender, sender.rpartition("@")[2], exp, published)
+
+
+def facts(**kw):
+    base = dict(client_ip="198.51.100.7", helo="mail.example.com", sender="user@example.com",
+                recipient="rcpt@mx.test")
+    base.update(kw)
+    return Facts(**base)
+
+
+def settings(**kw):
+    return cfg.from_mapping({"Authserv_Id": "mx.test", **kw})
+
+
+def test_pass_is_accepted_with_both_headers():
+    d = decide(facts(), res("helo", "pass", "postmaster@mail.example.com"), res("mailfrom", "pass"), BASE)
+    assert d.action == ACCEPT
+    names = [n for n, _ in d.headers]
+    assert names == ["Authentication-Results", "Received-SPF", "Received-SPF"]
+    assert "identity=mailfrom" in d.headers[1][1] and "identity=helo" in d.headers[2][1]
+
+
+def test_mailfrom_fail_is_rejected_5723_with_published_explanation():
+    exp = "198.51.100.7 is not one of example.com's designated mail servers"
+    d = decide(facts(), res("helo", "none"), res("mailfrom", "fail", exp=exp, published=True), BASE)
+    assert (d.action, d.code, d.status) == (REJECT, "550", "5.7.23")
+    assert exp in d.text and "fail" in d.text
+
+
+def test_default_explanation_when_none_published():
+    d = decide(facts(), None, res("mailfrom", "fail", exp="SPF fail - not authorized"), BASE)
+    assert "example.com does not authorize 198.51.100.7" in d.text
+
+
+@pytest.mark.parametrize("policy,result,action", [
+    ("Fail", "softfail", ACCEPT), ("Softfail", "softfail", REJECT),
+    ("SPF_Not_Pass", "neutral", REJECT), ("SPF_Not_Pass", "none", ACCEPT),
+    ("SPF_Not_Pass", "temperror", ACCEPT), ("False", "fail", ACCEPT), ("Fail", "fail", REJECT),
+])
+def test_mail_from_policies(policy, result, action):
+    d = decide(facts(), None, res("mailfrom", result), settings(Mail_From_reject=policy))
+    assert d.action == action
+
+
+@pytest.mark.parametrize("policy,sender,action", [
+    ("Fail", "user@example.com", REJECT), ("Null", "user@example.com", ACCEPT),
+    ("Null", "", REJECT), ("False", "", ACCEPT),
+])
+def test_helo_policies(policy, sender, action):
+    d = decide(facts(sender=sender), res("helo", "fail", "postmaster@mail.example.com"),
+               res("mailfrom", "pass"), settings(HELO_reject=policy))
+    assert d.action == action
+    if action == REJECT:
+        assert d.reason == "helo fail" and "HELO" in d.text
+
+
+def test_permerror_and_temperror_follow_their_switches():
+    perm, temp = res("mailfrom", "permerror", exp="SPF Permanent Error: x"), res("mailfrom", "temperror")
+    assert decide(facts(), None, perm, BASE).action == ACCEPT
+    d = decide(facts(), None, perm, settings(PermError_reject="True"))
+    assert (d.action, d.code, d.status) == (REJECT, "550", "5.7.24")
+    assert decide(facts(), None, temp, BASE).action == ACCEPT
+    d = decide(facts(), None, temp, settings(TempError_Defer="True"))
+    assert (d.action, d.code, d.status) == (DEFER, "451", "4.7.24")
+    assert d.text.startswith("Message deferred")
+
+
+def test_reject_beats_defer():
+    d = decide(facts(), res("helo", "temperror"), res("mailfrom", "fail"), settings(TempError_Defer="True"))
+    assert d.action == REJECT
+
+
+def test_exempt_recipient_is_never_refused():
+    s = settings(Exempt_Recipients="postmaster@, @abuse.test")
+    assert decide(facts(recipient="Postmaster@mx.test"), None, res("mailfrom", "fail"), s).action == ACCEPT
+    assert decide(facts(recipient="x@abuse.test"), None, res("mailfrom", "fail"), s).action == ACCEPT
+    assert decide(facts(recipient="user@mx.test"), None, res("mailfrom", "fail"), s).action == REJECT
+    assert recipient_exempt("<postmaster@any.where>", s)
+
+
+def test_test_only_never_refuses_but_says_what_it_would_do():
+    d = decide(facts(), None, res("mailfrom", "fail"), settings(TestOnly="0"))
+    assert d.action == ACCEPT and "would reject" in d.reason and d.headers
+
+
+def test_plan_skips():
+    assert plan(facts(client_ip="127.0.0.1"), BASE).skip == "skip_addresses"
+    assert plan(facts(client_ip="::ffff:127.0.0.2"), BASE).skip == "skip_addresses"
+    assert plan(facts(auth_user="alice"), BASE).skip == "authenticated"
+    assert plan(facts(client_ip="192.0.2.5"), settings(Whitelist="192.0.2.0/24")).skip == "whitelist"
+    p = plan(facts(), settings(HELO_reject="No_Check", Domain_Whitelist="fwd.test"))
+    assert p.skip is None and not p.check_helo and p.check_mailfrom
+    assert p.whitelist_domains == ("fwd.test",)
+
+
+def test_skip_adds_no_headers_and_never_refuses():
+    d = decide(facts(), res("helo", "fail"), res("mailfrom", "fail"), BASE, skip="authenticated")
+    assert d.action == ACCEPT and d.headers == () and "authenticated" in d.reason
+
+
+def test_whitelists():
+    d = decide(facts(), None, res("mailfrom", "fail"), BASE, whitelisted_by="fwd.test")
+    assert d.action == ACCEPT and "fwd.test" in d.reason
+    s = settings(HELO_Whitelist="mail.example.com")
+    d = decide(facts(), res("helo", "pass"), res("mailfrom", "fail"), s)
+    assert d.action == ACCEPT
+    d = decide(facts(), res("helo", "neutral"), res("mailfrom", "fail"), s)
+    assert d.action == REJECT
+
+
+@pytest.mark.parametrize("header_type,names", [
+    ("SPF", ["Received-SPF", "Received-SPF"]), ("AR", ["Authentication-Results"]), ("None", []),
+])
+def test_header_type(header_type, names):
+    d = decide(facts(), res("helo", "pass"), res("mailfrom", "pass"), settings(Header_Type=header_type))
+    assert [n for n, _ in d.headers] == names
+
+
+def test_reason_template_and_hostile_explanation():
+    s = settings(Reason_Message="{rejectdefer}|{result}|{identity}|{sender}|{ip}|{exp}")
+    d = decide(facts(), None, res("mailfrom", "fail", exp="bad\r\nX-Injected: 1", published=True), s)
+    assert "\r" not in d.text and "\n" not in d.text
+    assert d.text.startswith("rejected|fail|MAIL FROM|user@example.com|198.51.100.7|bad??X-Injected")
