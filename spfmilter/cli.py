@@ -108,6 +108,8 @@ def run_daemon(settings: cfg.Settings) -> int:
     libmilter.register("spfmilter", data=lambda ctx: ctx.getpriv().data(),
                        unknown=lambda ctx, cmd: ctx.getpriv().unknown(cmd),
                        negotiate=Milter.negotiate_callback)
+    # Defence in depth: an exception escaping our own guard still tempfails.
+    libmilter.set_exception_policy(libmilter.TEMPFAIL)
     libmilter.opensocket(True)
     os.umask(old_umask)
     if settings.pid_file:

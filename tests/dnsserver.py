@@ -527,7 +527,8 @@ class TestDNSServer:
                 with self._threads_lock:
                     self._threads.discard(threading.current_thread())
 
-        thread = threading.Thread(target=run, name=name, daemon=True)
+        # Names end in our port so a test can tell our threads from other servers'.
+        thread = threading.Thread(target=run, name=f"{name}-{self.port}", daemon=True)
         with self._threads_lock:
             if self._stop_event.is_set():
                 return

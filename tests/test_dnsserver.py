@@ -332,6 +332,7 @@ def test_stop_cuts_pending_delays_and_timeout_connections():
         }
     )
     srv.start()
+    port = srv.port
     conn = socket.create_connection(srv.address, timeout=QUERY_TIMEOUT)
     dead = dns.message.make_query("dead.example", "A").to_wire()
     fast = dns.message.make_query("fast.example", "A").to_wire()
@@ -353,7 +354,9 @@ def test_stop_cuts_pending_delays_and_timeout_connections():
             usock.recv(512)  # the delayed answer was dropped, not sent
     assert conn.recv(10) == b""  # the TIMEOUT connection is closed, unanswered
     conn.close()
-    assert not [t for t in threading.enumerate() if t.name.startswith("dnsserver-") and t.is_alive()]
+    # Only this server's threads: other tests' servers (the session one) may run.
+    assert not [t for t in threading.enumerate()
+                if t.name.startswith("dnsserver-") and t.name.endswith(f"-{port}") and t.is_alive()]
 
 
 # -- truncation and TCP ------------------------------------------------------------
@@ -479,7 +482,8 @@ def test_clean_stop_frees_the_port():
     assert tcp(srv, "a.example", "A").answer  # leave a finished TCP connection behind
     srv.stop()
     srv.stop()  # idempotent
-    assert not [t for t in threading.enumerate() if t.name.startswith("dnsserver-") and t.is_alive()]
+    assert not [t for t in threading.enumerate()
+                if t.name.startswith("dnsserver-") and t.name.endswith(f"-{port}") and t.is_alive()]
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
         u.bind(("127.0.0.1", port))
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:

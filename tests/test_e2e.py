@@ -142,3 +142,37 @@ def test_exempt_recipient_accepted_while_others_refused(spfmilter):
 def test_helo_fail_refuses(spfmilter):
     replies, _ = one(spfmilter(), "198.51.100.7", "badhelo.test", "user@soft.test")
     assert replies[0].code == "550" and "HELO" in replies[0].text
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+def test_signal_stops_cleanly(spfmilter, sig):
+    import signal
+    milter = spfmilter(fresh=True)
+    milter.proc.send_signal(getattr(signal, sig))
+    assert milter.proc.wait(20) == 0
+    milter.wait_for_log(r"action=stop")
+    assert "Traceback" not in milter.log_text()
+
+
+def test_shipped_configuration_serves(tmp_path):
+    """What `make run` starts: the shipped file, on a socket the user can create."""
+    import subprocess
+    import sys
+    from tests.conftest import ROOT, wait_for
+    sock = tmp_path / "run.sock"
+    log = tmp_path / "log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "spfmilter", "-c", str(ROOT / "spfmilter.conf"),
+                                 "--socket", f"unix:{sock}", "--log", "stderr"],
+                                cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            wait_for(lambda: "action=start" in log.read_text() or proc.poll() is not None, 20, "start")
+            with MilterSession(str(sock)) as s:
+                s.connect("127.0.0.1")      # loopback is in the default skip_addresses
+                s.helo("localhost")
+                replies, eom = s.transaction("user@example.invalid", ["root@localhost"])
+            assert replies[0].kind == "continue" and eom.final.kind == "accept"
+            assert 'reason="skipped (skip_addresses)"' in log.read_text()
+        finally:
+            proc.terminate()
+            proc.wait(20)
