@@ -367,6 +367,23 @@ def parse(path: str | Path) -> Settings:
     return parse_text(text, name)
 
 
+DEFAULT_PATH = "/etc/spfmilter/spfmilter.conf"
+
+
+def load(path: str | None, socket: str | None = None) -> Settings:
+    """Settings from ``path`` (or the installed default file, or built-in defaults),
+    with a command-line ``--socket`` applied on top."""
+    if path is None and Path(DEFAULT_PATH).exists():
+        path = DEFAULT_PATH
+    settings = parse(path) if path else Settings()
+    if socket:
+        try:
+            settings = settings.with_overrides(socket=parse_socket(socket))
+        except ValueError as exc:
+            raise ConfigError(str(exc), "--socket") from None
+    return settings
+
+
 def from_mapping(mapping: dict[str, str], source: str = "<overrides>") -> Settings:
     """Settings from key/value pairs, validated exactly like a file (used by tests, CLI)."""
     text = "\n".join(f"{k} = {v}" for k, v in mapping.items())

@@ -39,6 +39,11 @@ def setup(debug_level: int = 1, *, stderr: bool | None = None,
     root.propagate = False
 
 
+def set_level(debug_level: int) -> None:
+    """Apply a (reloaded) debugLevel."""
+    logging.getLogger(LOGGER_NAME).setLevel(logging.DEBUG if debug_level >= 2 else logging.INFO)
+
+
 def kv(**fields: object) -> str:
     """key=value pairs; values with spaces, quotes or '=' are quoted."""
     parts = []

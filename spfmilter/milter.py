@@ -49,6 +49,36 @@ def get_runtime() -> Runtime:
         return _runtime
 
 
+class _Connections:
+    """Connections in flight, so a stop can wait for them (and metrics can show them)."""
+
+    def __init__(self) -> None:
+        self._count = 0
+        self._cond = threading.Condition()
+
+    def opened(self) -> None:
+        with self._cond:
+            self._count += 1
+
+    def closed(self) -> None:
+        with self._cond:
+            self._count -= 1
+            self._cond.notify_all()
+
+    @property
+    def count(self) -> int:
+        with self._cond:
+            return self._count
+
+    def wait_idle(self, timeout: float) -> bool:
+        """True once no connection is open; False if ``timeout`` passed first."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self._count <= 0, timeout)
+
+
+connections = _Connections()
+
+
 def normalize_ip(hostaddr: Any) -> str:
     """The client IP from libmilter's hostaddr, '' for a non-IP (unix) client."""
     raw = hostaddr[0] if isinstance(hostaddr, tuple) and hostaddr else hostaddr
@@ -112,6 +142,7 @@ class SPFMilter(Milter.Base):
     """One instance per SMTP connection."""
 
     def __init__(self) -> None:
+        self._counted = False
         self.runtime = get_runtime()
         self.settings = self.runtime.settings
         self.client_ip = ""
@@ -142,6 +173,9 @@ class SPFMilter(Milter.Base):
     @Milter.noreply
     @guarded
     def connect(self, hostname: str, family: int, hostaddr: Any) -> int:
+        if not self._counted:
+            self._counted = True
+            connections.opened()
         self.client_ip = normalize_ip(hostaddr)
         return Milter.CONTINUE
 
@@ -259,6 +293,9 @@ class SPFMilter(Milter.Base):
         return Milter.CONTINUE
 
     def close(self) -> int:
+        if self._counted:
+            self._counted = False
+            connections.closed()
         return Milter.CONTINUE
 
 
