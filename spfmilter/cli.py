@@ -43,6 +43,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="recipient (repeatable; default postmaster@localhost)")
     c.add_argument("--auth", default="", metavar="USER",
                    help="pretend the client authenticated as USER")
+    c.add_argument("--trace", action="store_true",
+                   help="show each DNS lookup, the deciding mechanism and the RFC 7208 "
+                        "lookup counts")
     return p
 
 
@@ -55,7 +58,7 @@ def run_check(settings: cfg.Settings, args: argparse.Namespace) -> int:
 
     outcome = play(settings, _resolver(settings), ip=args.ip, helo=args.helo,
                    sender=args.sender, recipients=args.rcpt or ["postmaster@localhost"],
-                   auth_user=args.auth)
+                   auth_user=args.auth, trace=args.trace)
     print(outcome.render())
     return 0
 

@@ -46,7 +46,9 @@ class HeloPolicy(enum.Enum):
 
     FAIL = "Fail"
     SOFTFAIL = "Softfail"
+    NEUTRAL = "Neutral"    # fail, softfail or neutral (qmail spfbehavior 5)
     SPF_NOT_PASS = "SPF_Not_Pass"
+    STRICT = "Strict"      # anything but pass (qmail spfbehavior 6); temperror per TempError_Defer
     NULL = "Null"          # refuse a HELO fail only for the null sender (SPF classic)
     FALSE = "False"        # never refuse, header only
     NO_CHECK = "No_Check"  # do not evaluate HELO at all
@@ -57,7 +59,9 @@ class MailFromPolicy(enum.Enum):
 
     FAIL = "Fail"
     SOFTFAIL = "Softfail"
+    NEUTRAL = "Neutral"
     SPF_NOT_PASS = "SPF_Not_Pass"
+    STRICT = "Strict"
     FALSE = "False"
     NO_CHECK = "No_Check"
 
@@ -73,8 +77,18 @@ class HeaderType(enum.Enum):
 
 DEFAULT_SOCKET = "unix:/run/spfmilter/spfmilter.sock"
 DEFAULT_REASON = "Message {rejectdefer} due to SPF {result} for {identity} {sender}: {exp}"
+DEFAULT_URL = "https://www.open-spf.org/Why?s={0};id={1};ip={2};r={3}"
 REASON_FIELDS = frozenset(
     {"rejectdefer", "result", "identity", "sender", "domain", "ip", "helo", "exp", "spf", "url"})
+
+
+@dataclass(frozen=True)
+class RecipientPolicy:
+    """A ``[recipient PATTERN]`` section: stricter or laxer handling for some recipients."""
+
+    pattern: str                      # user@domain, user@ or @domain (lower case)
+    changes: tuple[tuple[str, object], ...]
+    line: int = 0
 
 
 @dataclass(frozen=True)
@@ -104,6 +118,26 @@ class Settings:
     pid_file: str | None = None
     umask: int = 0o007
     debug_level: int = 1
+    internal_hosts: tuple[IPNetwork, ...] = ()
+    reject_not_pass_domains: tuple[str, ...] = ()
+    enhanced_status_codes: bool = True
+    whitelist_lookup_time: float = 10.0
+    reason_url: str = DEFAULT_URL
+    log_queue_id: bool = True
+    local_rules: str = ""
+    best_guess: str = ""
+    metrics: tuple[str, int] | None = None
+    recipient_policies: tuple[RecipientPolicy, ...] = ()
+
+    def for_recipient(self, recipient: str) -> "Settings":
+        """These settings as they apply to one recipient (the first matching section)."""
+        rcpt = recipient.strip().strip("<>").lower()
+        local, _, domain = rcpt.rpartition("@")
+        for policy in self.recipient_policies:
+            plocal, _, pdomain = policy.pattern.rpartition("@")
+            if (not plocal or plocal == local) and (not pdomain or pdomain == domain):
+                return dataclasses.replace(self, **dict(policy.changes))
+        return self
 
     def with_overrides(self, **changes: object) -> "Settings":
         """A copy with some fields replaced, for command-line overrides and tests."""
@@ -276,8 +310,56 @@ def _reason(text: str) -> str:
     return text
 
 
-def _text(text: str) -> str:
+def _authserv_id(text: str) -> str:
+    # policyd-spf's placeholders for "this host's name"
+    if text.strip().upper() in ("HOSTNAME", "HEADER"):
+        return gethostname()
+    return _hostname(text)
+
+
+def _reason_url(text: str) -> str:
+    try:
+        text.format("mfrom", "user@example.com", "192.0.2.1", "mx.example")
+    except (IndexError, KeyError, ValueError) as exc:
+        raise ValueError(f"bad template ({exc}); use {{0}} identity, {{1}} sender, "
+                         "{2} ip, {3} receiver") from None
     return text.strip()
+
+
+def _host_port(text: str) -> tuple[str, int] | None:
+    value = text.strip()
+    if value.lower() in ("", "off", "none", "false", "no"):
+        return None
+    m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d+)|([^:\s]+):(\d+)", value)
+    if not m:
+        raise ValueError(f"expected HOST:PORT (e.g. 127.0.0.1:9095) or off, got {text!r}")
+    host = m.group(1) or m.group(3)
+    port = int(m.group(2) or m.group(4))
+    if not 0 < port < 65536:
+        raise ValueError(f"bad port in {text!r}")
+    return host, port
+
+
+_MECHANISM = re.compile(r"^[-+?~]?(all|include:\S+|a(:\S+)?(/\d+)?(//\d+)?|mx(:\S+)?(/\d+)?(//\d+)?|"
+                        r"ptr(:\S+)?|ip4:[0-9./]+|ip6:[0-9A-Fa-f:./]+|exists:\S+)$", re.I)
+
+
+def _mechanisms(text: str) -> str:
+    terms = text.split()
+    for term in terms:
+        if not _MECHANISM.match(term):
+            raise ValueError(f"{term!r} is not an SPF mechanism")
+    return " ".join(terms)
+
+
+def _record(text: str) -> str:
+    value = text.strip()
+    if not value:
+        return ""
+    if not value.lower().startswith("v=spf1"):
+        raise ValueError(f"expected an SPF record starting with v=spf1, got {text!r}")
+    _mechanisms(value[6:])
+    return value
 
 
 def _optional_text(text: str) -> str | None:
@@ -304,7 +386,7 @@ _KEYS: dict[str, tuple[str, str, Callable[[str], object]]] = {
         ("HELO_Whitelist", "helo_whitelist", _domains),
         ("Exempt_Recipients", "exempt_recipients", _recipients),
         ("Header_Type", "header_type", _enum(HeaderType)),
-        ("Authserv_Id", "authserv_id", _hostname),
+        ("Authserv_Id", "authserv_id", _authserv_id),
         ("Hide_Receiver", "hide_receiver", _bool),
         ("Lookup_Time", "lookup_time", _positive_float),
         ("Void_Limit", "void_limit", _nonneg_int),
@@ -314,8 +396,39 @@ _KEYS: dict[str, tuple[str, str, Callable[[str], object]]] = {
         ("PidFile", "pid_file", _optional_text),
         ("UMask", "umask", _umask),
         ("debugLevel", "debug_level", _nonneg_int),
+        ("InternalHosts", "internal_hosts", _networks),
+        ("Reject_Not_Pass_Domains", "reject_not_pass_domains", _domains),
+        ("SPF_Enhanced_Status_Codes", "enhanced_status_codes", _bool),
+        ("Whitelist_Lookup_Time", "whitelist_lookup_time", _positive_float),
+        ("Reason_URL", "reason_url", _reason_url),
+        ("QueueID", "log_queue_id", _bool),
+        ("Local_Rules", "local_rules", _mechanisms),
+        ("Best_Guess", "best_guess", _record),
+        ("Metrics", "metrics", _host_port),
     ]
 }
+
+# Keys of python policyd-spf / pyspf-milter that spfmilter does not take, and what
+# to use instead: a migrating administrator gets a pointer, not just "unknown".
+REFUSED_KEYS: dict[str, str] = {k.lower(): v for k, v in {
+    "HELO_pass_restriction": "it names a Postfix access(5) action, which a milter cannot apply; "
+                             "remove it (a HELO pass is reported in the headers)",
+    "Mail_From_pass_restriction": "it names a Postfix access(5) action, which a milter cannot "
+                                  "apply; remove it (a pass is reported in the headers)",
+    "No_Mail": "use Mail_From_reject = Fail, which also refuses domains that publish 'v=spf1 -all'",
+    "Domain_Whitelist_PTR": "use Whitelist with the forwarder's addresses, or Domain_Whitelist",
+    "Mock": "to try a transaction use 'spfmilter check --ip ... --helo ... --from ...'",
+    "Prospective": "to try an address use 'spfmilter check --ip ADDRESS ...'",
+    "Per_User": "put per-recipient settings in [recipient ...] sections of this file",
+    "defaultSeedOnly": "use TestOnly",
+    "MacroList": "not needed: spfmilter reads the macros it uses (see init/postfix-main.cf)",
+    "MacroListVerify": "not needed: spfmilter reads the macros it uses (see init/postfix-main.cf)",
+    "IntegratedAuth": "not needed: SMTP AUTH clients ({auth_authen}) are never refused",
+}.items()}
+
+# What a [recipient ...] section may change: the decision, not what is evaluated.
+RECIPIENT_KEYS = frozenset({"helo_reject", "mail_from_reject", "permerror_reject",
+                            "temperror_defer", "test_only", "reject_not_pass_domains"})
 
 KNOWN_KEYS: tuple[str, ...] = tuple(v[0] for v in _KEYS.values())
 
@@ -327,28 +440,61 @@ def _lines(text: str) -> Iterable[tuple[int, str]]:
             yield number, line
 
 
+_SECTION = re.compile(r"^\[\s*recipient\s+(\S+)\s*\]$", re.I)
+
+
 def parse_text(text: str, path: str = "<string>") -> Settings:
     """Parse configuration text; ``path`` only names the source in errors."""
     values: dict[str, object] = {}
     seen: dict[str, int] = {}
+    sections: list[RecipientPolicy] = []
+    section: dict[str, object] | None = None
+    section_seen: dict[str, int] = {}
     for number, line in _lines(text):
+        if line.startswith("["):
+            m = _SECTION.match(line)
+            if not m:
+                raise ConfigError("expected a section '[recipient user@domain|user@|@domain]'",
+                                  path, number)
+            try:
+                pattern = _recipients(m.group(1))[0]
+            except ValueError as exc:
+                raise ConfigError(str(exc), path, number, "[recipient]") from None
+            section, section_seen = {}, {}
+            sections.append(RecipientPolicy(pattern, (), number))
+            continue
         key, sep, raw = line.partition("=")
         key = key.strip()
         if not sep or not key:
             raise ConfigError("expected 'Key = value'", path, number, key or None)
         entry = _KEYS.get(key.lower())
         if entry is None:
+            hint = REFUSED_KEYS.get(key.lower())
+            if hint:
+                raise ConfigError(f"not supported by spfmilter: {hint}", path, number, key)
             raise ConfigError("unknown key (known keys: " + ", ".join(KNOWN_KEYS) + ")",
                               path, number, key)
         canonical, field_name, parser = entry
-        if field_name in seen:
-            raise ConfigError(f"given twice (first on line {seen[field_name]})",
+        target, target_seen = (values, seen) if section is None else (section, section_seen)
+        if section is not None and field_name not in RECIPIENT_KEYS:
+            raise ConfigError("cannot be set per recipient (allowed: " + ", ".join(
+                sorted(v[0] for v in _KEYS.values() if v[1] in RECIPIENT_KEYS)) + ")",
+                path, number, canonical)
+        if field_name in target_seen:
+            raise ConfigError(f"given twice (first on line {target_seen[field_name]})",
                               path, number, canonical)
-        seen[field_name] = number
+        target_seen[field_name] = number
         try:
-            values[field_name] = parser(raw.strip())
+            value = parser(raw.strip())
         except ValueError as exc:
             raise ConfigError(str(exc), path, number, canonical) from None
+        if section is not None and value in (HeloPolicy.NO_CHECK, MailFromPolicy.NO_CHECK):
+            raise ConfigError("No_Check cannot be set per recipient (use False)",
+                              path, number, canonical)
+        target[field_name] = value
+        if section is not None:
+            sections[-1] = dataclasses.replace(sections[-1], changes=tuple(section.items()))
+    values["recipient_policies"] = tuple(sections)
     return Settings(**values)  # type: ignore[arg-type]
 
 

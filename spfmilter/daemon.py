@@ -160,6 +160,11 @@ def serve_milter(settings: cfg.Settings, reload_settings: Callable[[], cfg.Setti
             os.chown(spec[5:], uid, gid)
         drop_privileges(settings.user_id)
     _reloader(reload)
+    if settings.metrics:
+        from spfmilter import metrics
+        host, port = settings.metrics
+        metrics.serve(host, port, lambda: {"connections": connections.count,
+                                           **get_runtime().resolver.stats()})
     log.info("%s", kv(action="start", version=__version__, socket=spec, pid=os.getpid(),
                       uid=os.getuid(), gid=os.getgid()))
     libmilter.main()

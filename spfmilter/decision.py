@@ -68,6 +68,8 @@ def plan(facts: Facts, settings: Settings) -> Plan:
         return Plan(skip="authenticated")
     if _in_networks(facts.client_ip, settings.skip_addresses):
         return Plan(skip="skip_addresses")
+    if _in_networks(facts.client_ip, settings.internal_hosts):
+        return Plan(skip="InternalHosts")
     if _in_networks(facts.client_ip, settings.whitelist):
         return Plan(skip="whitelist")
     return Plan(check_helo=settings.helo_reject is not HeloPolicy.NO_CHECK,
@@ -86,22 +88,33 @@ def recipient_exempt(recipient: str, settings: Settings) -> bool:
     return False
 
 
+_NOT_PASS = {"fail", "softfail", "neutral", "permerror"}
 _REFUSING_RESULTS = {
     HeloPolicy.FAIL: {"fail"},
     HeloPolicy.NULL: {"fail"},
     HeloPolicy.SOFTFAIL: {"fail", "softfail"},
-    HeloPolicy.SPF_NOT_PASS: {"fail", "softfail", "neutral", "permerror"},
+    HeloPolicy.NEUTRAL: {"fail", "softfail", "neutral"},
+    HeloPolicy.SPF_NOT_PASS: _NOT_PASS,
+    HeloPolicy.STRICT: _NOT_PASS | {"none"},
     MailFromPolicy.FAIL: {"fail"},
     MailFromPolicy.SOFTFAIL: {"fail", "softfail"},
-    MailFromPolicy.SPF_NOT_PASS: {"fail", "softfail", "neutral", "permerror"},
+    MailFromPolicy.NEUTRAL: {"fail", "softfail", "neutral"},
+    MailFromPolicy.SPF_NOT_PASS: _NOT_PASS,
+    MailFromPolicy.STRICT: _NOT_PASS | {"none"},
 }
 
 
 def _verdict(res: SPFResult | None, policy: HeloPolicy | MailFromPolicy,
              settings: Settings) -> str | None:
     """REJECT/DEFER if this identity's result refuses mail under its policy."""
-    if res is None or policy in (HeloPolicy.FALSE, HeloPolicy.NO_CHECK,
-                                 MailFromPolicy.FALSE, MailFromPolicy.NO_CHECK):
+    if res is None:
+        return None
+    # Reject_Not_Pass_Domains: these domains promise to pass, whatever the general policy.
+    if res.identity == "mailfrom" and res.domain.lower() in settings.reject_not_pass_domains \
+            and res.result in _NOT_PASS | {"none"}:
+        return REJECT
+    if policy in (HeloPolicy.FALSE, HeloPolicy.NO_CHECK, MailFromPolicy.FALSE,
+                  MailFromPolicy.NO_CHECK):
         return None
     if res.result in _REFUSING_RESULTS.get(policy, set()):
         return REJECT
@@ -120,11 +133,11 @@ def _explanation(res: SPFResult, ip: str) -> str:
 
 def _reply(res: SPFResult, action: str, facts: Facts, settings: Settings) -> tuple[str, str, str]:
     if action == DEFER:
-        code, status = "451", "4.7.24"
+        code, status = "451", "4.7.24" if settings.enhanced_status_codes else "4.4.3"
     elif res.result == "permerror":
-        code, status = "550", "5.7.24"
+        code, status = "550", "5.7.24" if settings.enhanced_status_codes else "5.7.1"
     else:
-        code, status = "550", "5.7.23"
+        code, status = "550", "5.7.23" if settings.enhanced_status_codes else "5.7.1"
     exp = headers.clean(_explanation(res, facts.client_ip), 300)
     sender = headers.clean(res.sender)
     values = {
@@ -137,7 +150,8 @@ def _reply(res: SPFResult, action: str, facts: Facts, settings: Settings) -> tup
         "helo": headers.clean(facts.helo),
         "exp": exp,
         "spf": f"SPF {res.result} - {exp}",
-        "url": f"https://www.open-spf.org/Why?s={res.identity};id={sender};ip={facts.client_ip}",
+        "url": settings.reason_url.format("helo" if res.identity == "helo" else "mfrom", sender,
+                                          headers.clean(facts.client_ip, 64), settings.authserv_id),
     }
     return code, status, headers.clean(settings.reason_message.format(**values), 450)
 
@@ -172,6 +186,7 @@ def decide(facts: Facts, helo: SPFResult | None, mailfrom: SPFResult | None,
     if skip:
         return Decision(ACCEPT, f"skipped ({skip})")
     hdrs = message_headers(facts, helo, mailfrom, settings)
+    settings = settings.for_recipient(facts.recipient)
     if whitelisted_by:
         return Decision(ACCEPT, f"whitelisted (Domain_Whitelist {whitelisted_by})", headers=hdrs)
     if helo is not None and helo.result == "pass" and \

@@ -54,6 +54,8 @@ def comment(text: str) -> str:
 
 def _describe(res: SPFResult, ip: str) -> str:
     who = res.sender or "the sender"
+    if res.result == "pass" and (res.mechanism or "").startswith("local:"):
+        return f"{ip} is permitted for {who} by local policy (Local_Rules)"
     texts = {
         "pass": f"domain of {who} designates {ip} as permitted sender",
         "fail": f"domain of {who} does not designate {ip} as permitted sender",
@@ -71,7 +73,10 @@ def received_spf(res: SPFResult, *, client_ip: str, helo: str, envelope_from: st
     """The Received-SPF value (without the field name) for one identity."""
     ip = clean(client_ip, 64)
     prefix = f"{receiver}: " if receiver else ""
-    text = comment(clean(prefix + _describe(res, ip), 2 * MAX_VALUE))
+    described = _describe(res, ip)
+    if res.best_guess:
+        described += f"; best guess record gives {res.best_guess}"
+    text = comment(clean(prefix + described, 2 * MAX_VALUE))
     pairs = [("client-ip", ip)]
     if res.identity == "mailfrom":
         pairs.append(("envelope-from", clean(envelope_from or res.sender)))
@@ -138,7 +143,8 @@ def authentication_results(authserv_id: str, results: list[SPFResult], *,
     for res in results:
         if res.identity == "mailfrom":
             clause = authres.SPFAuthenticationResult(
-                result=res.result, smtp_mailfrom=_pvalue_address(res.sender))
+                result=res.result, smtp_mailfrom=_pvalue_address(res.sender),
+                result_comment=f"best guess record gives {res.best_guess}" if res.best_guess else None)
         else:
             clause = authres.SPFAuthenticationResult(
                 result=res.result, smtp_helo=_pvalue_helo(helo))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -18,6 +19,7 @@ import Milter
 
 from spfmilter import decision as dec
 from spfmilter import headers as hdr
+from spfmilter import metrics
 from spfmilter.config import Settings
 from spfmilter.log import kv, log
 from spfmilter.resolver import Resolver
@@ -124,6 +126,7 @@ def guarded(callback: Callable[..., int]) -> Callable[..., int]:
                 raise RuntimeError(f"earlier fault: {self.fault}")
             return callback(self, *args)
         except Exception as exc:  # noqa: BLE001 - this is the safety net
+            metrics.ERRORS.inc()
             self.fault = f"{type(exc).__name__}: {exc}"
             log.error("%s", kv(action="tempfail", error=self.fault, callback=callback.__name__,
                                queue_id=getattr(self, "queue_id", "") or None))
@@ -200,14 +203,20 @@ class SPFMilter(Milter.Base):
         """Run the plan once per message (the first RCPT), not per recipient."""
         rt, facts = self.runtime, self._facts()
         self.plan = plan = dec.plan(facts, self.settings)
+        metrics.TRANSACTIONS.inc()
         if plan.skip:
+            metrics.SKIPS.labels(plan.skip).inc()
             return
         s = self.settings
+        started = time.monotonic()
 
-        def run(identity: str, sender: str) -> SPFResult:
+        def run(identity: str, sender: str, lookup_time: float = s.lookup_time,
+                local: bool = True) -> SPFResult:
             return evaluate(identity, self.client_ip, sender, self.helo, resolver=rt.resolver,
-                            receiver=s.authserv_id, lookup_time=s.lookup_time,
-                            void_limit=s.void_limit)
+                            receiver=s.authserv_id, lookup_time=lookup_time,
+                            void_limit=s.void_limit,
+                            local_rules=s.local_rules if local else "",
+                            best_guess=s.best_guess if local and identity == "mailfrom" else "")
 
         if plan.check_helo and self.helo:  # no HELO at all: nothing to check or report
             if self.helo_result is None:
@@ -223,9 +232,14 @@ class SPFMilter(Milter.Base):
         elif self.sender is not None:
             self.mailfrom_result = not_checked("mailfrom", self.sender)
         for domain in plan.whitelist_domains:
-            if run("mailfrom", f"postmaster@{domain}").result == "pass":
+            if run("mailfrom", f"postmaster@{domain}", s.whitelist_lookup_time,
+                   local=False).result == "pass":
                 self.whitelisted_by = domain
                 break
+        metrics.DECISION.observe(time.monotonic() - started)
+        for res in (self.helo_result if plan.check_helo else None, self.mailfrom_result):
+            if res is not None and res.mechanism != "not-checked":
+                metrics.RESULTS.labels(res.identity, res.result).inc()
 
     @guarded
     def envrcpt(self, to: str, *params: str) -> int:
@@ -239,6 +253,7 @@ class SPFMilter(Milter.Base):
         verdict = dec.decide(self._facts(recipient), helo_res, self.mailfrom_result,
                              self.settings, skip=self.plan.skip, whitelisted_by=self.whitelisted_by)
         self._log(verdict, recipient)
+        metrics.ACTIONS.labels(verdict.action).inc()
         if verdict.action == dec.ACCEPT:
             self.recipients.append(recipient)
             return Milter.CONTINUE
@@ -253,7 +268,8 @@ class SPFMilter(Milter.Base):
             identity=main.identity if main else None, result=main.result if main else None,
             helo_result=h.result if h else None,
             client_ip=self.client_ip, helo=self.helo, envelope_from=self.sender,
-            rcpt=recipient, receiver=self.settings.authserv_id, queue_id=self.queue_id or None,
+            rcpt=recipient, receiver=self.settings.authserv_id,
+            queue_id=(self.queue_id or None) if self.settings.log_queue_id else None,
             reply=f"{verdict.code} {verdict.status}" if verdict.code else None))
 
     @Milter.noreply
@@ -278,6 +294,7 @@ class SPFMilter(Milter.Base):
         assert self.plan is not None
         for name, index in sorted(self.forged, key=lambda f: -f[1]):
             self.chgheader(name, index, "")
+            metrics.FORGED.inc()
             log.info("%s", kv(action="removed-forged-header", header=name, index=index,
                                 queue_id=self.queue_id or self._macro("i") or None))
         helo_res = self.helo_result if self.plan.check_helo else None

@@ -8,6 +8,7 @@ dnspython retries over TCP by itself when a UDP answer comes back truncated.
 
 from __future__ import annotations
 
+import contextvars
 import threading
 from typing import Any
 
@@ -15,10 +16,15 @@ import dns.exception
 import dns.inet
 import dns.nameserver
 import dns.name
+import dns.rdataclass
 import dns.rdatatype
 import dns.resolver
 
 CACHE_SIZE = 50_000
+
+
+# Set by ``spfmilter check --trace``: a list that every lookup appends a line to.
+trace: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("dns_trace", default=None)
 
 
 class TempFailure(Exception):
@@ -50,6 +56,12 @@ class Resolver:
     def cache(self) -> dns.resolver.LRUCache:
         return self._resolver.cache
 
+    def stats(self) -> dict[str, float]:
+        """Lookups asked, answered from the cache, from the network, and timed out."""
+        cache = self._resolver.cache
+        return {"lookups": self.queries, "hits": cache.hits(), "misses": cache.misses(),
+                "timeouts": self.timeouts}
+
     def resolve(self, name: str, qtype: str, lifetime: float) -> dns.resolver.Answer | None:
         """One lookup; None means 'no such data' (NXDOMAIN or no records of that type)."""
         with self._lock:
@@ -72,6 +84,9 @@ class Resolver:
 
     def spf_lookup(self, name: str, qtype: str, lifetime: float) -> list[tuple[tuple[str, str], Any]]:
         """Answer in the shape pyspf's DNSLookup hook returns: [((name, type), data)]."""
+        lines = trace.get()
+        if lines is not None:
+            return self._traced(lines, name, qtype, lifetime)
         answer = self.resolve(name, qtype, lifetime)
         if answer is None or answer.rrset is None:
             return []
@@ -86,4 +101,25 @@ class Resolver:
                 out.append((key, rdata.target.to_text(omit_final_dot=True)))
             elif qtype in ("TXT", "SPF"):
                 out.append((key, list(rdata.strings)))
+        return out
+
+    def _traced(self, lines: list[str], name: str, qtype: str,
+                lifetime: float) -> list[tuple[tuple[str, str], Any]]:
+        try:
+            key = (dns.name.from_text(name), dns.rdatatype.from_text(qtype), dns.rdataclass.IN)
+            cached = self._resolver.cache.get(key) is not None
+        except dns.exception.DNSException:
+            cached = False
+        token = trace.set(None)
+        try:
+            out = self.spf_lookup(name, qtype, lifetime)
+        except TempFailure as exc:
+            lines.append(f"DNS {name} {qtype}: {exc}")
+            raise
+        finally:
+            trace.reset(token)
+        shown = ", ".join(
+            b"".join(v).decode("utf-8", "replace") if isinstance(v, list) else str(v)
+            for _, v in out) or "no data"
+        lines.append(f"DNS {name} {qtype}{' (cached)' if cached else ''}: {shown}")
         return out

@@ -50,6 +50,8 @@ class SPFResult:
     mechanism: str | None = None
     lookups: int = 0
     seconds: float = 0.0
+    best_guess: str | None = None   # result of Best_Guess for a domain without a record
+    void_lookups: int = 0
 
 
 def _domain_of(sender: str) -> str:
@@ -57,12 +59,16 @@ def _domain_of(sender: str) -> str:
 
 
 def evaluate(identity: str, ip: str, sender: str, helo: str, *, resolver: Resolver,
-             receiver: str, lookup_time: float, void_limit: int) -> SPFResult:
+             receiver: str, lookup_time: float, void_limit: int, local_rules: str = "",
+             best_guess: str = "") -> SPFResult:
     """Evaluate one identity per RFC 7208.
 
     ``identity`` is "helo" (sender is ignored; postmaster@helo is checked) or
     "mailfrom" (an empty sender is checked as postmaster@helo, RFC 7208 §2.4).
     Never raises for bad input: a malformed address is the RFC's none/permerror.
+    ``local_rules`` (mechanisms) are tried before the domain's record: a match
+    is a pass by local policy.  ``best_guess`` (a record) is evaluated for a
+    domain that publishes none; its outcome is reported, the result stays none.
     """
     if identity not in ("helo", "mailfrom"):
         raise ValueError(identity)
@@ -81,12 +87,26 @@ def evaluate(identity: str, ip: str, sender: str, helo: str, *, resolver: Resolv
     spf.MAX_VOID_LOOKUPS = void_limit  # process-wide in pyspf; one value per process
     token = _current.set(resolver)
     started = time.monotonic()
+    best: str | None = None
+    void = 0
     try:
-        q = spf.query(i=ip, s=checked, h=helo or "unknown", receiver=receiver,
-                      querytime=lookup_time, timeout=lookup_time)
-        result, _code, explanation = q.check()
-        mechanism = q.mechanism
-        lookups = q.lookups
+        def query() -> spf.query:
+            return spf.query(i=ip, s=checked, h=helo or "unknown", receiver=receiver,
+                             querytime=lookup_time, timeout=lookup_time)
+        result = ""
+        if local_rules:
+            q = query()
+            if q.check(spf=f"v=spf1 {local_rules}")[0] == "pass":
+                result, explanation = "pass", "matched Local_Rules"
+                mechanism, lookups = f"local:{q.mechanism}", q.lookups
+        if not result:
+            q = query()
+            result, _code, explanation = q.check()
+            mechanism, lookups, void = q.mechanism, q.lookups, q.void_lookups
+            if result == "none" and best_guess:
+                # pyspf's best_guess(), without its reliance on state from an earlier check
+                best = query().check(spf=best_guess)[0]
+                best = "neutral" if best == "permerror" else best
     except spf.TempError as exc:
         result, explanation, mechanism, lookups = "temperror", f"SPF Temporary Error: {exc}", None, 0
     except spf.PermError as exc:
@@ -99,7 +119,7 @@ def evaluate(identity: str, ip: str, sender: str, helo: str, *, resolver: Resolv
     published = result in ("fail", "softfail", "permerror") and \
         explanation != spf.EXPLANATIONS.get(result) and not explanation.startswith("SPF ")
     return SPFResult(identity, result, checked, _domain_of(checked), explanation or "",
-                     published, mechanism, lookups, time.monotonic() - started)
+                     published, mechanism, lookups, time.monotonic() - started, best, void)
 
 
 def not_checked(identity: str, sender: str = "") -> SPFResult:

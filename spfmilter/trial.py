@@ -14,7 +14,9 @@ from Milter.testctx import TestCtx
 
 from spfmilter.config import Settings
 from spfmilter.milter import Runtime, SPFMilter, get_runtime, set_runtime
+from spfmilter import resolver as resolver_mod
 from spfmilter.resolver import Resolver
+from spfmilter.spfcheck import SPFResult
 
 _CODES = {Milter.CONTINUE: "continue", Milter.ACCEPT: "accept", Milter.REJECT: "reject",
           Milter.TEMPFAIL: "tempfail", Milter.DISCARD: "discard"}
@@ -59,6 +61,7 @@ class Outcome:
     replies: list[tuple[str, str, str]] = field(default_factory=list)   # rcpt, rc, reply
     end: str | None = None
     header_ops: list[tuple[str, str, str, int]] = field(default_factory=list)
+    trace: list[str] | None = None
 
     def render(self) -> str:
         lines = [f"HELO result:      {self.helo or 'not checked'}",
@@ -75,13 +78,31 @@ class Outcome:
                 lines.append("Headers added (top of the message first):")
             # each is inserted at position 0, so the last inserted ends up on top
             lines.extend(f"  {n}: {v}" for n, v in reversed(inserted))
+        if self.trace is not None:
+            lines.append("Trace:")
+            lines.extend(f"  {t}" for t in self.trace or ["(no DNS lookups)"])
         return "\n".join(lines)
+
+
+def _explain(res: SPFResult, void_limit: int) -> str:
+    """Why this result: the mechanism that decided it and the RFC 7208 §4.6.4 counters."""
+    how = f"mechanism {res.mechanism}" if res.mechanism else "no mechanism matched"
+    if res.result in ("permerror", "temperror"):
+        how = res.explanation
+    guess = f"; best guess record gives {res.best_guess}" if res.best_guess else ""
+    return (f"{res.identity.upper()} {res.sender or '-'}: {res.result} ({how}{guess}); "
+            f"{res.lookups} of 10 DNS-querying terms, {res.void_lookups} of {void_limit} "
+            f"void lookups; {res.seconds * 1000:.1f} ms")
 
 
 def play(settings: Settings, resolver: Resolver, *, ip: str, helo: str, sender: str,
          recipients: list[str], auth_user: str = "",
-         message: bytes = b"Subject: spfmilter check\n\ntest\n") -> Outcome:
-    """Run connect, HELO, MAIL, RCPT…, headers and end of message through SPFMilter."""
+         message: bytes = b"Subject: spfmilter check\n\ntest\n", trace: bool = False) -> Outcome:
+    """Run connect, HELO, MAIL, RCPT…, headers and end of message through SPFMilter.
+
+    With ``trace``, every DNS lookup is recorded (cached or not) and each
+    identity's deciding mechanism and lookup counts are added to the outcome.
+    """
     try:
         previous: Runtime | None = get_runtime()
     except RuntimeError:
@@ -89,6 +110,8 @@ def play(settings: Settings, resolver: Resolver, *, ip: str, helo: str, sender: 
     set_runtime(Runtime(settings, resolver))
     saved_factory = Milter.factory
     Milter.factory = SPFMilter
+    trace_lines: list[str] | None = [] if trace else None
+    trace_token = resolver_mod.trace.set(trace_lines)
     try:
         ctx = RecordingCtx()
         ctx._setsymval("j", settings.authserv_id)
@@ -115,6 +138,11 @@ def play(settings: Settings, resolver: Resolver, *, ip: str, helo: str, sender: 
             out.mailfrom = f"{milter.mailfrom_result.result} ({milter.mailfrom_result.sender})"
         if milter.plan and milter.plan.skip:
             out.helo = out.mailfrom = f"skipped ({milter.plan.skip})"
+        if trace_lines is not None:
+            out.trace = trace_lines
+            for res in (milter.helo_result, milter.mailfrom_result):
+                if res is not None and res.mechanism != "not-checked":
+                    trace_lines.append(_explain(res, settings.void_limit))
         if accepted:
             import mime
             ctx._msg = mime.message_from_file(io.BytesIO(message))
@@ -127,6 +155,7 @@ def play(settings: Settings, resolver: Resolver, *, ip: str, helo: str, sender: 
         ctx._close()
         return out
     finally:
+        resolver_mod.trace.reset(trace_token)
         Milter.factory = saved_factory
         if previous is not None:
             set_runtime(previous)

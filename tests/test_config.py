@@ -132,3 +132,49 @@ def test_daemon_refuses_bad_config_in_one_line(tmp_path):
     res = _run("-c", str(bad_file))
     assert res.returncode == 1
     assert res.stderr.count("\n") == 1 and "bad.conf:1: Whitelist:" in res.stderr
+
+
+@pytest.mark.parametrize("key,fragment", [
+    ("HELO_pass_restriction = helo_passed_spf", "Postfix access(5) action"),
+    ("Mail_From_pass_restriction = x", "Postfix access(5) action"),
+    ("No_Mail = True", "use Mail_From_reject = Fail"),
+    ("Domain_Whitelist_PTR = example.com", "use Whitelist"),
+    ("Mock = True", "spfmilter check"),
+    ("Prospective = 192.0.2.1", "spfmilter check --ip"),
+    ("Per_User = /etc/x", "[recipient ...] sections"),
+    ("defaultSeedOnly = 1", "use TestOnly"),
+    ("MacroList = x", "not needed"),
+])
+def test_foreign_keys_are_refused_with_what_to_use_instead(key, fragment):
+    with pytest.raises(cfg.ConfigError) as err:
+        cfg.parse_text(key + "\n", "policyd-spf.conf")
+    assert "not supported by spfmilter: " in str(err.value) and fragment in str(err.value)
+    assert str(err.value).startswith("policyd-spf.conf:1: ")
+
+
+def test_policyd_spf_values_are_honoured():
+    s = cfg.parse_text("Authserv_Id = HEADER\nHide_Receiver = Yes\nInternalHosts = 127.0.0.1\n"
+                       "Whitelist_Lookup_Time = 5\nQueueID = False\n")
+    import socket
+    assert s.authserv_id == socket.gethostname() and s.hide_receiver
+    assert s.internal_hosts == (ipaddress.ip_network("127.0.0.1/32"),)
+    assert s.whitelist_lookup_time == 5 and s.log_queue_id is False
+
+
+def test_recipient_sections_are_validated():
+    with pytest.raises(cfg.ConfigError, match=r"x:3: Socket: cannot be set per recipient"):
+        cfg.parse_text("Socket = unix:/a\n[recipient @b.test]\nSocket = unix:/b\n", "x")
+    with pytest.raises(cfg.ConfigError, match=r"x:2: Mail_From_reject: No_Check cannot be set"):
+        cfg.parse_text("[recipient a@]\nMail_From_reject = No_Check\n", "x")
+    with pytest.raises(cfg.ConfigError, match=r"x:1: expected a section"):
+        cfg.parse_text("[sender a@b]\n", "x")
+
+
+def test_local_rules_best_guess_and_metrics_values():
+    s = cfg.parse_text("Local_Rules = include:spf.trusted-forwarder.org ip4:192.0.2.0/24\n"
+                       "Best_Guess = v=spf1 a/24 mx/24 ptr\nMetrics = 127.0.0.1:9095\n")
+    assert s.local_rules == "include:spf.trusted-forwarder.org ip4:192.0.2.0/24"
+    assert s.best_guess == "v=spf1 a/24 mx/24 ptr" and s.metrics == ("127.0.0.1", 9095)
+    for bad in ("Local_Rules = frobnicate", "Best_Guess = a mx", "Metrics = 9095"):
+        with pytest.raises(cfg.ConfigError):
+            cfg.parse_text(bad + "\n")

@@ -133,3 +133,54 @@ def test_reason_template_and_hostile_explanation():
     d = decide(facts(), None, res("mailfrom", "fail", exp="bad\r\nX-Injected: 1", published=True), s)
     assert "\r" not in d.text and "\n" not in d.text
     assert d.text.startswith("rejected|fail|MAIL FROM|user@example.com|198.51.100.7|bad??X-Injected")
+
+
+@pytest.mark.parametrize("policy,refused", [
+    ("Neutral", {"fail", "softfail", "neutral"}),
+    ("Strict", {"fail", "softfail", "neutral", "none", "permerror"}),
+])
+def test_qmail_levels_five_and_six(policy, refused):
+    for result in ("pass", "fail", "softfail", "neutral", "none", "permerror", "temperror"):
+        d = decide(facts(), None, res("mailfrom", result), settings(Mail_From_reject=policy))
+        assert (d.action == REJECT) == (result in refused), result
+
+
+def test_reject_not_pass_domains():
+    s = settings(Mail_From_reject="False", Reject_Not_Pass_Domains="example.com")
+    assert decide(facts(), None, res("mailfrom", "neutral"), s).action == REJECT
+    assert decide(facts(), None, res("mailfrom", "pass"), s).action == ACCEPT
+    assert decide(facts(), None, res("mailfrom", "neutral", "u@other.example"), s).action == ACCEPT
+
+
+def test_plain_status_codes_when_enhanced_codes_are_off():
+    s = settings(SPF_Enhanced_Status_Codes="No", TempError_Defer="yes")
+    assert decide(facts(), None, res("mailfrom", "fail"), s).status == "5.7.1"
+    assert decide(facts(), None, res("mailfrom", "temperror"), s).status == "4.4.3"
+
+
+def test_reason_url_placeholder():
+    s = settings(Reason_Message="see {url}", Reason_URL="https://why.example/?s={0}&id={1}&ip={2}&r={3}")
+    d = decide(facts(), None, res("mailfrom", "fail"), s)
+    assert d.text == "see https://why.example/?s=mfrom&id=user@example.com&ip=198.51.100.7&r=mx.test"
+
+
+def test_recipient_sections_change_the_decision_for_their_recipients():
+    s = cfg.parse_text("""
+Authserv_Id = mx.test
+Mail_From_reject = Fail
+[recipient @strict.test]
+Mail_From_reject = SPF_Not_Pass
+[recipient postmaster@]
+Mail_From_reject = False
+TestOnly = 0
+""")
+    soft = res("mailfrom", "softfail")
+    assert decide(facts(recipient="a@strict.test"), None, soft, s).action == REJECT
+    assert decide(facts(recipient="a@mx.test"), None, soft, s).action == ACCEPT
+    assert decide(facts(recipient="postmaster@strict.test"), None, res("mailfrom", "fail"), s).action == REJECT
+    assert decide(facts(recipient="postmaster@mx.test"), None, res("mailfrom", "fail"), s).action == ACCEPT
+    assert decide(facts(), None, res("mailfrom", "fail"), s).action == REJECT
+
+
+def test_internal_hosts_are_skipped():
+    assert plan(facts(client_ip="10.0.0.5"), settings(InternalHosts="10.0.0.0/8")).skip == "InternalHosts"
