@@ -23,6 +23,7 @@ deps: .stamp-deps
 
 test-deps: .stamp-test-deps
 .stamp-test-deps: .stamp-deps
+	sh scripts/system-deps.sh test
 	$(BIN)/python -m pip install -q -e '.[test]'
 	touch $@
 

@@ -4,6 +4,9 @@
 # installs them; otherwise it prints the one command that would.
 set -eu
 PKGS="libmilter-dev gcc python3-dev python3-venv"
+# `system-deps.sh test`: also what the test suite runs (systemd-analyze for the
+# unit file check, start-stop-daemon for the SysV script).
+[ "${1:-}" = test ] && PKGS="$PKGS systemd dpkg"
 missing=""
 for p in $PKGS; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
