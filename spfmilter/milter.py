@@ -209,11 +209,13 @@ class SPFMilter(Milter.Base):
             return
         s = self.settings
         started = time.monotonic()
+        deadline = started + s.lookup_time  # one budget for all of this message's checks
 
-        def run(identity: str, sender: str, lookup_time: float = s.lookup_time,
+        def run(identity: str, sender: str, limit: float = s.lookup_time,
                 local: bool = True) -> SPFResult:
             return evaluate(identity, self.client_ip, sender, self.helo, resolver=rt.resolver,
-                            receiver=s.authserv_id, lookup_time=lookup_time,
+                            receiver=s.authserv_id,
+                            lookup_time=min(limit, deadline - time.monotonic()),
                             void_limit=s.void_limit,
                             local_rules=s.local_rules if local else "",
                             best_guess=s.best_guess if local and identity == "mailfrom" else "")

@@ -84,6 +84,9 @@ def evaluate(identity: str, ip: str, sender: str, helo: str, *, resolver: Resolv
     except ValueError:
         return SPFResult(identity, "permerror", checked, _domain_of(checked),
                          f"client address {ip!r} is not an IP address", False)
+    if lookup_time <= 0.001:  # the message's Lookup_Time is spent (pyspf reads 0 as "no limit")
+        return SPFResult(identity, "temperror", checked, _domain_of(checked),
+                         "SPF Temporary Error: Lookup_Time exceeded", False)
     spf.MAX_VOID_LOOKUPS = void_limit  # process-wide in pyspf; one value per process
     token = _current.set(resolver)
     started = time.monotonic()

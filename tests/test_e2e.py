@@ -78,7 +78,8 @@ def test_ipv6_fail(spfmilter):
 
 
 def test_temperror_deferred_then_accepted_once_dns_answers(spfmilter, dns_server):
-    milter = spfmilter(TempError_Defer="True", Lookup_Time="1")
+    # its own daemon: the answer it finally gets is cached, which must not leak into other tests
+    milter = spfmilter(fresh=True, TempError_Defer="True", Lookup_Time="1")
     replies, _ = one(milter, "198.51.100.7", "unknown.test", "user@slow.test")
     assert (replies[0].code, replies[0].text[:6]) == ("451", "4.7.24")
     dns_server.update({"slow.test": [{"TXT": "v=spf1 ip4:198.51.100.0/24 -all"}]})
@@ -176,3 +177,18 @@ def test_shipped_configuration_serves(tmp_path):
         finally:
             proc.terminate()
             proc.wait(20)
+
+
+def test_lookup_time_bounds_the_whole_message(spfmilter):
+    """HELO and MAIL FROM both time out: one Lookup_Time for both, not one each."""
+    import time
+    milter = spfmilter(Lookup_Time="1", TempError_Defer="True")
+    with MilterSession(milter.socket_path) as s:
+        s.connect("198.51.100.7")
+        s.helo("dead.test")
+        s.mail("user@dead.test")
+        started = time.monotonic()
+        reply = s.rcpt("rcpt@mx.test")
+        elapsed = time.monotonic() - started
+    assert reply.code == "451" and reply.text.startswith("4.7.24")
+    assert elapsed < 1.6, elapsed
