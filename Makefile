@@ -37,7 +37,7 @@ run: deps
 check-config: deps
 	$(BIN)/spfmilter --check-config -c $(CONF)
 
-test: test-deps
+test: test-deps mta-deps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 clean:
