@@ -8,6 +8,7 @@ current ``Runtime``, so a reload applies to new connections only.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import ipaddress
 import threading
@@ -159,6 +160,7 @@ class SPFMilter(Milter.Base):
         self.sender: str | None = None
         self.auth_user = ""
         self.recipients: list[str] = []
+        self.headers: tuple[tuple[str, str], ...] | None = None  # from the first accepted RCPT
         self.plan: dec.Plan | None = None
         self.mailfrom_result: SPFResult | None = None
         self.whitelisted_by: str | None = None
@@ -227,8 +229,7 @@ class SPFMilter(Milter.Base):
             if not self.sender and self.helo_result is not None:
                 # RFC 7208 §2.4: the null sender's MAIL FROM identity is postmaster@HELO,
                 # which is exactly the HELO evaluation: reuse it, no second lookup.
-                self.mailfrom_result = SPFResult(**{**self.helo_result.__dict__,
-                                                    "identity": "mailfrom"})
+                self.mailfrom_result = dataclasses.replace(self.helo_result, identity="mailfrom")
             else:
                 self.mailfrom_result = run("mailfrom", self.sender or "")
         elif self.sender is not None:
@@ -250,17 +251,22 @@ class SPFMilter(Milter.Base):
             if not self.queue_id:
                 self.queue_id = self._macro("i")
             self._evaluate()
-        assert self.plan is not None
-        helo_res = self.helo_result if self.plan.check_helo else None
-        verdict = dec.decide(self._facts(recipient), helo_res, self.mailfrom_result,
-                             self.settings, skip=self.plan.skip, whitelisted_by=self.whitelisted_by)
+        verdict = self._decide(recipient)
         self._log(verdict, recipient)
         metrics.ACTIONS.labels(verdict.action).inc()
         if verdict.action == dec.ACCEPT:
             self.recipients.append(recipient)
+            if self.headers is None:
+                self.headers = verdict.headers
             return Milter.CONTINUE
         self.setreply(verdict.code, verdict.status, (verdict.text or "").replace("%", "%%"))
         return Milter.REJECT if verdict.action == dec.REJECT else Milter.TEMPFAIL
+
+    def _decide(self, recipient: str) -> dec.Decision:
+        assert self.plan is not None
+        helo_res = self.helo_result if self.plan.check_helo else None
+        return dec.decide(self._facts(recipient), helo_res, self.mailfrom_result, self.settings,
+                          skip=self.plan.skip, whitelisted_by=self.whitelisted_by)
 
     def _log(self, verdict: dec.Decision, recipient: str) -> None:
         m, h = self.mailfrom_result, self.helo_result if (self.plan and self.plan.check_helo) else None
@@ -299,9 +305,7 @@ class SPFMilter(Milter.Base):
             metrics.FORGED.inc()
             log.info("%s", kv(action="removed-forged-header", header=name, index=index,
                                 queue_id=self.queue_id or self._macro("i") or None))
-        helo_res = self.helo_result if self.plan.check_helo else None
-        headers = dec.message_headers(self._facts(), helo_res, self.mailfrom_result,
-                                      self.settings) if not self.plan.skip else ()
+        headers = self.headers if self.headers is not None else self._decide("").headers
         for name, value in reversed(headers):
             self.addheader(name, value, 0)
         self._reset_message()
