@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 # one under ./run, which the current user can create.
 RUN_SOCKET := $(if $(filter 0,$(shell id -u)),,--socket unix:$(CURDIR)/run/spfmilter.sock)
 
-.PHONY: run test deps test-deps mta-deps check-config clean
+.PHONY: run test deps test-deps mta-deps interop-deps check-config clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,9 @@ test-deps: .stamp-test-deps
 mta-deps:
 	sh scripts/install-mtas.sh
 
+interop-deps:
+	sh scripts/install-interop.sh
+
 run: deps
 	@mkdir -p run
 	$(BIN)/spfmilter -c $(CONF) $(RUN_SOCKET)
@@ -37,7 +40,7 @@ run: deps
 check-config: deps
 	$(BIN)/spfmilter --check-config -c $(CONF)
 
-test: test-deps mta-deps
+test: test-deps mta-deps interop-deps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 clean:

@@ -163,8 +163,9 @@ def message_headers(facts: Facts, helo: SPFResult | None, mailfrom: SPFResult | 
     results = [r for r in (mailfrom, helo) if r is not None and r.mechanism != "not-checked"]
     out: list[tuple[str, str]] = []
     if settings.header_type in (HeaderType.AR, HeaderType.BOTH) and results:
+        # mailfrom clause last: SpamAssassin reads only the last spf= of a field
         out.append((headers.AUTH_RESULTS, headers.authentication_results(
-            settings.authserv_id, results, helo=facts.helo)))
+            settings.authserv_id, results[::-1], helo=facts.helo)))
     if settings.header_type in (HeaderType.SPF, HeaderType.BOTH):
         for res in results:
             out.append((headers.RECEIVED_SPF, headers.received_spf(

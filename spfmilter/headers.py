@@ -18,6 +18,7 @@ from spfmilter.spfcheck import SPFResult
 RECEIVED_SPF = "Received-SPF"
 AUTH_RESULTS = "Authentication-Results"
 MAX_VALUE = 255  # RFC 5321 §4.5.3.1.3: a path is at most 256 octets
+MAX_LINE = 998   # RFC 5322 §2.1.1
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")
 _ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]"
@@ -76,7 +77,8 @@ def received_spf(res: SPFResult, *, client_ip: str, helo: str, envelope_from: st
     described = _describe(res, ip)
     if res.best_guess:
         described += f"; best guess record gives {res.best_guess}"
-    text = comment(clean(prefix + described, 2 * MAX_VALUE))
+    # escaping may double it: 450 characters stay within one 998-character line
+    text = comment(clean(prefix + described, 450))
     pairs = [("client-ip", ip)]
     if res.identity == "mailfrom":
         pairs.append(("envelope-from", clean(envelope_from or res.sender)))
@@ -89,8 +91,14 @@ def received_spf(res: SPFResult, *, client_ip: str, helo: str, envelope_from: st
     if res.result in ("permerror", "temperror"):
         pairs.append(("problem", clean(res.explanation)))
     pairs.append(("identity", res.identity))
-    kv = "; ".join(f"{k}={quote(v)}" for k, v in pairs)
-    return f"{res.result} ({text}) {kv}"
+    items = [f"{res.result} ({text})"] + [f"{k}={quote(v)};" for k, v in pairs]
+    items[-1] = items[-1].rstrip(";")
+    line = " ".join(items)
+    if len(RECEIVED_SPF) + 2 + len(line) <= MAX_LINE:
+        return line
+    # RFC 5322 §2.1.1: fold between key=value pairs (LF + TAB, as libmilter expects);
+    # every piece is bounded by ``clean``, so each fits on a line of its own.
+    return "\n\t".join(items)
 
 
 def _ascii_domain(domain: str) -> str | None:
@@ -121,7 +129,7 @@ def _pvalue_address(address: str) -> str:
     local, at, domain = address.rpartition("@")
     ace = _ascii_domain(domain) if at else None
     if ace is None:
-        return address if _DOT_ATOM.match(address) else quote(_ascii(address))
+        return _for_authres(_ascii(address))
     if not local.isascii():
         local = ""
     elif local and not (_DOT_ATOM.match(local) or _QUOTED_STRING.match(local)):
@@ -132,8 +140,13 @@ def _pvalue_address(address: str) -> str:
 def _pvalue_helo(helo: str) -> str:
     value = clean(helo)
     ace = _ascii_domain(value.rstrip("."))
-    # authres quotes a value that is not a token; it must not get one already quoted
-    return ace if ace is not None else _ascii(value)
+    return ace if ace is not None else _for_authres(_ascii(value))
+
+
+def _for_authres(value: str) -> str:
+    """A pvalue authres writes correctly: authres writes any value containing '@'
+    verbatim and quotes other non-tokens itself, so quote only the former."""
+    return quote(value) if "@" in value else value
 
 
 def authentication_results(authserv_id: str, results: list[SPFResult], *,
@@ -181,14 +194,45 @@ def ar_authserv_id(value: str) -> str:
     return ident.replace("\\", "").strip().rstrip(".").lower()
 
 
+_RSPF_TOKEN = re.compile(
+    r'\s+|;|"(?:[^"\\]|\\.)*"?'
+    r'|([A-Za-z][A-Za-z0-9_.-]*)\s*=\s*("(?:[^"\\]|\\.)*"?|[^\s;()"]*)'
+    r'|[^\s;()"]+|.', re.S)
+
+
+def received_spf_receivers(value: str) -> list[str]:
+    """Every top-level receiver= of a Received-SPF value (outside comments and
+    quoted-strings), lower case, in order."""
+    text = _UNFOLD.sub(" ", value)
+    out: list[str] = []
+    i, n = 0, len(text)
+    while i < n:
+        if text[i] == "(":                      # a comment, maybe nested
+            depth = 0
+            while i < n:
+                c = text[i]
+                if c == "\\":
+                    i += 2
+                    continue
+                depth += (c == "(") - (c == ")")
+                i += 1
+                if depth == 0:
+                    break
+            continue
+        m = _RSPF_TOKEN.match(text, i)
+        if m.group(1) and m.group(1).lower() == "receiver":
+            raw = m.group(2)
+            if raw.startswith('"'):
+                raw = re.sub(r'\\(.)', r'\1', raw[1:].rstrip('"'))
+            out.append(raw.strip().rstrip(".").lower())
+        i = m.end()
+    return out
+
+
 def received_spf_receiver(value: str) -> str:
-    """The receiver= a Received-SPF value names, lower case ('' when none)."""
-    text = _unfold(value)
-    m = re.search(r'(?:^|[;\s])receiver\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s;]+))', text, re.I)
-    if not m:
-        return ""
-    ident = m.group(1) if m.group(1) is not None else m.group(2)
-    return ident.replace("\\", "").strip().rstrip(".").lower()
+    """The (first) receiver= a Received-SPF value names, lower case ('' when none)."""
+    found = received_spf_receivers(value)
+    return found[0] if found else ""
 
 
 def claims_to_be_ours(name: str, value: str, authserv_id: str) -> bool:
@@ -197,5 +241,5 @@ def claims_to_be_ours(name: str, value: str, authserv_id: str) -> bool:
     if name.lower() == AUTH_RESULTS.lower():
         return ar_authserv_id(value) == ours
     if name.lower() == RECEIVED_SPF.lower():
-        return received_spf_receiver(value) == ours
+        return ours in received_spf_receivers(value)
     return False

@@ -37,6 +37,87 @@ def _lookup(name: str, qtype: str, strict: Any = True, timeout: float = 20.0) ->
 spf.DNSLookup = _lookup
 
 
+class _Memo:
+    """A bounded dict for values that never go stale (pure functions of their key)."""
+
+    def __init__(self, size: int) -> None:
+        self.data: dict[Any, Any] = {}
+        self.size = size
+
+    def put(self, key: Any, value: Any) -> None:
+        if len(self.data) >= self.size:
+            for old in list(self.data)[: self.size // 4]:  # oldest quarter
+                self.data.pop(old, None)
+        self.data[key] = value
+
+
+_networks = _Memo(20_000)     # (address or CIDR text, prefix) -> ipaddress network
+_mechanisms = _Memo(20_000)   # (term, domain, ip version) -> validate_mechanism's tuple
+
+
+class _Query(spf.query):
+    """pyspf's query with its two pure, hot steps memoized; the logic is pyspf's own.
+
+    * ``cidrmatch`` parses every ip4:/ip6: term and every A/AAAA/MX address
+      into an ``ipaddress`` network on every check; the parsed network (a pure
+      function of the text and the prefix length) is kept.
+    * ``validate_mechanism`` parses and validates each term of a record on
+      every check; for a term without macros the outcome is a pure function
+      of the term, the current domain and the client's IP version, and is kept.
+      Terms with a macro (``%``) and any term that raises are never memoized.
+    """
+
+    def cidrmatch(self, ipaddrs: list, n: int) -> bool:
+        if not isinstance(self.iplist, bool):  # pyspf's "list" mode: keep its own code
+            return super().cidrmatch(ipaddrs, n)
+        memo = _networks.data
+        networks = []
+        for ip in ipaddrs:  # all parsed first, as pyspf does: a bad one is a PermError
+            key = (ip, n)
+            network = memo.get(key)
+            if network is None:
+                try:
+                    network = ipaddress.ip_network(ip).supernet(new_prefix=n)
+                except ValueError as exc:
+                    raise spf.PermError(str(exc)) from None
+                _networks.put(key, network)
+            networks.append(network)
+        return any(self.ipaddr in network for network in networks)
+
+    def validated_ptrs(self) -> list:
+        """RFC 7208 §5.5: a DNS error on the PTR lookup means no match; on the A/AAAA
+        lookup of one PTR name, that name is skipped and the search continues.
+        (pyspf lets either error end the whole check as temperror.)"""
+        limit = spf.MAX_PTR if self.strict else spf.MAX_PTR * 4
+        try:
+            names = self.dns_ptr(self.i)[:limit]
+        except spf.TempError:
+            if self.querytime < 0:   # the Lookup_Time budget is spent: that stays temperror
+                raise
+            return []
+        validated = []
+        for name in names:
+            try:
+                addresses = self.dns_a(name, self.A)
+            except spf.TempError:
+                if self.querytime < 0:
+                    raise
+                continue
+            if self.cidrmatch(addresses, self.cidrmax):
+                validated.append(name)
+        return validated
+
+    def validate_mechanism(self, mech: str) -> tuple:
+        if "%" in mech or self.strict is not True:
+            return super().validate_mechanism(mech)
+        key = (mech, self.d, self.v)
+        found = _mechanisms.data.get(key)
+        if found is None:
+            found = super().validate_mechanism(mech)
+            _mechanisms.put(key, found)
+        return found
+
+
 @dataclass(frozen=True)
 class SPFResult:
     """The outcome of one identity's evaluation, as plain values."""
@@ -94,8 +175,8 @@ def evaluate(identity: str, ip: str, sender: str, helo: str, *, resolver: Resolv
     void = 0
     try:
         def query() -> spf.query:
-            return spf.query(i=ip, s=checked, h=helo or "unknown", receiver=receiver,
-                             querytime=lookup_time, timeout=lookup_time)
+            return _Query(i=ip, s=checked, h=helo or "unknown", receiver=receiver,
+                          querytime=lookup_time, timeout=lookup_time)
         result = ""
         if local_rules:
             q = query()

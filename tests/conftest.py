@@ -77,9 +77,10 @@ class SpfmilterProcess:
 
     def start(self, timeout: float = 20.0) -> "SpfmilterProcess":
         self._log = open(self.log_path, "ab")
+        # its own process group: the supervisor and its milter child go down together
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "spfmilter", "-c", str(self.config_path), "--log", "stderr"],
-            cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT,
+            cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
             env={**os.environ, "PYTHONPATH": str(ROOT)})
         wait_for(lambda: self.proc.poll() is not None or "action=start" in self.log_text(),
                  timeout, "spfmilter to start")
@@ -101,6 +102,15 @@ class SpfmilterProcess:
     def decisions(self) -> list[str]:
         return [line for line in self.log_text().splitlines() if " action=" in line]
 
+    def kill(self) -> None:
+        """SIGKILL the supervisor and the milter process (its whole process group)."""
+        assert self.proc is not None
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait(10)
+
     def stop(self, timeout: float = 10.0) -> int | None:
         if self.proc is None:
             return None
@@ -109,8 +119,7 @@ class SpfmilterProcess:
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout)
+                self.kill()
         self._log.close()
         return self.proc.returncode
 

@@ -38,7 +38,8 @@ def test_check_shows_pass_and_headers_for_an_authorized_sender(tmp_path, dns_ser
     assert "RCPT TO:<postmaster@localhost>: continue" in out
     lines = out.splitlines()
     top = lines[lines.index("Headers added (top of the message first):") + 1:]
-    assert top[0].startswith("  Authentication-Results: mx.test; spf=pass smtp.mailfrom=user@allowed.test")
+    assert top[0] == ("  Authentication-Results: mx.test; spf=pass smtp.helo=helo.test; "
+                      "spf=pass smtp.mailfrom=user@allowed.test")
     assert top[1].startswith("  Received-SPF: pass (mx.test: domain of user@allowed.test designates")
     assert "action=accept" in res.stderr  # the same decision line the daemon logs
 
