@@ -32,6 +32,7 @@ mta-deps:
 
 interop-deps:
 	sh scripts/install-interop.sh
+	sh scripts/install-opendmarc.sh
 
 run: deps
 	@mkdir -p run
