@@ -251,7 +251,7 @@ def test_forged_authentication_results_removed_before_delivery(mx, use):
     assert "forged-" not in m.text
     assert m.headers("Authentication-Results")[-1] == "other.example; spf=fail smtp.mailfrom=x@y"
     [ar] = our_ar(m)
-    assert ar.startswith("mx.test; spf=pass smtp.mailfrom=ceo@allowed.test")
+    assert ar.startswith("mx.test; ") and "spf=pass smtp.mailfrom=ceo@allowed.test" in ar
     assert len(m.headers("Received-SPF")) == len(spf_headers(m)) + len(spf_headers(m, "helo"))
     assert m.headers("X-Keep") == ["after the forged ones"]
     assert m.headers("Subject") == ["lab test"]
