@@ -18,6 +18,7 @@ import pwd
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -25,8 +26,10 @@ from spfmilter import __version__
 from spfmilter import config as cfg
 from spfmilter.log import kv, log, set_level
 from spfmilter.resolver import Resolver
+from spfmilter.sockopts import tune_listener
 
 STOP_GRACE = 25.0  # seconds a stop waits for transactions in flight
+RESTARTS, RESTART_WINDOW = 5, 60.0  # crash restarts allowed per window
 
 
 def resolver_for(settings: cfg.Settings, previous: tuple[cfg.Settings, Resolver] | None = None) -> Resolver:
@@ -76,15 +79,24 @@ def drop_privileges(user_id: str) -> None:
 
 def _register_callbacks(Milter, libmilter) -> None:  # type: ignore[no-untyped-def]
     """The callback wiring that Milter.runmilter does before it opens the socket."""
+    def priv(ctx):  # type: ignore[no-untyped-def]
+        # An MTA that skips option negotiation (or connect) reaches us without the
+        # per-connection object that negotiate creates: make it, as connect_callback does.
+        m = ctx.getpriv()
+        if m is None:
+            m = Milter.factory()
+            m._setctx(ctx)
+        return m
+
     libmilter.set_connect_callback(Milter.connect_callback)
-    libmilter.set_helo_callback(lambda ctx, host: ctx.getpriv().hello(host))
-    libmilter.set_envfrom_callback(lambda ctx, *b: ctx.getpriv().envfrom_bytes(*b))
-    libmilter.set_envrcpt_callback(lambda ctx, *b: ctx.getpriv().envrcpt_bytes(*b))
-    libmilter.set_header_callback(lambda ctx, f, v: ctx.getpriv().header_bytes(f, v))
-    libmilter.set_eoh_callback(lambda ctx: ctx.getpriv().eoh())
-    libmilter.set_body_callback(lambda ctx, chunk: ctx.getpriv().body(chunk))
-    libmilter.set_eom_callback(lambda ctx: ctx.getpriv().eom())
-    libmilter.set_abort_callback(lambda ctx: ctx.getpriv().abort())
+    libmilter.set_helo_callback(lambda ctx, host: priv(ctx).hello(host))
+    libmilter.set_envfrom_callback(lambda ctx, *b: priv(ctx).envfrom_bytes(*b))
+    libmilter.set_envrcpt_callback(lambda ctx, *b: priv(ctx).envrcpt_bytes(*b))
+    libmilter.set_header_callback(lambda ctx, f, v: priv(ctx).header_bytes(f, v))
+    libmilter.set_eoh_callback(lambda ctx: priv(ctx).eoh())
+    libmilter.set_body_callback(lambda ctx, chunk: priv(ctx).body(chunk))
+    libmilter.set_eom_callback(lambda ctx: priv(ctx).eom())
+    libmilter.set_abort_callback(lambda ctx: priv(ctx).abort())
     libmilter.set_close_callback(Milter.close_callback)
 
 
@@ -120,6 +132,10 @@ def serve_milter(settings: cfg.Settings, reload_settings: Callable[[], cfg.Setti
     from spfmilter.milter import FLAGS, Runtime, SPFMilter, connections, get_runtime, set_runtime
 
     set_runtime(Runtime(settings, resolver_for(settings)))
+    # pymilter reports exceptions raised before our code runs (a HELO or header
+    # name that is not UTF-8) through sys.excepthook: make that one log line.
+    sys.excepthook = lambda kind, exc, tb: log.error("%s", kv(
+        action="bad-input", error=f"{kind.__name__}: {exc}", callback="pymilter"))
 
     def reload() -> None:
         try:
@@ -152,6 +168,7 @@ def serve_milter(settings: cfg.Settings, reload_settings: Callable[[], cfg.Setti
     old_umask = os.umask(settings.umask)
     try:
         libmilter.opensocket(True)
+        tune_listener(spec)  # TCP_NODELAY: no delayed-ACK stall at end of message
     finally:
         os.umask(old_umask)
     if settings.user_id:
@@ -170,6 +187,11 @@ def serve_milter(settings: cfg.Settings, reload_settings: Callable[[], cfg.Setti
     libmilter.main()
     # The listener is closed; let transactions in flight finish, within bounds.
     idle = connections.wait_idle(STOP_GRACE)
+    if spec.startswith("unix:"):
+        try:  # a stale socket would make the MTA wait for a connect timeout, not fail fast
+            os.unlink(spec[5:])
+        except OSError:
+            pass
     log.info("%s", kv(action="stop", in_flight=0 if idle else connections.count))
     return 0
 
@@ -184,6 +206,8 @@ def run(settings: cfg.Settings, reload_settings: Callable[[], cfg.Settings]) -> 
         if settings.user_id and os.geteuid() == 0:
             uid, gid, _ = _user_ids(settings.user_id)
             os.chown(settings.pid_file, uid, gid)  # so it can be removed after the drop
+    current = [settings]      # what a (re)started milter process runs with
+    stopping: list[int] = []
     child = 0
 
     def forward_stop(signum: int, _frame: object) -> None:
@@ -193,38 +217,19 @@ def run(settings: cfg.Settings, reload_settings: Callable[[], cfg.Settings]) -> 
 
     def reload(_signum: int, _frame: object) -> None:
         try:
-            reload_settings()
+            new = reload_settings()
         except cfg.ConfigError as exc:
             log.error("%s", kv(action="reload-refused", error=str(exc)))
             return
+        current[0] = new.with_overrides(socket=settings.socket)  # Socket needs a restart
         if child:
             _signal_child(child, signal.SIGUSR1)
 
-    stopping: list[int] = []
     # Handlers first, then fork: a signal that comes early is never lost.
     signal.signal(signal.SIGTERM, forward_stop)
     signal.signal(signal.SIGINT, forward_stop)
     signal.signal(signal.SIGHUP, reload)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    child = os.fork()
-    if child == 0:
-        # libmilter's own thread takes these once it runs; until then keep them
-        # pending rather than letting Python's defaults kill a half-started milter.
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP, signal.SIGTERM, signal.SIGINT})
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            signal.signal(signum, signal.SIG_DFL)
-        code = 1
-        try:
-            code = serve_milter(settings, reload_settings)
-        except cfg.ConfigError as exc:
-            print(f"spfmilter: {exc}", file=sys.stderr)
-        except Exception as exc:  # libmilter errors (socket in use, bad path) are one line
-            print(f"spfmilter: cannot start on {settings.socket}: {exc}", file=sys.stderr)
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(code)
+    child = _start_milter(current[0], reload_settings)
     if stopping:
         _signal_child(child, signal.SIGTERM)
     if settings.user_id:
@@ -232,14 +237,55 @@ def run(settings: cfg.Settings, reload_settings: Callable[[], cfg.Settings]) -> 
             drop_privileges(settings.user_id)
         except cfg.ConfigError:
             pass  # the milter process reports it and exits
-    _, status = os.waitpid(child, 0)
-    code = os.waitstatus_to_exitcode(status)
+    restarts: list[float] = []
+    while True:
+        _, status = os.waitpid(child, 0)
+        code = os.waitstatus_to_exitcode(status)
+        if code >= 0 or stopping:
+            break
+        # Killed by a signal nobody asked for (a crash inside libmilter): serve again,
+        # but not in a loop: at most RESTARTS in RESTART_WINDOW seconds.
+        now = time.monotonic()
+        restarts[:] = [t for t in restarts if now - t < RESTART_WINDOW]
+        if len(restarts) >= RESTARTS:
+            log.error("%s", kv(action="give-up", reason=f"milter process died {RESTARTS} times "
+                               f"in {RESTART_WINDOW:.0f}s", signal=-code))
+            break
+        restarts.append(now)
+        log.error("%s", kv(action="restart", reason="milter process killed by a signal",
+                           signal=-code))
+        child = _start_milter(current[0], reload_settings)
     if settings.pid_file:
         try:
             os.unlink(settings.pid_file)
         except OSError:
             pass
     return code if code >= 0 else 128 - code
+
+
+def _start_milter(settings: cfg.Settings, reload_settings: Callable[[], cfg.Settings]) -> int:
+    """Fork the libmilter process; returns its pid (never returns in the child)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    child = os.fork()
+    if child:
+        return child
+    # libmilter's own thread takes these once it runs; until then keep them
+    # pending rather than letting Python's defaults kill a half-started milter.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP, signal.SIGTERM, signal.SIGINT})
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_DFL)
+    code = 1
+    try:
+        code = serve_milter(settings, reload_settings)
+    except cfg.ConfigError as exc:
+        print(f"spfmilter: {exc}", file=sys.stderr)
+    except Exception as exc:  # libmilter errors (socket in use, bad path) are one line
+        print(f"spfmilter: cannot start on {settings.socket}: {exc}", file=sys.stderr)
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
 
 
 def _signal_child(pid: int, signum: int) -> None:

@@ -127,6 +127,8 @@ def _pvalue_address(address: str) -> str:
     """
     address = clean(address)
     local, at, domain = address.rpartition("@")
+    if domain.endswith(".") and not domain.endswith(".."):
+        domain = domain[:-1]  # an absolute name; the pvalue grammar has no trailing dot
     ace = _ascii_domain(domain) if at else None
     if ace is None:
         return _for_authres(_ascii(address))
@@ -170,18 +172,35 @@ def authentication_results(authserv_id: str, results: list[SPFResult], *,
 # --- recognising headers that claim to be ours (RFC 8601 §5) -----------------
 
 _UNFOLD = re.compile(r"\r?\n[ \t]*")
-_COMMENTS = re.compile(r"\((?:[^()\\]|\\.)*\)")
 
 
 def _unfold(value: str) -> str:
+    """Unfold and drop comments (nested to any depth, with quoted-pairs), keeping
+    quoted-strings intact: what is left is what a parser reads as the value."""
     value = _UNFOLD.sub(" ", value)
-    # Nested comments are rare but legal: strip innermost first, a few rounds.
-    for _ in range(5):
-        stripped = _COMMENTS.sub(" ", value)
-        if stripped == value:
-            break
-        value = stripped
-    return value
+    out: list[str] = []
+    depth, quoted, i = 0, False, 0
+    while i < len(value):
+        ch = value[i]
+        if ch == "\\" and (depth or quoted):
+            if not depth:
+                out.append(value[i:i + 2])
+            i += 2
+            continue
+        if quoted:
+            quoted = ch != '"'
+            out.append(ch)
+        elif ch == "(":
+            depth += 1
+        elif ch == ")" and depth:
+            depth -= 1
+            if not depth:
+                out.append(" ")
+        elif not depth:
+            quoted = ch == '"'
+            out.append(ch)
+        i += 1
+    return "".join(out)
 
 
 def ar_authserv_id(value: str) -> str:

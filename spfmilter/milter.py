@@ -172,7 +172,11 @@ class SPFMilter(Milter.Base):
                          recipient=recipient, auth_user=self.auth_user, queue_id=self.queue_id)
 
     def _macro(self, name: str) -> str:
-        value = self.getsymval(name)
+        try:
+            value = self.getsymval(name)
+        except UnicodeDecodeError:
+            # present but not UTF-8 (e.g. a Latin-1 SASL login): still present
+            return "?"
         return value if isinstance(value, str) else ""
 
     @Milter.noreply
@@ -184,7 +188,9 @@ class SPFMilter(Milter.Base):
         self.client_ip = normalize_ip(hostaddr)
         return Milter.CONTINUE
 
-    @Milter.noreply
+    # Not @noreply: pymilter decodes the HELO before calling us, and a name that
+    # is not UTF-8 fails there; with a reply the MTA then refuses that HELO (451)
+    # instead of the milter silently keeping the previous one.
     @guarded
     def hello(self, heloname: str) -> int:
         if heloname != self.helo:
@@ -293,6 +299,20 @@ class SPFMilter(Milter.Base):
 
     @Milter.nocallback
     def body(self, chunk: bytes) -> int:  # pragma: no cover - negotiated away
+        return Milter.CONTINUE
+
+    def data(self) -> int:
+        """DATA, with a reply on purpose: Postfix flushes its DATA-stage macros as a
+        lone packet; left unanswered over TCP, its next write waits for the peer's
+        delayed ACK (~40 ms a message).  The reply carries the ACK back at once."""
+        return Milter.CONTINUE
+
+    def negotiate(self, opts: list[int]) -> int:
+        # pymilter's version also walks every callback for @symlist on each
+        # connection; spfmilter declares none, so only the masks matter.
+        self._actions, protocol, _, _ = opts
+        opts[1] = self._protocol = protocol & ~type(self).protocol_mask()
+        opts[2] = opts[3] = 0
         return Milter.CONTINUE
 
     @guarded

@@ -1,15 +1,15 @@
 """DNS: one dnspython resolver per process, with a TTL-respecting shared cache.
 
 pyspf's own dnspython driver builds no cache and ignores TTLs, so every
-transaction would pay every round trip again; here all connections share
-dnspython's LRUCache, which honours TTLs (and negative answers' SOA minimum).
-dnspython retries over TCP by itself when a UDP answer comes back truncated.
+transaction would pay every round trip again; here all connections share one
+LRU cache that honours TTLs (and negative answers' SOA minimum).  dnspython
+does the network part and retries over TCP by itself when a UDP answer comes
+back truncated.
 
-In front of dnspython sits a plain dict of answers already converted to
-pyspf's shape, keyed by (name, type) and valid until the dnspython Answer's
-own expiration (its TTL, or the SOA minimum of a negative answer): a warm
-lookup costs one dict get and one clock read instead of a dnspython
-resolution (name parsing, cache locking, Answer walking).
+The cache keeps, per (name, type), just the record values pyspf needs and the
+expiration dnspython computed for the answer, instead of dnspython's own Answer
+objects (each holds the whole response message, several KB): a warm lookup is
+one LRU get, and a full cache (50,000 answers) takes about 25 MB.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextvars
 import threading
 import time
+from collections import OrderedDict
 from typing import Any
 
 import dns.exception
@@ -38,6 +39,79 @@ class TempFailure(Exception):
     """A lookup that did not get a definitive answer (timeout, SERVFAIL, REFUSED)."""
 
 
+class _Cached:
+    """One cached lookup: its record values (TXT: a tuple of byte strings) and expiry."""
+
+    __slots__ = ("expiration", "values")
+
+    def __init__(self, expiration: float, values: tuple) -> None:
+        self.expiration = expiration
+        self.values = values
+
+    @property
+    def value(self) -> "_Cached":  # dnspython's LRUCache node spelling: cache.data[key].value
+        return self
+
+    def pyspf(self, key: tuple[str, str]) -> list[tuple[tuple[str, str], Any]]:
+        """The records in the shape pyspf's DNSLookup returns (fresh lists every time)."""
+        if key[1] in ("TXT", "SPF"):
+            return [(key, list(v)) for v in self.values]
+        return [(key, v) for v in self.values]
+
+
+class _LRU:
+    """A thread-safe LRU of _Cached entries that drops them once expired.
+
+    The part of dnspython's LRUCache interface spfmilter uses (get, put, data,
+    hits, misses), on an OrderedDict: about 100 bytes per entry instead of a
+    node object with a __dict__.
+    """
+
+    def __init__(self, max_size: int) -> None:
+        self.data: OrderedDict[tuple[str, str], _Cached] = OrderedDict()
+        self.max_size = max(1, max_size)
+        self._lock = threading.Lock()
+        self._hits = 0
+        self._misses = 0
+
+    def get(self, key: tuple[str, str]) -> _Cached | None:
+        with self._lock:
+            entry = self.data.get(key)
+            if entry is None or entry.expiration <= time.time():
+                if entry is not None:
+                    del self.data[key]
+                self._misses += 1
+                return None
+            self.data.move_to_end(key)
+            self._hits += 1
+            return entry
+
+    def put(self, key: tuple[str, str], entry: _Cached) -> None:
+        with self._lock:
+            self.data[key] = entry
+            self.data.move_to_end(key)
+            while len(self.data) > self.max_size:
+                self.data.popitem(last=False)
+
+    def hits(self) -> int:
+        return self._hits
+
+    def misses(self) -> int:
+        return self._misses
+
+
+def _negative_expiration(exc: dns.resolver.NXDOMAIN) -> float | None:
+    """When an NXDOMAIN answer expires: dnspython's rule (SOA TTL / minimum), as it caches it."""
+    try:
+        qname = exc.qnames()[0]
+        response = exc.responses().get(qname)
+        if response is None:
+            return None
+        return dns.resolver.Answer(qname, dns.rdatatype.ANY, dns.rdataclass.IN, response).expiration
+    except Exception:  # noqa: BLE001 - an odd negative answer is simply not cached
+        return None
+
+
 class Resolver:
     """The lookups pyspf needs, answered through one cached dnspython resolver."""
 
@@ -53,35 +127,40 @@ class Resolver:
         # the caller through ``lifetime`` so a check never outlives Lookup_Time.
         res.timeout = timeout
         res.lifetime = timeout
-        res.cache = dns.resolver.LRUCache(cache_size)
+        res.cache = None  # ours below holds the converted answers
         self._resolver = res
+        self._cache = _LRU(cache_size)
         self._lock = threading.Lock()
         self.queries = 0
         self.timeouts = 0
-        # (name, qtype) -> (object with .expiration, answer in pyspf's shape)
-        self._converted: dict[tuple[str, str], tuple[Any, list]] = {}
-        self._converted_max = cache_size
-        self._converted_hits = 0
 
     @property
-    def cache(self) -> dns.resolver.LRUCache:
-        return self._resolver.cache
+    def cache(self) -> _LRU:
+        """(name, type) -> _Cached: what pyspf gets for that lookup, and until when."""
+        return self._cache
 
     def stats(self) -> dict[str, float]:
         """Lookups asked, answered from the cache, from the network, and timed out."""
-        cache = self._resolver.cache
-        return {"lookups": self.queries, "hits": cache.hits() + self._converted_hits,
-                "misses": cache.misses(), "timeouts": self.timeouts}
+        cache = self._cache
+        return {"lookups": self.queries, "hits": cache.hits(), "misses": cache.misses(),
+                "timeouts": self.timeouts}
 
     def resolve(self, name: str, qtype: str, lifetime: float) -> dns.resolver.Answer | None:
-        """One lookup; None means 'no such data' (NXDOMAIN or no records of that type)."""
-        with self._lock:
-            self.queries += 1
+        """One lookup on the network; None means 'no such data' (NXDOMAIN or no records)."""
+        answer, _ = self._query(name, qtype, lifetime)
+        return answer
+
+    def _query(self, name: str, qtype: str,
+               lifetime: float) -> tuple[dns.resolver.Answer | None, float | None]:
+        """(answer, None), or (None, expiration of the negative answer, if it has one)."""
         try:
-            return self._resolver.resolve(name, qtype, lifetime=max(lifetime, 0.001),
-                                          search=False, raise_on_no_answer=False)
-        except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer, dns.resolver.YXDOMAIN):
-            return None
+            answer = self._resolver.resolve(name, qtype, lifetime=max(lifetime, 0.001),
+                                            search=False, raise_on_no_answer=False)
+            return answer, None
+        except dns.resolver.NXDOMAIN as exc:
+            return None, _negative_expiration(exc)
+        except (dns.resolver.NoAnswer, dns.resolver.YXDOMAIN):
+            return None, None
         except dns.exception.Timeout as exc:
             with self._lock:
                 self.timeouts += 1
@@ -89,66 +168,44 @@ class Resolver:
         except dns.resolver.NoNameservers as exc:
             raise TempFailure(f"DNS server failure looking up {name}/{qtype}") from exc
         except (dns.name.LabelTooLong, dns.name.NameTooLong, dns.name.EmptyLabel):
-            return None
+            return None, None
         except dns.exception.DNSException as exc:
             raise TempFailure(f"DNS error looking up {name}/{qtype}: {exc}") from exc
 
     def spf_lookup(self, name: str, qtype: str, lifetime: float) -> list[tuple[tuple[str, str], Any]]:
         """Answer in the shape pyspf's DNSLookup hook returns: [((name, type), data)]."""
-        key = (name, qtype)
-        hit = self._converted.get(key)
-        if hit is not None and hit[0].expiration > time.time() and trace.get() is None:
-            with self._lock:
-                self.queries += 1
-                self._converted_hits += 1
-            return list(hit[1])
         lines = trace.get()
         if lines is not None:
             return self._traced(lines, name, qtype, lifetime)
-        answer = self.resolve(name, qtype, lifetime)
+        with self._lock:
+            self.queries += 1
+        key = (name, qtype)
+        cached = self._cache.get(key)  # None when absent or expired
+        if cached is not None:
+            return cached.pyspf(key)
+        answer, negative_expiration = self._query(name, qtype, lifetime)
         if answer is None or answer.rrset is None:
-            if answer is None:
-                answer = self._negative_answer(name)
-            if answer is not None:
-                self._remember(key, answer, [])
+            expiration = answer.expiration if answer is not None else negative_expiration
+            if expiration is not None:
+                self._cache.put(key, _Cached(expiration, ()))
             return []
-        out: list[tuple[tuple[str, str], Any]] = []
+        values: list[Any] = []
         for rdata in answer.rrset:
             if qtype in ("A", "AAAA"):
-                out.append((key, rdata.address))
+                values.append(rdata.address)
             elif qtype == "MX":
-                out.append((key, (rdata.preference, rdata.exchange.to_text(omit_final_dot=True))))
+                values.append((rdata.preference, rdata.exchange.to_text(omit_final_dot=True)))
             elif qtype == "PTR":
-                out.append((key, rdata.target.to_text(omit_final_dot=True)))
+                values.append(rdata.target.to_text(omit_final_dot=True))
             elif qtype in ("TXT", "SPF"):
-                out.append((key, list(rdata.strings)))
-        self._remember(key, answer, out)
-        return list(out)
-
-    def _negative_answer(self, name: str) -> Any:
-        """dnspython's cached NXDOMAIN Answer for ``name`` (it carries the negative TTL)."""
-        try:
-            key = (dns.name.from_text(name), dns.rdatatype.ANY, dns.rdataclass.IN)
-        except dns.exception.DNSException:
-            return None
-        node = self._resolver.cache.data.get(key)
-        return node.value if node is not None else None
-
-    def _remember(self, key: tuple[str, str], answer: Any, out: list) -> None:
-        converted = self._converted
-        if len(converted) >= self._converted_max:
-            # drop the oldest tenth (dicts keep insertion order); expired entries go with them
-            for old in list(converted)[: max(1, self._converted_max // 10)]:
-                converted.pop(old, None)
-        converted[key] = (answer, out)
+                values.append(tuple(rdata.strings))
+        entry = _Cached(answer.expiration, tuple(values))
+        self._cache.put(key, entry)
+        return entry.pyspf(key)
 
     def _traced(self, lines: list[str], name: str, qtype: str,
                 lifetime: float) -> list[tuple[tuple[str, str], Any]]:
-        try:
-            key = (dns.name.from_text(name), dns.rdatatype.from_text(qtype), dns.rdataclass.IN)
-            cached = self._resolver.cache.get(key) is not None
-        except dns.exception.DNSException:
-            cached = False
+        cached = self._cache.get((name, qtype)) is not None
         token = trace.set(None)
         try:
             out = self.spf_lookup(name, qtype, lifetime)

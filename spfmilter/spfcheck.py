@@ -51,12 +51,19 @@ class _Memo:
         self.data[key] = value
 
 
-_networks = _Memo(20_000)     # (address or CIDR text, prefix) -> ipaddress network
-_mechanisms = _Memo(20_000)   # (term, domain, ip version) -> validate_mechanism's tuple
+_networks = _Memo(4096)       # (address or CIDR text, prefix) -> ipaddress network
+_mechanisms = _Memo(4096)     # (term, domain, ip version) -> validate_mechanism's tuple
 
 
 class _Query(spf.query):
-    """pyspf's query with its two pure, hot steps memoized; the logic is pyspf's own.
+    """pyspf's query, with the sender's domain taken as RFC 7208 §4.3 says and its
+    two pure, hot steps memoized; the rest of the logic is pyspf's own.
+
+    * The domain is what follows the *last* "@" (pyspf splits at the first, so
+      ``"a@b"@example.com`` was checked as a malformed domain: none instead of
+      fail), and one trailing dot is not an empty label (pyspf returned none
+      for ``user@example.com.`` without a lookup).  Both let a forged sender
+      escape a Fail policy.
 
     * ``cidrmatch`` parses every ip4:/ip6: term and every A/AAAA/MX address
       into an ``ipaddress`` network on every check; the parsed network (a pure
@@ -66,6 +73,14 @@ class _Query(spf.query):
       of the term, the current domain and the client's IP version, and is kept.
       Terms with a macro (``%``) and any term that raises are never memoized.
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        local, at, domain = (self.s or "").rpartition("@")
+        if at:
+            if domain.endswith(".") and not domain.endswith(".."):
+                domain = domain[:-1]
+            self.l, self.o, self.d = local or "postmaster", domain, domain
 
     def cidrmatch(self, ipaddrs: list, n: int) -> bool:
         if not isinstance(self.iplist, bool):  # pyspf's "list" mode: keep its own code
