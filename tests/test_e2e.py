@@ -147,11 +147,13 @@ def test_helo_fail_refuses(spfmilter):
 
 @pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
 def test_signal_stops_cleanly(spfmilter, sig):
+    import os
     import signal
     milter = spfmilter(fresh=True)
     milter.proc.send_signal(getattr(signal, sig))
     assert milter.proc.wait(20) == 0
     milter.wait_for_log(r"action=stop")
+    assert not os.path.exists(milter.socket_path)  # no stale socket left for the MTA
     assert "Traceback" not in milter.log_text()
 
 
