@@ -46,3 +46,26 @@ test: test-deps mta-deps interop-deps
 
 clean:
 	rm -rf $(VENV) .stamp-* run build *.egg-info .pytest_cache
+
+# Performance benchmark, not part of `make test` (root, ~10 minutes): spfmilter beside
+# pyspf-milter and a no-op pymilter milter, over the milter protocol and through Postfix.
+# Installs what it needs itself (bench/setup.sh); results in bench/results/.
+.PHONY: bench
+bench: deps
+	sh bench/setup.sh $(PYTHON)
+	$(BIN)/python bench/bench.py $(BENCH_ARGS)
+
+.PHONY: fuzz soak
+
+# The longer fuzz run (FUZZ_SECONDS per target; atheris when it installs, else hypothesis);
+# its figures go to tests/fuzz/RESULTS.md.  Exits non-zero when something was found.
+FUZZ_SECONDS ?= 120
+fuzz: test-deps
+	-$(BIN)/python -m pip install -q atheris
+	FUZZ_SECONDS=$(FUZZ_SECONDS) $(BIN)/python -m tests.fuzz.run
+
+# At least 200,000 transactions over the milter protocol against a local DNS server;
+# RSS, descriptors, threads and errors go to soak/results.md and soak/results.json.
+SOAK_TRANSACTIONS ?= 200000
+soak: test-deps
+	$(BIN)/python soak/soak.py --transactions $(SOAK_TRANSACTIONS)
