@@ -116,33 +116,25 @@ def _ascii(text: str) -> str:
     return "".join(ch if ch.isascii() else "?" for ch in text)
 
 
-_QUOTED_STRING = re.compile(r'^"(?:[^"\\]|\\.)*"$')
+def _pvalue_domain(name: str) -> str:
+    """An RFC 8601 pvalue for a domain: its ASCII (A-label) form, or a quoted-string.
 
-
-def _pvalue_address(address: str) -> str:
-    """An RFC 8601 pvalue for an address: [local-part]@domain-name, or a quoted-string.
-
-    A non-ASCII local part is left out (the pvalue grammar allows "@domain"),
-    since parsers such as authres and OpenDMARC read ASCII only.
+    ``smtp.mailfrom`` carries the domain of the MAIL FROM identity, as in RFC 7208
+    §9.2's example: OpenDMARC 1.4 takes a trusted SPF result only in that form.
     """
-    address = clean(address)
-    local, at, domain = address.rpartition("@")
-    if domain.endswith(".") and not domain.endswith(".."):
-        domain = domain[:-1]  # an absolute name; the pvalue grammar has no trailing dot
-    ace = _ascii_domain(domain) if at else None
-    if ace is None:
-        return _for_authres(_ascii(address))
-    if not local.isascii():
-        local = ""
-    elif local and not (_DOT_ATOM.match(local) or _QUOTED_STRING.match(local)):
-        local = quote(local)
-    return f"{local}@{ace}"
-
-
-def _pvalue_helo(helo: str) -> str:
-    value = clean(helo)
-    ace = _ascii_domain(value.rstrip("."))
+    value = clean(name)
+    if value.endswith(".") and not value.endswith(".."):
+        value = value[:-1]  # an absolute name; the pvalue grammar has no trailing dot
+    ace = _ascii_domain(value)
     return ace if ace is not None else _for_authres(_ascii(value))
+
+
+def _mailfrom_pvalue(sender: str) -> str:
+    """The sender's domain; a sender without one is shown whole, and none as <>."""
+    domain = sender.rpartition("@")[2]
+    if domain:
+        return _pvalue_domain(domain)
+    return _for_authres(_ascii(clean(sender))) if sender else "<>"
 
 
 def _for_authres(value: str) -> str:
@@ -158,11 +150,11 @@ def authentication_results(authserv_id: str, results: list[SPFResult], *,
     for res in results:
         if res.identity == "mailfrom":
             clause = authres.SPFAuthenticationResult(
-                result=res.result, smtp_mailfrom=_pvalue_address(res.sender),
+                result=res.result, smtp_mailfrom=_mailfrom_pvalue(res.sender),
                 result_comment=f"best guess record gives {res.best_guess}" if res.best_guess else None)
         else:
             clause = authres.SPFAuthenticationResult(
-                result=res.result, smtp_helo=_pvalue_helo(helo))
+                result=res.result, smtp_helo=_pvalue_domain(helo))
         clauses.append(clause)
     header = authres.AuthenticationResultsHeader(
         authserv_id=authserv_id, results=clauses)

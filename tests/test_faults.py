@@ -156,7 +156,7 @@ def test_dns_fault_gives_rfc_result_and_configured_action(spfmilter, dns_server,
         assert reply.kind == "continue", reply
         assert eom.final.kind == "accept"
         assert mailfrom_header(eom).startswith(f"{expected} (mx.test: ")
-        assert f"spf={expected} smtp.mailfrom={sender}" in ar_header(eom)
+        assert f"spf={expected} smtp.mailfrom={sender.split('@')[1]}" in ar_header(eom)
         action = "accept"
     milter.wait_for_log(rf"action={action} .*result={expected} .*envelope_from={re.escape(sender)} ")
     if case == "truncated-udp-retried-over-tcp":
@@ -195,7 +195,7 @@ def test_name_server_that_never_answers(spfmilter, dns_server):
                                           "user@allowed.test")
         assert elapsed < LOOKUP_TIME + MARGIN, elapsed
         assert eom.final.kind == "accept"
-        assert "spf=temperror smtp.mailfrom=user@allowed.test" in ar_header(eom)
+        assert "spf=temperror smtp.mailfrom=allowed.test" in ar_header(eom)
         assert "spf=temperror smtp.helo=helo.test" in ar_header(eom)
     finally:
         udp.close()
@@ -346,7 +346,7 @@ def test_sigkill_under_postfix_load_loses_nothing_and_forges_nothing(tmp_path, d
                 rspf = [v for v in m.headers("Received-SPF") if "identity=mailfrom" in v]
                 ar = [v for v in m.headers("Authentication-Results") if v.lower().startswith("mx.test;")]
                 assert len(rspf) == 1 and rspf[0].startswith("pass (mx.test: "), m.header("Subject")
-                assert len(ar) == 1 and "spf=pass smtp.mailfrom=user@allowed.test" in ar[0]
+                assert len(ar) == 1 and "spf=pass smtp.mailfrom=allowed.test" in ar[0]
             assert postfix.queue_files() == []
             log = first.log_text()
             assert log.count("action=start") == 2

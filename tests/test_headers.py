@@ -60,9 +60,9 @@ def test_hostile_values_stay_inside_the_grammar(sender, helo, ip):
 def test_authentication_results_round_trips():
     ar = h.authentication_results("MX.test", [r("fail"), r("pass", "helo", "postmaster@m.example")],
                                   helo="m.example")
-    assert ar == "mx.test; spf=fail smtp.mailfrom=user@example.com; spf=pass smtp.helo=m.example"
+    assert ar == "mx.test; spf=fail smtp.mailfrom=example.com; spf=pass smtp.helo=m.example"
     parsed = authres.AuthenticationResultsHeader.parse_value(ar)
-    assert parsed.results[0].smtp_mailfrom == "user@example.com"
+    assert parsed.results[0].smtp_mailfrom == "example.com"  # the domain, as RFC 7208 §9.2 shows
     assert parsed.results[1].smtp_helo == "m.example"
 
 

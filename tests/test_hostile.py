@@ -415,7 +415,7 @@ def test_forged_result_headers_for_our_id_are_removed(spfmilter):
         assert ops.index("ins") > max(i for i, op in enumerate(ops) if op == "chg")
         ar = [v for n, v in eom.inserted() if n == AR]
         assert len(ar) == 1 and ar[0].startswith(b"mx.test; ")
-        assert b"spf=pass smtp.mailfrom=ceo@allowed.test" in ar[0]
+        assert b"spf=pass smtp.mailfrom=allowed.test" in ar[0]
     watch.assert_clean()
 
 
@@ -436,7 +436,8 @@ def test_forged_header_behind_deeply_nested_comments_is_removed(spfmilter):
 ])
 def test_socket_mode_comes_from_umask_and_is_never_world_writable_by_default(
         spfmilter, umask, forbidden, required):
-    milter = spfmilter(**({} if umask is None else {"UMask": umask}))
+    # its own daemon: the MTA lab widens the mode of the shared daemons' sockets
+    milter = spfmilter(fresh=True, **({} if umask is None else {"UMask": umask}))
     st_ = os.stat(milter.socket_path)
     assert stat.S_ISSOCK(st_.st_mode)
     mode = stat.S_IMODE(st_.st_mode)

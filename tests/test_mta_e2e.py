@@ -126,7 +126,7 @@ def test_authorized_sender_delivered_with_both_headers(mx, use, client):
     assert 'envelope-from="user@allowed.test"' in rspf
     assert "helo=helo.test" in rspf and "receiver=mx.test" in rspf
     [ar] = our_ar(m)
-    assert "spf=pass smtp.mailfrom=user@allowed.test" in ar
+    assert "spf=pass smtp.mailfrom=allowed.test" in ar
     assert "spf=pass smtp.helo=helo.test" in ar
     # RFC 7208 9.1: above the Received: field the receiving MTA adds
     names = m.header_names()
@@ -157,7 +157,7 @@ def test_softfail_delivered_with_header(mx, use):
     [m] = mx.capture.wait_for(1)
     [rspf] = spf_headers(m)
     assert rspf.startswith("softfail (mx.test: ")
-    assert "spf=softfail smtp.mailfrom=user@soft.test" in our_ar(m)[0]
+    assert "spf=softfail smtp.mailfrom=soft.test" in our_ar(m)[0]
 
 
 def test_dns_timeout_deferred_then_accepted_once_dns_answers(mx, spfmilter, dns_server):
@@ -189,7 +189,7 @@ def test_permerror_accepted_with_header_by_default(mx, use):
     assert tr.final and tr.final.code == 250, str(tr)
     [m] = mx.capture.wait_for(1)
     assert spf_headers(m)[0].startswith("permerror ")
-    assert "spf=permerror smtp.mailfrom=user@perm.test" in our_ar(m)[0]
+    assert "spf=permerror smtp.mailfrom=perm.test" in our_ar(m)[0]
 
 
 def test_null_sender_checked_on_helo(mx, use):
@@ -251,7 +251,7 @@ def test_forged_authentication_results_removed_before_delivery(mx, use):
     assert "forged-" not in m.text
     assert m.headers("Authentication-Results")[-1] == "other.example; spf=fail smtp.mailfrom=x@y"
     [ar] = our_ar(m)
-    assert ar.startswith("mx.test; ") and "spf=pass smtp.mailfrom=ceo@allowed.test" in ar
+    assert ar.startswith("mx.test; ") and "spf=pass smtp.mailfrom=allowed.test" in ar
     assert len(m.headers("Received-SPF")) == len(spf_headers(m)) + len(spf_headers(m, "helo"))
     assert m.headers("X-Keep") == ["after the forged ones"]
     assert m.headers("Subject") == ["lab test"]

@@ -89,7 +89,7 @@ def test_local_rules_and_best_guess(spfmilter):
         replies, eom = s.transaction("user@none.test", ["a@mx.test"])
         assert replies[0].kind == "continue"
         ar = [v for n, v in eom.headers_on_top() if n == "Authentication-Results"][0]
-        assert "spf=none (best guess record gives fail) smtp.mailfrom=user@none.test" in ar
+        assert "spf=none (best guess record gives fail) smtp.mailfrom=none.test" in ar
 
 
 # --- migration ---------------------------------------------------------------------------
