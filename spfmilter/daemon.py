@@ -29,7 +29,7 @@ from spfmilter.resolver import Resolver
 from spfmilter.sockopts import tune_listener
 
 STOP_GRACE = 25.0  # seconds a stop waits for transactions in flight
-RESTARTS, RESTART_WINDOW = 5, 60.0  # crash restarts allowed per window
+RESTARTS, RESTART_WINDOW = 5, 60.0  # crash restarts per window before backing off
 
 
 def resolver_for(settings: cfg.Settings, previous: tuple[cfg.Settings, Resolver] | None = None) -> Resolver:
@@ -243,17 +243,20 @@ def run(settings: cfg.Settings, reload_settings: Callable[[], cfg.Settings]) -> 
         code = os.waitstatus_to_exitcode(status)
         if code >= 0 or stopping:
             break
-        # Killed by a signal nobody asked for (a crash inside libmilter): serve again,
-        # but not in a loop: at most RESTARTS in RESTART_WINDOW seconds.
+        # Killed by a signal nobody asked for (a crash inside libmilter, e.g. on a
+        # malformed macro packet): serve again.  Never give up -- that would hand
+        # whoever causes the crash an outage -- but back off when crashes come fast.
         now = time.monotonic()
         restarts[:] = [t for t in restarts if now - t < RESTART_WINDOW]
-        if len(restarts) >= RESTARTS:
-            log.error("%s", kv(action="give-up", reason=f"milter process died {RESTARTS} times "
-                               f"in {RESTART_WINDOW:.0f}s", signal=-code))
-            break
         restarts.append(now)
+        delay = 0.0 if len(restarts) <= RESTARTS else min(5.0, 0.1 * 2 ** (len(restarts) - RESTARTS))
         log.error("%s", kv(action="restart", reason="milter process killed by a signal",
-                           signal=-code))
+                           signal=-code, delay=f"{delay:.1f}s"))
+        if delay:
+            time.sleep(delay)  # a back-off, not synchronisation
+        if stopping:  # asked to stop meanwhile: nothing left in flight
+            code = 0
+            break
         child = _start_milter(current[0], reload_settings)
     if settings.pid_file:
         try:

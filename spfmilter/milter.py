@@ -150,6 +150,7 @@ class SPFMilter(Milter.Base):
         self.runtime = get_runtime()
         self.settings = self.runtime.settings
         self.client_ip = ""
+        self.mta = self.daemon = ""
         self.helo = ""
         self.helo_result: SPFResult | None = None
         self.queue_id = ""
@@ -186,6 +187,9 @@ class SPFMilter(Milter.Base):
             self._counted = True
             connections.opened()
         self.client_ip = normalize_ip(hostaddr)
+        # which MTA and which of its listeners (MX or submission): for the log line
+        self.mta = self._macro("j")
+        self.daemon = self._macro("{daemon_name}")
         return Milter.CONTINUE
 
     # Not @noreply: pymilter decodes the HELO before calling us, and a name that
@@ -284,6 +288,7 @@ class SPFMilter(Milter.Base):
             client_ip=self.client_ip, helo=self.helo, envelope_from=self.sender,
             rcpt=recipient, receiver=self.settings.authserv_id,
             queue_id=(self.queue_id or None) if self.settings.log_queue_id else None,
+            mta=self.mta or None, daemon=self.daemon or None,
             reply=f"{verdict.code} {verdict.status}" if verdict.code else None))
 
     @Milter.noreply
