@@ -109,7 +109,8 @@ class MilterSession:
     def connect(self, ip: str, hostname: str | None = None,
                 macros: dict[str, str] | None = None) -> Reply:
         family = c.SMFIA_INET6 if ":" in ip else c.SMFIA_INET
-        return self.step(c.SMFIC_CONNECT, {"j": "mx.test", **(macros or {})},
+        return self.step(c.SMFIC_CONNECT, {"j": "mx.test", "{daemon_name}": "smtpd-test",
+                                           **(macros or {})},
                          hostname=hostname or f"[{ip}]", family=family, port=25000, address=ip)
 
     def helo(self, name: str) -> Reply:

@@ -680,7 +680,43 @@ def _make_socket_dir_reachable(folder: Path) -> None:
         os.chmod(folder, stat.S_IMODE(st.st_mode) | stat.S_IXOTH)
 
 
-class PostfixLab:
+class _LogFile:
+    """Reading an MTA's log file: what both labs share."""
+
+    log_file: Path
+    NAME = "MTA"
+
+    def log_text(self) -> str:
+        try:
+            return self.log_file.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def wait_for_log(self, regex: str, timeout: float = 10, start: int = 0) -> re.Match:
+        rx = re.compile(regex)
+        return wait_until(lambda: rx.search(self.log_text(), start), timeout,
+                          f"{self.NAME} log line /{regex}/", on_timeout=lambda: _tail(self.log_file))
+
+
+MTAS = ("postfix", "sendmail")
+
+
+def only(*mtas: str) -> Callable:
+    """Run a test on these MTAs only (instead of a skip, which fails CI)."""
+    def mark(fn: Callable) -> Callable:
+        fn.mtas = mtas  # type: ignore[attr-defined]
+        return fn
+    return mark
+
+
+def parametrize_labs(metafunc) -> None:  # type: ignore[no-untyped-def]
+    """For a module's pytest_generate_tests: one ``lab`` per MTA, module-scoped."""
+    if "lab" in metafunc.fixturenames:
+        metafunc.parametrize("lab", getattr(metafunc.function, "mtas", MTAS),
+                             indirect=True, scope="module")
+
+
+class PostfixLab(_LogFile):
     """A private Postfix instance (own config folder, queue and log).
 
     * runs in a private mount namespace: the work folder is bind-mounted at
@@ -699,6 +735,7 @@ class PostfixLab:
     """
 
     supports_login = True
+    NAME = "Postfix"
     NS_ROOT = "/srv/lab"
 
     def __init__(self, workdir, milter_socket_spec: str, relay_port: int, *,
@@ -927,16 +964,6 @@ class PostfixLab:
         self._master_pid = None
 
     # -- logs and clients
-    def log_text(self) -> str:
-        try:
-            return self.log_file.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
-
-    def wait_for_log(self, regex: str, timeout: float = 10, start: int = 0) -> re.Match:
-        rx = re.compile(regex)
-        return wait_until(lambda: rx.search(self.log_text(), start), timeout,
-                          f"Postfix log line /{regex}/", on_timeout=lambda: _tail(self.log_file))
 
     def send(self, client_ip: str, helo: str, mail_from: str, rcpts: Sequence[str],
              message_bytes: bytes, *, login: str | None = None,
@@ -1025,7 +1052,7 @@ exec "$@"
 """
 
 
-class SendmailLab:
+class SendmailLab(_LogFile):
     """A private Sendmail (from /opt/spfmilter-lab/sendmail) in its own mount
     namespace, inside ``netns`` (a :class:`Netns`) if given.
 
@@ -1043,6 +1070,7 @@ class SendmailLab:
     """
 
     supports_login = False
+    NAME = "Sendmail"
 
     def __init__(self, workdir, milter_socket_spec: str, relay_port: int, *,
                  netns: Netns | None = None, port: int | None = None,
@@ -1196,16 +1224,6 @@ class SendmailLab:
             self._stderr.close()
             self._stderr = None
 
-    def log_text(self) -> str:
-        try:
-            return self.log_file.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
-
-    def wait_for_log(self, regex: str, timeout: float = 10, start: int = 0) -> re.Match:
-        rx = re.compile(regex)
-        return wait_until(lambda: rx.search(self.log_text(), start), timeout,
-                          f"Sendmail log line /{regex}/", on_timeout=lambda: _tail(self.log_file))
 
     def send(self, client_ip: str, helo: str, mail_from: str, rcpts: Sequence[str],
              message_bytes: bytes, *, login: str | None = None,

@@ -56,8 +56,9 @@ def test_results_are_labelled(spfmilter, sender, ip, result):
     assert f"spf={result} smtp.mailfrom={sender.split('@')[1]}" in ar(eom)
     assert ar(eom).startswith("mx.test; ")
     assert [n for n, _ in eom.headers_on_top()][0] == "Authentication-Results"
-    line = milter.wait_for_log(rf"action=accept .*envelope_from={re.escape(sender)} ")
+    line = milter.wait_for_log(rf"action=accept .*envelope_from={re.escape(sender)} .*\n")
     assert f"result={result}" in line.group(0)
+    assert "mta=mx.test daemon=smtpd-test" in line.group(0)  # the connect macros
 
 
 def test_fail_is_refused_with_explanation(spfmilter):

@@ -35,22 +35,11 @@ class Lab:
     capture: mta.CaptureSMTP
 
 
-MTAS = ("postfix", "sendmail")
-
-
-def only(*mtas):
-    """Run a test on these MTAs only (instead of a skip, which fails CI)."""
-    def mark(fn):
-        fn.mtas = mtas
-        return fn
-    return mark
+only = mta.only
 
 
 def pytest_generate_tests(metafunc):
-    # one lab per MTA for the whole module (scope="module")
-    if "lab" in metafunc.fixturenames:
-        metafunc.parametrize("lab", getattr(metafunc.function, "mtas", MTAS),
-                             indirect=True, scope="module")
+    mta.parametrize_labs(metafunc)
 
 
 @pytest.fixture(scope="module")
