@@ -61,3 +61,43 @@ def test_no_answer_is_a_temporary_failure(dns_server, entry):
     with pytest.raises(TempFailure):
         r.spf_lookup("broken.test", "TXT", 0.5)
     assert time.monotonic() - started < 2.0
+
+
+def test_one_off_names_do_not_push_out_the_names_in_use(dns_server):
+    """A burst of one-off domains larger than the cache (a spam run) cycles through
+    the probation segment; names asked for again stay cached: no new queries."""
+    dns_server.update({f"once{i}.test": [{"TXT": f"v=spf1 ip4:192.0.2.{i % 250} -all"}]
+                       for i in range(150)})
+    host, port = dns_server.address
+    r = Resolver(((host, port),), timeout=2.0, cache_size=40)
+    regulars = [("soft.test", "TXT"), ("allowed.test", "TXT"), ("none.test", "A")]
+    for _ in range(2):  # the second round is answered from the cache and marks them as in use
+        for name, qtype in regulars:
+            r.spf_lookup(name, qtype, 2)
+    for i in range(150):
+        assert r.spf_lookup(f"once{i}.test", "TXT", 2)
+        assert len(r.cache) <= 40
+    dns_server.clear_queries()
+    for name, qtype in regulars:
+        r.spf_lookup(name, qtype, 2)
+    assert [q for q in dns_server.queries if (q[0], q[1]) in regulars] == []
+    r.spf_lookup("once0.test", "TXT", 2)  # long gone from probation: asked again
+    assert dns_server.query_count("once0.test", "TXT") == 1
+
+
+def test_cache_segments_stay_within_the_size():
+    from spfmilter.resolver import _Cache, _Cached
+    cache = _Cache(10)
+    later = time.time() + 60
+    for i in range(10):
+        cache.put((f"n{i}", "A"), _Cached(later, (f"192.0.2.{i}",)))
+    for i in range(10):  # all promoted: the protected segment holds 8, two are demoted
+        assert cache.get((f"n{i}", "A")) is not None
+    for i in range(100):
+        cache.put((f"x{i}", "A"), _Cached(later, ()))
+        assert len(cache) <= 10
+    kept = {k[0] for k in cache.data}
+    assert {f"n{i}" for i in range(2, 10)} <= kept      # the 8 most recently used survive
+    assert cache.get(("n0", "A")) is None and cache.get(("x0", "A")) is None
+    cache.put(("n5", "A"), _Cached(time.time() - 1, ()))  # an expired answer is not served
+    assert cache.get(("n5", "A")) is None and ("n5", "A") not in cache.data
