@@ -55,16 +55,6 @@ if os.environ.get("SPFMILTER_BENCH_NO_LOG") == "1":  # experiment: what the deci
 
     daemon.serve_milter = _quiet
 
-if os.environ.get("SPFMILTER_BENCH_DATA_REPLY") == "1":
-    # The change proposed for spfmilter/milter.py, for a side-by-side run: ask for
-    # DATA with a reply, so Postfix never sends its DATA macros as a lone packet
-    # that nobody answers (over TCP the next write would wait for a delayed ACK).
-    def data(self):  # type: ignore[no-untyped-def]
-        import Milter
-        return Milter.CONTINUE
-
-    sm.SPFMilter.data = data
-
 
 def _serve_stats(path: str) -> None:
     global _decisions, _evals
@@ -82,8 +72,8 @@ def _serve_stats(path: str) -> None:
             evals, _evals = _evals, []
             rt = sm.get_runtime()
             conn.sendall(json.dumps({"decisions": decisions, "evals": evals,
-                                     "resolver_calls": rt.resolver.queries,
-                                     "cache_entries": len(rt.resolver.cache.data)}).encode())
+                                     "resolver_calls": rt.resolver.stats()["lookups"],
+                                     "cache_entries": len(rt.resolver.cache)}).encode())
 
 
 _orig_serve = daemon.serve_milter

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from spfmilter import headers
 from spfmilter.config import HeaderType, HeloPolicy, MailFromPolicy, Settings
-from spfmilter.spfcheck import SPFResult
+from spfmilter.spfcheck import SPFResult, parse_ip
 
 ACCEPT, REJECT, DEFER = "accept", "reject", "defer"
 
@@ -53,12 +53,11 @@ class Decision:
 
 
 def _in_networks(ip: str, networks: tuple) -> bool:
-    try:
-        addr = ipaddress.ip_address(ip.split("%", 1)[0])
-    except ValueError:
+    if not networks:
         return False
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped:
-        addr = addr.ipv4_mapped
+    addr = parse_ip(ip.split("%", 1)[0])
+    if addr is None:
+        return False
     return any(addr in net for net in networks if net.version == addr.version)
 
 

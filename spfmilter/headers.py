@@ -35,7 +35,8 @@ def clean(text: str | None, limit: int = MAX_VALUE) -> str:
     """
     if not text:
         return ""
-    text = _CONTROL.sub("?", text)
+    if not (text.isascii() and text.isprintable()):  # printable ASCII has nothing to replace
+        text = _CONTROL.sub("?", text)
     if len(text) > limit:
         text = text[:limit] + "..."
     return text
@@ -48,9 +49,12 @@ def quote(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+_COMMENT_SPECIALS = re.compile(r"([()\\])")
+
+
 def comment(text: str) -> str:
     """Escape text for use inside an RFC 5322 comment."""
-    return re.sub(r"([()\\])", r"\\\1", text)
+    return _COMMENT_SPECIALS.sub(r"\\\1", text)
 
 
 def _describe(res: SPFResult, ip: str) -> str:

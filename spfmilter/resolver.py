@@ -128,6 +128,12 @@ class _Cache:
             while len(self._probation) + len(self._protected) > self.max_size:
                 (self._probation or self._protected).popitem(last=False)
 
+    def peek(self, key: tuple[str, str]) -> bool:
+        """Whether ``key`` would be answered from the cache (counts and moves nothing)."""
+        with self._lock:
+            entry = self._protected.get(key) or self._probation.get(key)
+            return entry is not None and entry.expiration > time.time()
+
     def hits(self) -> int:
         return self._hits
 
@@ -166,7 +172,6 @@ class Resolver:
         self._resolver = res
         self._cache = _Cache(cache_size)
         self._lock = threading.Lock()
-        self.queries = 0
         self.timeouts = 0
 
     @property
@@ -177,7 +182,8 @@ class Resolver:
     def stats(self) -> dict[str, float]:
         """Lookups asked, answered from the cache, from the network, and timed out."""
         cache = self._cache
-        return {"lookups": self.queries, "hits": cache.hits(), "misses": cache.misses(),
+        hits, misses = cache.hits(), cache.misses()  # every lookup is one or the other
+        return {"lookups": hits + misses, "hits": hits, "misses": misses,
                 "timeouts": self.timeouts}
 
     def resolve(self, name: str, qtype: str, lifetime: float) -> dns.resolver.Answer | None:
@@ -212,8 +218,6 @@ class Resolver:
         lines = trace.get()
         if lines is not None:
             return self._traced(lines, name, qtype, lifetime)
-        with self._lock:
-            self.queries += 1
         key = (name, qtype)
         cached = self._cache.get(key)  # None when absent or expired
         if cached is not None:
@@ -240,7 +244,7 @@ class Resolver:
 
     def _traced(self, lines: list[str], name: str, qtype: str,
                 lifetime: float) -> list[tuple[tuple[str, str], Any]]:
-        cached = self._cache.get((name, qtype)) is not None
+        cached = self._cache.peek((name, qtype))
         token = trace.set(None)
         try:
             out = self.spf_lookup(name, qtype, lifetime)

@@ -9,6 +9,7 @@ reload with new name servers) without pyspf's own uncached driver ever running.
 from __future__ import annotations
 
 import contextvars
+import functools
 import ipaddress
 import time
 from dataclasses import dataclass
@@ -53,6 +54,24 @@ class _Memo:
 
 _networks = _Memo(4096)       # (address or CIDR text, prefix) -> ipaddress network
 _mechanisms = _Memo(4096)     # (term, domain, ip version) -> validate_mechanism's tuple
+_client_ips = _Memo(4096)     # client address text -> what pyspf's set_ip sets from it
+_SET_IP_ATTRS = ("iplist", "ipaddr", "c", "A", "v", "i", "cidrmax")
+
+
+@functools.lru_cache(maxsize=4096)
+def parse_ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The address in ``text`` (an IPv4-mapped IPv6 address as IPv4), None if it is none.
+
+    The same client address is parsed by the plan, by the check and by pyspf
+    for every message; parsing is a pure function of the text, so it is kept.
+    """
+    try:
+        addr = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped:
+        return addr.ipv4_mapped
+    return addr
 
 
 class _Query(spf.query):
@@ -65,6 +84,8 @@ class _Query(spf.query):
       for ``user@example.com.`` without a lookup).  Both let a forged sender
       escape a Fail policy.
 
+    * ``set_ip`` derives the client address's forms (macro values, A or AAAA,
+      prefix limit) from its text on every query; they are kept per text.
     * ``cidrmatch`` parses every ip4:/ip6: term and every A/AAAA/MX address
       into an ``ipaddress`` network on every check; the parsed network (a pure
       function of the text and the prefix length) is kept.
@@ -82,22 +103,33 @@ class _Query(spf.query):
                 domain = domain[:-1]
             self.l, self.o, self.d = local or "postmaster", domain, domain
 
+    def set_ip(self, i: str) -> None:
+        found = _client_ips.data.get(i)
+        if found is None:
+            super().set_ip(i)  # raises PermError for a bad address: nothing kept
+            if not isinstance(self.iplist, bool):  # "list" mode: a fresh list each time
+                return
+            found = {name: getattr(self, name) for name in _SET_IP_ATTRS if hasattr(self, name)}
+            _client_ips.put(i, found)
+        self.__dict__.update(found)
+
     def cidrmatch(self, ipaddrs: list, n: int) -> bool:
         if not isinstance(self.iplist, bool):  # pyspf's "list" mode: keep its own code
             return super().cidrmatch(ipaddrs, n)
         memo = _networks.data
-        networks = []
-        for ip in ipaddrs:  # all parsed first, as pyspf does: a bad one is a PermError
-            key = (ip, n)
-            network = memo.get(key)
+        client = self.ipaddr
+        matched = False
+        for ip in ipaddrs:  # all parsed, as pyspf does: a bad one is a PermError even after a match
+            network = memo.get((ip, n))
             if network is None:
                 try:
                     network = ipaddress.ip_network(ip).supernet(new_prefix=n)
                 except ValueError as exc:
                     raise spf.PermError(str(exc)) from None
-                _networks.put(key, network)
-            networks.append(network)
-        return any(self.ipaddr in network for network in networks)
+                _networks.put((ip, n), network)
+            if not matched and client in network:
+                matched = True
+        return matched
 
     def validated_ptrs(self) -> list:
         """RFC 7208 §5.5: a DNS error on the PTR lookup means no match; on the A/AAAA
@@ -175,9 +207,7 @@ def evaluate(identity: str, ip: str, sender: str, helo: str, *, resolver: Resolv
         checked = sender
     if not checked or not _domain_of(checked):
         return SPFResult(identity, "none", checked, "", "no identity to check", False)
-    try:
-        ipaddress.ip_address(ip)
-    except ValueError:
+    if parse_ip(ip) is None:
         return SPFResult(identity, "permerror", checked, _domain_of(checked),
                          f"client address {ip!r} is not an IP address", False)
     if lookup_time <= 0.001:  # the message's Lookup_Time is spent (pyspf reads 0 as "no limit")
