@@ -88,7 +88,10 @@ if ldd "$SM_BIN" | grep -q 'not found'; then
     ldd "$SM_BIN" | grep 'not found' >&2
     exit 1
 fi
-if ! "$SM_BIN" -d0.1 -bt -C /dev/null </dev/null 2>&1 | grep -q '^Version 8\.'; then
+# The probe runs with a qualified host name and no network: with an unqualified
+# one (a VM called "vm") sendmail sleeps a minute trying to qualify it.
+if ! unshare --uts --net sh -c 'hostname localhost.localdomain; "$0" -d0.1 -bt -C /dev/null' "$SM_BIN" \
+        </dev/null 2>&1 | grep -q '^Version 8\.'; then
     echo "install-mtas: $SM_BIN does not run" >&2
     exit 1
 fi
