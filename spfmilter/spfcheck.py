@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextvars
 import functools
 import ipaddress
+import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -55,6 +56,8 @@ class _Memo:
 _networks = _Memo(4096)       # (address or CIDR text, prefix) -> ipaddress network
 _mechanisms = _Memo(4096)     # (term, domain, ip version) -> validate_mechanism's tuple
 _client_ips = _Memo(4096)     # client address text -> what pyspf's set_ip sets from it
+_address_lists = _Memo(1024)  # (record, domain, ip version) -> its networks, or False
+_LIST_TERM = re.compile(r"[-+~?]?(?:ip4|ip6|all)(?:[:/][^%=]*)?\Z", re.IGNORECASE)
 _SET_IP_ATTRS = ("iplist", "ipaddr", "c", "A", "v", "i", "cidrmax")
 
 
@@ -153,6 +156,60 @@ class _Query(spf.query):
             if self.cidrmatch(addresses, self.cidrmax):
                 validated.append(name)
         return validated
+
+    def check0(self, spf_record: str, recursion: int) -> tuple:
+        """A record of nothing but ip4:/ip6: terms and ``all`` (the address lists that
+        providers' includes publish, often dozens of terms) is walked as a list of
+        networks kept per (record, domain, IP version); any other record, and any
+        record pyspf would find an error in, is pyspf's own check0."""
+        if spf_record and self.strict is True and isinstance(self.iplist, bool):
+            key = (spf_record, self.d, self.v)
+            networks = _address_lists.data.get(key)
+            if networks is None:
+                networks = self._address_list(spf_record)
+                _address_lists.put(key, networks)
+            if networks is not False:
+                client = self.ipaddr
+                for network, mech, result in networks:
+                    if network is None or client in network:
+                        break
+                else:
+                    result, mech = "neutral", None   # no match, no redirect: the default
+                if not recursion:
+                    self.mechanism = mech
+                return (result, 550 if result == "fail" else 250, self.exps[result])
+        return super().check0(spf_record, recursion)
+
+    def _address_list(self, spf_record: str) -> list | bool:
+        """[(network or None for ``all``, term, result)] in record order, as far as
+        pyspf's loop would go for this client's IP version; False when the record
+        is anything else or any of its terms is invalid."""
+        terms = spf_record.split(" ")
+        if terms[0].lower() != "v=spf1":
+            return False
+        out: list = []
+        done = False
+        for term in terms[1:]:
+            if not term:
+                continue
+            if not _LIST_TERM.match(term):
+                return False
+            try:  # every term is validated, as pyspf does before evaluating any
+                mech, kind, arg, cidr, result = self.validate_mechanism(term)
+            except spf.PermError:
+                return False
+            if done:
+                continue
+            if kind == "all":
+                out.append((None, mech, result))
+                done = True
+            elif (kind == "ip4") == (self.v == "in-addr"):  # only the client's own version
+                try:
+                    network = ipaddress.ip_network(arg).supernet(new_prefix=cidr)
+                except ValueError:
+                    return False
+                out.append((network, mech, result))
+        return out
 
     def validate_mechanism(self, mech: str) -> tuple:
         if "%" in mech or self.strict is not True:

@@ -58,3 +58,38 @@ def test_parse_ip_unmaps_ipv4_and_rejects_non_addresses():
     assert parse_ip("::ffff:192.0.2.1") == ipaddress.IPv4Address("192.0.2.1")
     assert parse_ip("2001:db8::1") == ipaddress.IPv6Address("2001:db8::1")
     assert parse_ip("192.0.2.300") is None and parse_ip("") is None and parse_ip("[192.0.2.1]") is None
+
+
+# --- address-list records: the kept network lists against pyspf's own check0 ----------------
+
+from hypothesis import given, settings as hsettings, strategies as st  # noqa: E402
+import spf  # noqa: E402
+
+_qualifier = st.sampled_from(["", "+", "-", "~", "?"])
+_v4 = st.builds(lambda a, b, n: f"ip4:192.0.{a}.{b}" + (f"/{n}" if n is not None else ""),
+                st.integers(0, 3), st.integers(0, 255), st.one_of(st.none(), st.integers(8, 34)))
+_v6 = st.builds(lambda a, n: f"ip6:2001:db8:{a:x}::" + (f"/{n}" if n is not None else ""),
+                st.integers(0, 3), st.one_of(st.none(), st.integers(16, 130)))
+_odd = st.sampled_from(["ip4:192.0.2.300", "ip4:192.0.02.1", "ip6:2001:zz::", "all:x", "IP4:192.0.2.0/24",
+                        "ip4:%{i}", "foo=bar", "redirect=", "ip4", "ip6:", "mx", "exists:%{i}.x.test"])
+_term = st.one_of(st.builds(str.__add__, _qualifier, st.one_of(_v4, _v6, st.just("all"))), _odd)
+_record = st.builds(lambda head, terms, tail: " ".join([head, *terms, *tail]),
+                    st.sampled_from(["v=spf1", "V=SPF1", "v=spf2"]),
+                    st.lists(st.one_of(_term, _term, _term, st.just("")), max_size=8),
+                    st.lists(st.sampled_from(["-all", "~all", "?all"]), max_size=1))
+_client = st.sampled_from(["192.0.2.10", "192.0.1.200", "198.51.100.7", "::ffff:192.0.2.10",
+                           "2001:db8:1::10", "2001:db8:3::1", "2001:db8:bad::7"])
+
+
+@hsettings(max_examples=400, deadline=None)
+@given(record=_record, client=_client)
+def test_address_lists_match_pyspf(record, client):
+    """Every record, simple or not (then pyspf's own code runs), gives pyspf's outcome,
+    the first time and once its network list is kept."""
+    def run(cls):
+        q = cls(i=client, s="user@example.test", h="helo.test", receiver="mx.test")
+        return q.check(spf=record), q.mechanism
+
+    expected = run(spf.query)
+    assert run(spfcheck._Query) == expected
+    assert run(spfcheck._Query) == expected
