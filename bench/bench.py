@@ -848,9 +848,10 @@ METHOD = """\
   the floor set TCP_NODELAY on their inet listener; pyspf-milter does not.  pyspf-milter checks
   HELO on the CONNECT host name, which Postfix sends as `[address]` without a PTR lookup: it
   evaluates no HELO record (less work than spfmilter, which evaluates the HELO name).
-- shape-floor: a pymilter milter that negotiates exactly spfmilter's events (CONNECT, HELO, MAIL
-  without reply, RCPT with reply, every header without reply, end of message) and adds three
-  headers, doing nothing else: the most spfmilter's protocol shape allows through pymilter.
+- shape-floor: a pymilter milter that negotiates exactly spfmilter's events (CONNECT and MAIL
+  without reply; HELO, RCPT and DATA with a reply; every header without reply; end of message)
+  and adds three headers, doing nothing else: the most spfmilter's protocol shape allows
+  through pymilter.
 - Postfix: one private instance, one smtpd port per set-up, the documented init/postfix-main.cf
   milter settings, queue on tmpfs, every message to the discard transport.  smtp-source sends
   2 KB messages, one per session, from 127.0.0.1; mean latency = elapsed x sessions / messages.

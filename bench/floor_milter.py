@@ -5,10 +5,11 @@ a thread per connection) and, like spfmilter, sets TCP_NODELAY on an inet
 listener, so it is the least any pymilter milter can cost per message.
 Usage: floor_milter.py SOCKET_SPEC [--shape]
 
-With ``--shape`` it asks for exactly the events spfmilter asks for (CONNECT,
-HELO, MAIL without reply; RCPT with reply; every header without reply; end of
-message) and adds three headers, but does no work: the cost of spfmilter's
-protocol shape through pymilter, i.e. the best spfmilter itself could reach.
+With ``--shape`` it asks for exactly the events spfmilter asks for (CONNECT and
+MAIL without reply; HELO, RCPT and DATA with a reply; every header without
+reply; end of message) and adds three headers, but does no work: the cost of
+spfmilter's protocol shape through pymilter, i.e. the best spfmilter itself
+could reach.
 """
 
 from __future__ import annotations
@@ -36,7 +37,6 @@ class Shape(Milter.Base):
     def connect(self, hostname, family, hostaddr):  # type: ignore[no-untyped-def]
         return Milter.CONTINUE
 
-    @Milter.noreply
     def hello(self, heloname):  # type: ignore[no-untyped-def]
         return Milter.CONTINUE
 
@@ -49,6 +49,9 @@ class Shape(Milter.Base):
 
     @Milter.noreply
     def header(self, name, value):  # type: ignore[no-untyped-def]
+        return Milter.CONTINUE
+
+    def data(self) -> int:
         return Milter.CONTINUE
 
     def eom(self) -> int:
@@ -73,7 +76,11 @@ def main() -> int:
     libmilter.set_close_callback(Milter.close_callback)
     libmilter.setconn(spec)
     libmilter.settimeout(600)
-    libmilter.register("floor", negotiate=Milter.negotiate_callback)
+    if shape:
+        libmilter.register("floor", data=lambda ctx: ctx.getpriv().data(),
+                           negotiate=Milter.negotiate_callback)
+    else:
+        libmilter.register("floor", negotiate=Milter.negotiate_callback)
     old = os.umask(0)
     libmilter.opensocket(True)
     os.umask(old)
