@@ -55,8 +55,12 @@ class _Memo:
 
 _networks = _Memo(4096)       # (address or CIDR text, prefix) -> ipaddress network
 _mechanisms = _Memo(4096)     # (term, domain, ip version) -> validate_mechanism's tuple
-_client_ips = _Memo(4096)     # client address text -> what pyspf's set_ip sets from it
-_address_lists = _Memo(1024)  # (record, domain, ip version) -> its networks, or False
+_client_ips = _Memo(1024)     # client address text -> what pyspf's set_ip sets from it
+# (record, domain, ip version) -> its networks, or False.  Bounded in entries and in
+# networks per entry (a longer record is pyspf's to walk), so records published to
+# fill memory keep it under ~8 MB: 256 x 100 networks.
+_address_lists = _Memo(256)
+_MAX_LISTED = 100
 _LIST_TERM = re.compile(r"[-+~?]?(?:ip4|ip6|all)(?:[:/][^%=]*)?\Z", re.IGNORECASE)
 _SET_IP_ATTRS = ("iplist", "ipaddr", "c", "A", "v", "i", "cidrmax")
 
@@ -186,6 +190,8 @@ class _Query(spf.query):
         is anything else or any of its terms is invalid."""
         terms = spf_record.split(" ")
         if terms[0].lower() != "v=spf1":
+            return False
+        if len(terms) > _MAX_LISTED + 1:
             return False
         out: list = []
         done = False

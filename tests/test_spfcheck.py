@@ -93,3 +93,15 @@ def test_address_lists_match_pyspf(record, client):
     expected = run(spf.query)
     assert run(spfcheck._Query) == expected
     assert run(spfcheck._Query) == expected
+
+
+def test_long_address_lists_are_left_to_pyspf():
+    """A record longer than what is kept (published to fill memory, say) is walked by
+    pyspf itself, with the same outcome, and leaves nothing behind."""
+    terms = [f"ip4:198.18.{i // 250}.{i % 250}" for i in range(spfcheck._MAX_LISTED + 50)]
+    record = "v=spf1 " + " ".join(terms + ["ip4:192.0.2.0/24", "-all"])
+    for client, result in (("192.0.2.10", "pass"), ("198.51.100.7", "fail"), ("2001:db8::1", "fail")):
+        q = spfcheck._Query(i=client, s="user@example.test", h="helo.test", receiver="mx.test")
+        assert q.check(spf=record)[0] == result
+    kept = [v for k, v in spfcheck._address_lists.data.items() if k[0] == record]
+    assert kept == [False, False]  # IPv4 and IPv6: "not a list", no networks held
