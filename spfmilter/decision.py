@@ -8,7 +8,6 @@ recipient, with the headers the message gets when it is not refused.
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass, field
 
 from spfmilter import headers

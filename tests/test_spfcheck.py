@@ -8,6 +8,8 @@ again once everything is kept, against the test DNS server.
 import ipaddress
 
 import pytest
+import spf
+from hypothesis import given, settings as hsettings, strategies as st
 
 from spfmilter import spfcheck
 from spfmilter.resolver import Resolver
@@ -28,14 +30,14 @@ CASES = [  # (client address, sender, result, the client address as pyspf shows 
 
 
 def _forget() -> None:
-    for memo in (spfcheck._networks, spfcheck._mechanisms, spfcheck._client_ips):
+    for memo in (spfcheck._networks, spfcheck._mechanisms, spfcheck._client_ips, spfcheck._address_lists):
         memo.data.clear()
     parse_ip.cache_clear()
 
 
 @pytest.mark.parametrize("ip,sender,result,shown", CASES)
 def test_kept_steps_never_change_an_outcome(dns_server, ip, sender, result, shown):
-    resolver = Resolver(((dns_server.address),), timeout=2.0)
+    resolver = Resolver((dns_server.address,), timeout=2.0)
 
     def check():
         return evaluate("mailfrom", ip, sender, "helo.test", resolver=resolver, receiver="mx.test",
@@ -61,9 +63,6 @@ def test_parse_ip_unmaps_ipv4_and_rejects_non_addresses():
 
 
 # --- address-list records: the kept network lists against pyspf's own check0 ----------------
-
-from hypothesis import given, settings as hsettings, strategies as st  # noqa: E402
-import spf  # noqa: E402
 
 _qualifier = st.sampled_from(["", "+", "-", "~", "?"])
 _v4 = st.builds(lambda a, b, n: f"ip4:192.0.{a}.{b}" + (f"/{n}" if n is not None else ""),
