@@ -65,7 +65,7 @@ _LIST_TERM = re.compile(r"[-+~?]?(?:ip4|ip6|all)(?:[:/][^%=]*)?\Z", re.IGNORECAS
 _SET_IP_ATTRS = ("iplist", "ipaddr", "c", "A", "v", "i", "cidrmax")
 
 
-@functools.lru_cache(maxsize=4096)
+@functools.lru_cache(maxsize=1024)
 def parse_ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     """The address in ``text`` (an IPv4-mapped IPv6 address as IPv4), None if it is none.
 
