@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 # one under ./run, which the current user can create.
 RUN_SOCKET := $(if $(filter 0,$(shell id -u)),,--socket unix:$(CURDIR)/run/spfmilter.sock)
 
-.PHONY: run test deps test-deps mta-deps interop-deps check-config clean
+.PHONY: run test lint deps test-deps mta-deps interop-deps check-config clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -41,7 +41,12 @@ run: deps
 check-config: deps
 	$(BIN)/spfmilter --check-config -c $(CONF)
 
-test: test-deps mta-deps interop-deps
+# Static checks first: a type error or a lint error fails `make test` (and CI).
+lint: test-deps
+	$(BIN)/mypy
+	$(BIN)/ruff check .
+
+test: lint mta-deps interop-deps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 clean:
@@ -53,7 +58,7 @@ clean:
 .PHONY: bench
 bench: deps
 	sh bench/setup.sh $(PYTHON)
-	$(BIN)/python bench/bench.py $(BENCH_ARGS)
+	$(BIN)/python -m bench.bench $(BENCH_ARGS)
 
 .PHONY: fuzz soak
 
@@ -68,4 +73,4 @@ fuzz: test-deps
 # RSS, descriptors, threads and errors go to soak/results.md and soak/results.json.
 SOAK_TRANSACTIONS ?= 200000
 soak: test-deps
-	$(BIN)/python soak/soak.py --transactions $(SOAK_TRANSACTIONS)
+	$(BIN)/python -m soak.soak --transactions $(SOAK_TRANSACTIONS)

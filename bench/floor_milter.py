@@ -20,8 +20,7 @@ import sys
 import Milter
 import milter as libmilter
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from spfmilter.sockopts import tune_listener  # noqa: E402
+from spfmilter.frontends.listener import tune_listener
 
 
 class Floor(Milter.Base):

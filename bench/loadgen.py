@@ -33,8 +33,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import zones  # noqa: E402
+from bench import zones
 
 # protocol flags (libmilter's mfdef.h)
 NOCONNECT, NOHELO, NOMAIL, NORCPT, NOBODY, NOHDRS, NOEOH = (1 << i for i in range(7))
@@ -242,7 +241,7 @@ def run_worker(address: str, conc: int, txs: list[zones.Tx], start_at: float, du
     for c in (conns[:32] if hold_after_rcpt else conns):
         start(c)
     ready_written = False
-    active = lambda: waiting or any(c.state not in ("done", "idle") for c in conns)  # noqa: E731
+    active = lambda: waiting or any(c.state not in ("done", "idle") for c in conns)
     while active():
         now = time.perf_counter()
         if now > hard_deadline:
@@ -347,7 +346,7 @@ def _event_letters(chunk: bytes) -> bytes:
 def _worker_main(conn, args: dict) -> None:
     try:
         conn.send(run_worker(**args))
-    except Exception as exc:  # noqa: BLE001 - reported to the parent
+    except Exception as exc:
         conn.send({"error": f"{type(exc).__name__}: {exc}"})
     conn.close()
 

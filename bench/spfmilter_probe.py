@@ -1,11 +1,12 @@
 """Run the real spfmilter daemon with a timing probe, for the benchmark.
 
-The probe times ``SPFMilter._evaluate`` (the whole SPF decision of one message:
-plan, HELO and MAIL FROM evaluations) and every ``evaluate`` call, inside the
-milter process, and serves the samples as JSON on a unix socket named by
-$SPFMILTER_BENCH_STATS (each request returns the samples since the last one).
-Everything else is the shipped daemon: ``spfmilter.cli.main`` with the given
-arguments.  The probe costs two perf_counter() calls per decision.
+The probe times ``Transaction.evaluate`` (the whole SPF decision of one
+message: plan, HELO and MAIL FROM evaluations) and every SPF evaluation,
+inside the worker process, and serves the samples as JSON on a unix socket
+named by $SPFMILTER_BENCH_STATS (each request returns the samples since the
+last one).  Everything else is the shipped daemon: ``spfmilter.cli.main`` with
+the given arguments.  The probe costs two perf_counter() calls per decision.
+Run as ``python -m bench.spfmilter_probe ARGS`` from the repository root.
 """
 
 from __future__ import annotations
@@ -16,44 +17,42 @@ import socket
 import sys
 import threading
 import time
+from typing import Any
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
-import spfmilter.milter as sm  # noqa: E402
-from spfmilter import daemon  # noqa: E402
+from spfmilter import daemon, runtime
+from spfmilter.checks import spf as spf_check
+from spfmilter.core.transaction import Transaction
 
 _decisions: list[float] = []
 _evals: list[tuple[str, float, int]] = []
 
-_orig_evaluate_msg = sm.SPFMilter._evaluate
-_orig_evaluate = sm.evaluate
+_orig_txn_evaluate = Transaction.evaluate
+_orig_evaluate = spf_check.evaluate
 
 
-def _timed_evaluate_msg(self):  # type: ignore[no-untyped-def]
+def _timed_txn_evaluate(self: Transaction, check: Any) -> None:
+    if self.plan is not None:
+        return
     t = time.perf_counter()
     try:
-        return _orig_evaluate_msg(self)
+        _orig_txn_evaluate(self, check)
     finally:
         _decisions.append(time.perf_counter() - t)
 
 
-def _timed_evaluate(identity, *args, **kwargs):  # type: ignore[no-untyped-def]
+def _timed_evaluate(identity: Any, *args: Any, **kwargs: Any) -> Any:
     res = _orig_evaluate(identity, *args, **kwargs)
     _evals.append((identity, res.seconds, res.lookups))
     return res
 
 
-sm.SPFMilter._evaluate = _timed_evaluate_msg
-sm.evaluate = _timed_evaluate
+Transaction.evaluate = _timed_txn_evaluate  # type: ignore[method-assign]
+spf_check.evaluate = _timed_evaluate
 
 if os.environ.get("SPFMILTER_BENCH_NO_LOG") == "1":  # experiment: what the decision log costs
     import logging
 
-    def _quiet(settings, reload_settings, _serve=daemon.serve_milter):  # type: ignore[no-untyped-def]
-        logging.getLogger("spfmilter").disabled = True
-        return _serve(settings, reload_settings)
-
-    daemon.serve_milter = _quiet
+    logging.getLogger("spfmilter").disabled = True
 
 
 def _serve_stats(path: str) -> None:
@@ -70,23 +69,23 @@ def _serve_stats(path: str) -> None:
         with conn:
             decisions, _decisions = _decisions, []
             evals, _evals = _evals, []
-            rt = sm.get_runtime()
+            rt = runtime.current()
             conn.sendall(json.dumps({"decisions": decisions, "evals": evals,
                                      "resolver_calls": rt.resolver.stats()["lookups"],
                                      "cache_entries": len(rt.resolver.cache)}).encode())
 
 
-_orig_serve = daemon.serve_milter
+_orig_serve = daemon.serve_worker
 
 
-def _serve(settings, reload_settings):  # type: ignore[no-untyped-def]
+def _serve(*args: Any, **kwargs: Any) -> int:
     path = os.environ.get("SPFMILTER_BENCH_STATS")
     if path:
         threading.Thread(target=_serve_stats, args=(path,), daemon=True).start()
-    return _orig_serve(settings, reload_settings)
+    return _orig_serve(*args, **kwargs)
 
 
-daemon.serve_milter = _serve
+daemon.serve_worker = _serve
 
 if __name__ == "__main__":
     from spfmilter.cli import main

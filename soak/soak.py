@@ -1,6 +1,6 @@
 """Soak: hundreds of thousands of transactions over the milter protocol against the real daemon.
 
-    python soak/soak.py [--transactions 200000] [--workers 2] [--threads 4] [--ttl 60]
+    python -m soak.soak [--transactions 200000] [--workers 2] [--threads 4] [--ttl 60]
 
 What runs: the test DNS server (tests/dnsserver.py) with a few hundred sender
 domains whose records include shared provider records, which include core
@@ -44,12 +44,10 @@ import threading
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from tests.conftest import SpfmilterProcess, wait_for  # noqa: E402
-from tests.dnsserver import TestDNSServer  # noqa: E402
-from tests.fuzz.rawmilter import ProtocolError, RawSession  # noqa: E402
+from tests.kit.daemon import SpfmilterProcess
+from tests.kit.dnsserver import TestDNSServer
+from tests.kit.rawmilter import ProtocolError, RawSession
+from tests.kit.wait import wait_for
 
 HERE = Path(__file__).resolve().parent
 DOMAINS = 300
@@ -75,7 +73,7 @@ def zones() -> dict:
     endings = ["-all", "~all", "?all", "-all exp=why.soak.test"]
     for d in range(DOMAINS):
         rec = (f"v=spf1 ip4:203.0.113.{d % 250}/32 include:_spf.p{d % PROVIDERS}.soak.test "
-               + ("include:_spf.p{0}.soak.test ".format((d + 7) % PROVIDERS) if d % 3 == 0 else "")
+               + (f"include:_spf.p{(d + 7) % PROVIDERS}.soak.test " if d % 3 == 0 else "")
                + ("a " if d % 5 == 0 else "") + endings[d % len(endings)])
         z[f"d{d}.soak.test"] = [{"TXT": rec}, {"A": f"198.51.100.{d % 250}"}]
     z["why.soak.test"] = [{"TXT": "%{i} is not allowed to send for %{d}"}]
@@ -102,7 +100,7 @@ def _client_ip(rng: random.Random, d: int) -> tuple[str, str]:
 
 
 def _worker(index: int, path: str, transactions: int, threads: int, seed: int,
-            done: "mp.Value", result: "mp.Queue", deadline: float) -> None:
+            done: mp.Value, result: mp.Queue, deadline: float) -> None:
     stats = {"transactions": 0, "connections": 0, "accepted": 0, "rejected": 0, "deferred": 0,
              "aborted": 0, "vanished": 0, "errors": [], "error_count": 0, "headers_removed": 0,
              "latency_sum": 0.0, "latency_max": 0.0}
@@ -302,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
         "daemon alive to the end": alive,
     }
     figures = {
-        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "host": {"python": platform.python_version(), "cpus": os.cpu_count(),
                  "kernel": platform.release()},
         "settings": {"transactions": args.transactions, "workers": args.workers,
@@ -327,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def render(f: dict) -> str:
-    mb = lambda kb: f"{kb / 1024:.1f} MB"  # noqa: E731
+    mb = lambda kb: f"{kb / 1024:.1f} MB"
     t = f["totals"]
     lines = [
         "# Soak results",

@@ -1,4 +1,4 @@
-"""The command line: run the daemon, validate a configuration, or try one transaction.
+"""The command line: run the daemon, validate a configuration, or check one transaction.
 
 ``spfmilter check`` drives the real milter class through pymilter's test
 context, so what it prints is what the MTA would get, not a re-implementation.
@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from spfmilter import __version__, daemon
 from spfmilter import config as cfg
 from spfmilter import log as logmod
+from spfmilter.checks import spf as spf_check
 from spfmilter.resolver import Resolver
 
 
@@ -32,7 +33,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--check-config", action="store_true",
                    help="validate the configuration and exit 0 (valid) or 1")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
-    c = sub.add_parser("check", help="play one transaction through the milter and show the outcome")
+    c = sub.add_parser("check", help="run one transaction through the milter and show the outcome")
     c.add_argument("-c", "--config", dest="check_config_file", metavar="FILE",
                    help="configuration file (default: the top-level -c, else built-in defaults)")
     c.add_argument("--ip", required=True, help="client IP address")
@@ -49,16 +50,13 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _resolver(settings: cfg.Settings) -> Resolver:
-    return Resolver(settings.nameservers, timeout=settings.lookup_time)
-
-
 def run_check(settings: cfg.Settings, args: argparse.Namespace) -> int:
-    from spfmilter.trial import play
+    from spfmilter.frontends.check import check
 
-    outcome = play(settings, _resolver(settings), ip=args.ip, helo=args.helo,
-                   sender=args.sender, recipients=args.rcpt or ["postmaster@localhost"],
-                   auth_user=args.auth, trace=args.trace)
+    outcome = check(settings, Resolver(settings.nameservers, timeout=settings.lookup_time),
+                    ip=args.ip, helo=args.helo, sender=args.sender,
+                    recipients=args.rcpt or ["postmaster@localhost"], auth_user=args.auth,
+                    trace=args.trace)
     print(outcome.render())
     return 0
 
@@ -76,6 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.check_config:
         print(f"spfmilter: {path or 'built-in defaults'}: OK")
         return 0
+    spf_check.install()
     if args.command == "check":
         logmod.setup(settings.debug_level, stderr=True)
         return run_check(settings, args)

@@ -11,14 +11,14 @@ from __future__ import annotations
 import dataclasses
 import enum
 import ipaddress
+import os
 import re
-from socket import gethostname
 import string
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
 
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+from spfmilter.core.addresses import IPNetwork, is_domain, recipient_matches, recipient_pattern
 
 
 class ConfigError(Exception):
@@ -82,6 +82,11 @@ REASON_FIELDS = frozenset(
     {"rejectdefer", "result", "identity", "sender", "domain", "ip", "helo", "exp", "spf", "url"})
 
 
+def gethostname() -> str:
+    """This host's name (what socket.gethostname gives, without importing sockets)."""
+    return os.uname().nodename
+
+
 @dataclass(frozen=True)
 class RecipientPolicy:
     """A ``[recipient PATTERN]`` section: stricter or laxer handling for some recipients."""
@@ -129,19 +134,20 @@ class Settings:
     metrics: tuple[str, int] | None = None
     recipient_policies: tuple[RecipientPolicy, ...] = ()
 
-    def for_recipient(self, recipient: str) -> "Settings":
+    def for_recipient(self, recipient: str) -> Settings:
         """These settings as they apply to one recipient (the first matching section)."""
-        rcpt = recipient.strip().strip("<>").lower()
-        local, _, domain = rcpt.rpartition("@")
         for policy in self.recipient_policies:
-            plocal, _, pdomain = policy.pattern.rpartition("@")
-            if (not plocal or plocal == local) and (not pdomain or pdomain == domain):
-                return dataclasses.replace(self, **dict(policy.changes))
+            if recipient_matches(recipient, policy.pattern):
+                return dataclasses.replace(self, **dict(policy.changes))  # type: ignore[arg-type]
         return self
 
-    def with_overrides(self, **changes: object) -> "Settings":
+    def exempt(self, recipient: str) -> bool:
+        """Exempt_Recipients: this recipient is never refused."""
+        return any(recipient_matches(recipient, p) for p in self.exempt_recipients)
+
+    def with_overrides(self, **changes: object) -> Settings:
         """A copy with some fields replaced, for command-line overrides and tests."""
-        return dataclasses.replace(self, **changes)
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
 
 
 # --- value parsers: each takes the raw text and returns the typed value or raises
@@ -186,34 +192,23 @@ def _networks(text: str) -> tuple[IPNetwork, ...]:
     return tuple(nets)
 
 
-_DOMAIN_RE = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?\.)*"
-                        r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?$")
-
-
 def _domains(text: str) -> tuple[str, ...]:
     out = []
     for item in _items(text):
         name = item.rstrip(".").lower()
-        if not _DOMAIN_RE.match(name):
+        if not is_domain(name):
             raise ValueError(f"{item!r} is not a domain name")
         out.append(name)
     return tuple(out)
 
 
 def _recipients(text: str) -> tuple[str, ...]:
-    out = []
-    for item in _items(text):
-        item = item.strip("<>").lower()
-        local, at, domain = item.rpartition("@")
-        if not at or (not local and not domain) or (domain and not _DOMAIN_RE.match(domain)):
-            raise ValueError(f"{item!r} is not 'user@domain', 'user@' or '@domain'")
-        out.append(item)
-    return tuple(out)
+    return tuple(recipient_pattern(item) for item in _items(text))
 
 
 def _hostname(text: str) -> str:
     name = text.strip().rstrip(".").lower()
-    if not _DOMAIN_RE.match(name):
+    if not is_domain(name):
         raise ValueError(f"{text!r} is not a host name")
     return name
 
@@ -267,7 +262,7 @@ def parse_socket(text: str) -> str:
             try:
                 addr = ipaddress.ip_address(host.strip("[]"))
             except ValueError:
-                if not _DOMAIN_RE.match(host):
+                if not is_domain(host):
                     raise ValueError(f"bad host in {text!r}") from None
             else:
                 if (addr.version == 6) != (kind == "inet6"):

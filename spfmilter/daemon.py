@@ -1,12 +1,27 @@
-"""The daemon: a small supervisor process around the libmilter process.
+"""The daemon: a supervisor process that owns the listening socket, and its workers.
 
-Why two processes: libmilter takes SIGHUP, SIGTERM and SIGINT for itself
-(a sigwait thread) and stops the milter on SIGHUP, so a process running
+Why a supervisor: libmilter takes SIGHUP, SIGTERM and SIGINT for itself (a
+sigwait thread) and stops the milter on SIGHUP, so a process running
 libmilter cannot use SIGHUP to reload.  The supervisor (the pid the init
-system sees) owns those signals: SIGHUP validates the file and, if it is
-good, tells the milter process to reload (SIGUSR1, which libmilter leaves
-alone); SIGTERM/SIGINT are passed on as a graceful stop.  The milter process
-reloads for new connections only; connections in flight keep their settings.
+system sees) owns those signals and the socket; the workers run libmilter:
+
+* At start the supervisor opens the listening socket (under UMask, owned by
+  UserID), drops privileges and forks the workers; a worker's libmilter
+  serves the socket it inherits.  The socket outlives any worker.
+* SIGHUP: the file is read and validated once, here; good settings go to
+  every worker over its control pipe (a broken file is refused and logged,
+  and nothing changes).  Workers apply them to new connections only.
+* SIGTERM/SIGINT: every worker is told to stop; each stops accepting, lets
+  its transactions in flight finish (within STOP_GRACE) and exits; then the
+  socket is removed, once.  Workers ignore those signals themselves, so an
+  init system that signals the whole group still gets a graceful stop.
+* A worker killed by a signal nobody sent (a crash inside libmilter) is
+  replaced at once on the same socket, backing off when crashes come fast,
+  never giving up; a worker that exits by itself (it could not start) stops
+  the daemon with its exit status.
+
+The supervisor waits for signals synchronously (sigtimedwait) and never
+starts a thread, so forking a worker at any time is safe.
 """
 
 from __future__ import annotations
@@ -14,31 +29,25 @@ from __future__ import annotations
 import errno
 import grp
 import os
+import pickle
 import pwd
 import signal
+import struct
 import sys
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any
 
-from spfmilter import __version__
+from spfmilter import __version__, runtime
 from spfmilter import config as cfg
 from spfmilter.log import kv, log, set_level
-from spfmilter.resolver import Resolver
-from spfmilter.sockopts import tune_listener
 
 STOP_GRACE = 25.0  # seconds a stop waits for transactions in flight
 RESTARTS, RESTART_WINDOW = 5, 60.0  # crash restarts per window before backing off
-
-
-def resolver_for(settings: cfg.Settings, previous: tuple[cfg.Settings, Resolver] | None = None) -> Resolver:
-    """A resolver for these settings; the previous one (and its cache) when DNS settings match."""
-    if previous is not None:
-        old_settings, old_resolver = previous
-        if (old_settings.nameservers, old_settings.lookup_time) == (settings.nameservers, settings.lookup_time):
-            return old_resolver
-    return Resolver(settings.nameservers, timeout=settings.lookup_time)
+_SIGNALS = {signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGCHLD}
 
 
 def _user_ids(user_id: str) -> tuple[int, int, str]:
@@ -75,223 +84,272 @@ def drop_privileges(user_id: str) -> None:
     os.setuid(uid)
 
 
-# --- the milter process -------------------------------------------------------------
+# --- the control pipe: supervisor -> worker -------------------------------------------
 
-def _register_callbacks(Milter, libmilter) -> None:  # type: ignore[no-untyped-def]
-    """The callback wiring that Milter.runmilter does before it opens the socket."""
-    def priv(ctx):  # type: ignore[no-untyped-def]
-        # An MTA that skips option negotiation (or connect) reaches us without the
-        # per-connection object that negotiate creates: make it, as connect_callback does.
-        m = ctx.getpriv()
-        if m is None:
-            m = Milter.factory()
-            m._setctx(ctx)
-        return m
-
-    libmilter.set_connect_callback(Milter.connect_callback)
-    libmilter.set_helo_callback(lambda ctx, host: priv(ctx).hello(host))
-    libmilter.set_envfrom_callback(lambda ctx, *b: priv(ctx).envfrom_bytes(*b))
-    libmilter.set_envrcpt_callback(lambda ctx, *b: priv(ctx).envrcpt_bytes(*b))
-    libmilter.set_header_callback(lambda ctx, f, v: priv(ctx).header_bytes(f, v))
-    libmilter.set_eoh_callback(lambda ctx: priv(ctx).eoh())
-    libmilter.set_body_callback(lambda ctx, chunk: priv(ctx).body(chunk))
-    libmilter.set_eom_callback(lambda ctx: priv(ctx).eom())
-    libmilter.set_abort_callback(lambda ctx: priv(ctx).abort())
-    libmilter.set_close_callback(Milter.close_callback)
+def _send(fd: int, message: tuple[str, Any]) -> None:
+    data = pickle.dumps(message)
+    try:
+        os.write(fd, struct.pack("!I", len(data)) + data)
+    except OSError as exc:  # the worker is gone; its replacement starts with the new state
+        if exc.errno not in (errno.EPIPE, errno.EBADF):
+            raise
 
 
-def _reloader(reload: Callable[[], None]) -> None:
-    """Run ``reload`` whenever SIGUSR1 arrives, from a thread of its own.
-
-    libmilter's threads block nothing but HUP/TERM/INT, so SIGUSR1 lands in
-    any thread; Python's C-level handler writes it to the wakeup pipe, which
-    this thread reads (the main thread is inside libmilter and never returns
-    to Python code while serving).
-    """
-    r, w = os.pipe()
-    os.set_blocking(w, False)
-    signal.set_wakeup_fd(w, warn_on_full_buffer=False)
-    signal.signal(signal.SIGUSR1, lambda *_: None)
-
-    def loop() -> None:
-        while True:
-            data = os.read(r, 64)
-            if not data:
-                return
-            if signal.SIGUSR1 in data:
-                reload()
-
-    threading.Thread(target=loop, name="spfmilter-reload", daemon=True).start()
+def _read_exactly(fd: int, n: int) -> bytes:
+    out = b""
+    while len(out) < n:
+        chunk = os.read(fd, n - len(out))
+        if not chunk:
+            raise EOFError
+        out += chunk
+    return out
 
 
-def serve_milter(settings: cfg.Settings, reload_settings: Callable[[], cfg.Settings]) -> int:
-    """Bind, drop privileges, serve until stopped, then let transactions finish."""
-    import Milter
-    import milter as libmilter
+def _receive(fd: int) -> tuple[str, Any]:
+    size = struct.unpack("!I", _read_exactly(fd, 4))[0]
+    message: tuple[str, Any] = pickle.loads(_read_exactly(fd, size))
+    return message
 
-    from spfmilter.milter import FLAGS, Runtime, SPFMilter, connections, get_runtime, set_runtime
 
-    set_runtime(Runtime(settings, resolver_for(settings)))
+# --- a worker --------------------------------------------------------------------------
+
+def _control_loop(fd: int, drain: Callable[[], None]) -> None:
+    """Worker side of the control pipe: apply new settings; drain on "stop" or when
+    the supervisor is gone (end of file), so no worker outlives its supervisor."""
+    while True:
+        try:
+            kind, value = _receive(fd)
+        except (EOFError, OSError):
+            kind, value = "stop", None
+        if kind == "stop":
+            drain()
+            return
+        runtime.install(runtime.Runtime.create(value, runtime.current_or_none()))
+        set_level(value.debug_level)
+        log.info("%s", kv(action="reload", result="ok"))
+
+
+def serve_worker(settings: cfg.Settings, control: int) -> int:
+    """Serve the inherited listening socket until told to stop; never returns normally."""
+    from spfmilter.frontends import listener, milter
+
+    runtime.install(runtime.Runtime.create(settings))
     # pymilter reports exceptions raised before our code runs (a HELO or header
     # name that is not UTF-8) through sys.excepthook: make that one log line.
     sys.excepthook = lambda kind, exc, tb: log.error("%s", kv(
         action="bad-input", error=f"{kind.__name__}: {exc}", callback="pymilter"))
-
-    def reload() -> None:
-        try:
-            new = reload_settings()
-        except cfg.ConfigError as exc:
-            log.error("%s", kv(action="reload-refused", error=str(exc)))
-            return
-        old = get_runtime()
-        if new.socket != old.settings.socket:
-            log.warning("%s", kv(action="reload", note="Socket changes need a restart",
-                                 socket=old.settings.socket))
-            new = new.with_overrides(socket=old.settings.socket)
-        set_runtime(Runtime(new, resolver_for(new, (old.settings, old.resolver))))
-        set_level(new.debug_level)
-        log.info("%s", kv(action="reload", result="ok"))
-
-    Milter.factory = SPFMilter
-    Milter.set_flags(FLAGS)
     spec = settings.socket
-    if spec.startswith("unix:"):
-        make_runtime_dir(Path(spec[5:]).parent, settings.user_id)
-    _register_callbacks(Milter, libmilter)
-    libmilter.setconn(spec)
-    libmilter.settimeout(600)
-    libmilter.register("spfmilter", data=lambda ctx: ctx.getpriv().data(),
-                       unknown=lambda ctx, cmd: ctx.getpriv().unknown(cmd),
-                       negotiate=Milter.negotiate_callback)
-    # Defence in depth: an exception escaping our own guard still tempfails.
-    libmilter.set_exception_policy(libmilter.TEMPFAIL)
-    old_umask = os.umask(settings.umask)
-    try:
-        libmilter.opensocket(True)
-        tune_listener(spec)  # TCP_NODELAY: no delayed-ACK stall at end of message
-    finally:
-        os.umask(old_umask)
-    if settings.user_id:
-        if spec.startswith("unix:") and os.geteuid() == 0:
-            uid, gid, _ = _user_ids(settings.user_id)
-            os.chown(spec[5:], uid, gid)
-        drop_privileges(settings.user_id)
-    _reloader(reload)
+
+    def drain() -> None:
+        fds = listener.listener_fds(spec)
+        if fds:
+            listener.retire(fds)  # accept no more; libmilter keeps serving what it has
+        else:
+            log.warning("%s", kv(action="stop", note="listening socket not found", socket=spec))
+        idle = milter.connections.wait_idle(STOP_GRACE)
+        log.info("%s", kv(action="stop", in_flight=0 if idle else milter.connections.count,
+                          pid=os.getpid()))
+        os._exit(0)  # nothing is in flight (or the grace is over): no need to unwind libmilter
+
+    threading.Thread(target=_control_loop, args=(control, drain), name="spfmilter-control",
+                     daemon=True).start()
     if settings.metrics:
         from spfmilter import metrics
         host, port = settings.metrics
-        metrics.serve(host, port, lambda: {"connections": connections.count,
-                                           **get_runtime().resolver.stats()})
+        metrics.serve(host, port, lambda: {"connections": milter.connections.count,
+                                           **runtime.current().resolver.stats()})
     log.info("%s", kv(action="start", version=__version__, socket=spec, pid=os.getpid(),
                       uid=os.getuid(), gid=os.getgid()))
-    libmilter.main()
-    # The listener is closed; let transactions in flight finish, within bounds.
-    idle = connections.wait_idle(STOP_GRACE)
-    if spec.startswith("unix:"):
-        try:  # a stale socket would make the MTA wait for a connect timeout, not fail fast
-            os.unlink(spec[5:])
-        except OSError:
-            pass
-    log.info("%s", kv(action="stop", in_flight=0 if idle else connections.count))
-    return 0
+    milter.serve()
+    # libmilter stopped by itself (it gave up on its socket): the supervisor decides what next.
+    log.error("%s", kv(action="stop", reason="libmilter stopped", pid=os.getpid()))
+    return 1
 
 
-# --- the supervisor -------------------------------------------------------------------
-
-def run(settings: cfg.Settings, reload_settings: Callable[[], cfg.Settings]) -> int:
-    """Supervise one milter process; returns its exit status."""
-    if settings.pid_file:
-        make_runtime_dir(Path(settings.pid_file).parent, settings.user_id)
-        Path(settings.pid_file).write_text(f"{os.getpid()}\n")
-        if settings.user_id and os.geteuid() == 0:
-            uid, gid, _ = _user_ids(settings.user_id)
-            os.chown(settings.pid_file, uid, gid)  # so it can be removed after the drop
-    current = [settings]      # what a (re)started milter process runs with
-    stopping: list[int] = []
-    child = 0
-
-    def forward_stop(signum: int, _frame: object) -> None:
-        stopping.append(signum)
-        if child:
-            _signal_child(child, signal.SIGTERM)
-
-    def reload(_signum: int, _frame: object) -> None:
-        try:
-            new = reload_settings()
-        except cfg.ConfigError as exc:
-            log.error("%s", kv(action="reload-refused", error=str(exc)))
-            return
-        current[0] = new.with_overrides(socket=settings.socket)  # Socket needs a restart
-        if child:
-            _signal_child(child, signal.SIGUSR1)
-
-    # Handlers first, then fork: a signal that comes early is never lost.
-    signal.signal(signal.SIGTERM, forward_stop)
-    signal.signal(signal.SIGINT, forward_stop)
-    signal.signal(signal.SIGHUP, reload)
-    child = _start_milter(current[0], reload_settings)
-    if stopping:
-        _signal_child(child, signal.SIGTERM)
-    if settings.user_id:
-        try:
-            drop_privileges(settings.user_id)
-        except cfg.ConfigError:
-            pass  # the milter process reports it and exits
-    restarts: list[float] = []
-    while True:
-        _, status = os.waitpid(child, 0)
-        code = os.waitstatus_to_exitcode(status)
-        if code >= 0 or stopping:
-            break
-        # Killed by a signal nobody asked for (a crash inside libmilter, e.g. on a
-        # malformed macro packet): serve again.  Never give up -- that would hand
-        # whoever causes the crash an outage -- but back off when crashes come fast.
-        now = time.monotonic()
-        restarts[:] = [t for t in restarts if now - t < RESTART_WINDOW]
-        restarts.append(now)
-        delay = 0.0 if len(restarts) <= RESTARTS else min(5.0, 0.1 * 2 ** (len(restarts) - RESTARTS))
-        log.error("%s", kv(action="restart", reason="milter process killed by a signal",
-                           signal=-code, delay=f"{delay:.1f}s"))
-        if delay:
-            time.sleep(delay)  # a back-off, not synchronisation
-        if stopping:  # asked to stop meanwhile: nothing left in flight
-            code = 0
-            break
-        child = _start_milter(current[0], reload_settings)
-    if settings.pid_file:
-        try:
-            os.unlink(settings.pid_file)
-        except OSError:
-            pass
-    return code if code >= 0 else 128 - code
+@dataclass
+class _Worker:
+    pid: int
+    control: int   # write end of its control pipe
 
 
-def _start_milter(settings: cfg.Settings, reload_settings: Callable[[], cfg.Settings]) -> int:
-    """Fork the libmilter process; returns its pid (never returns in the child)."""
+def _fork_worker(settings: cfg.Settings) -> _Worker:
     sys.stdout.flush()
     sys.stderr.flush()
-    child = os.fork()
-    if child:
-        return child
-    # libmilter's own thread takes these once it runs; until then keep them
-    # pending rather than letting Python's defaults kill a half-started milter.
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP, signal.SIGTERM, signal.SIGINT})
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid:
+        os.close(read)
+        return _Worker(pid, write)
+    os.close(write)
+    # The supervisor stops us over the pipe; libmilter's own sigwait thread must
+    # not stop us on a signal meant for the whole process group.
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(signum, signal.SIG_DFL)
+        signal.signal(signum, signal.SIG_IGN)
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_SETMASK, set())
     code = 1
     try:
-        code = serve_milter(settings, reload_settings)
-    except cfg.ConfigError as exc:
-        print(f"spfmilter: {exc}", file=sys.stderr)
-    except Exception as exc:  # libmilter errors (socket in use, bad path) are one line
-        print(f"spfmilter: cannot start on {settings.socket}: {exc}", file=sys.stderr)
+        code = serve_worker(settings, read)
+    except Exception as exc:
+        print(f"spfmilter: worker cannot serve {settings.socket}: {exc}", file=sys.stderr)
     finally:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
 
 
-def _signal_child(pid: int, signum: int) -> None:
+# --- the supervisor ---------------------------------------------------------------------
+
+class _Supervisor:
+    def __init__(self, settings: cfg.Settings,
+                 reload_settings: Callable[[], cfg.Settings]) -> None:
+        self.settings = settings
+        self.reload_settings = reload_settings
+        self.workers: dict[int, _Worker] = {}
+        self.wanted = 1
+        self.stopping = False
+        self.stop_deadline = 0.0
+        self.exit_code = 0
+        self.crashes: list[float] = []
+        self.restart_at: float | None = None
+
+    def start_workers(self) -> None:
+        while len(self.workers) < self.wanted:
+            w = _fork_worker(self.settings)
+            self.workers[w.pid] = w
+
+    def stop(self) -> None:
+        if self.stopping:
+            return
+        self.stopping = True
+        self.stop_deadline = time.monotonic() + STOP_GRACE + 5.0
+        for w in self.workers.values():
+            _send(w.control, ("stop", None))
+
+    def reload(self) -> None:
+        try:
+            new = self.reload_settings()
+        except cfg.ConfigError as exc:
+            log.error("%s", kv(action="reload-refused", error=str(exc)))
+            return
+        if new.socket != self.settings.socket:
+            log.warning("%s", kv(action="reload", note="Socket changes need a restart",
+                                 socket=self.settings.socket))
+        self.settings = new.with_overrides(socket=self.settings.socket)
+        for w in self.workers.values():
+            _send(w.control, ("settings", self.settings))
+
+    def reap(self) -> None:
+        while self.workers:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if not pid:
+                return
+            worker = self.workers.pop(pid, None)
+            if worker is None:
+                continue
+            os.close(worker.control)
+            code = os.waitstatus_to_exitcode(status)
+            if self.stopping:
+                continue
+            if code >= 0:  # it could not start (or libmilter gave up): stop, say why
+                self.exit_code = code or 1
+                self.stop()
+                continue
+            self._crashed(-code)
+
+    def _crashed(self, signum: int) -> None:
+        # Killed by a signal nobody asked for (a crash inside libmilter, e.g. on a
+        # malformed macro packet): serve again.  Never give up -- that would hand
+        # whoever causes the crash an outage -- but back off when crashes come fast.
+        now = time.monotonic()
+        self.crashes[:] = [t for t in self.crashes if now - t < RESTART_WINDOW]
+        self.crashes.append(now)
+        excess = len(self.crashes) - RESTARTS
+        delay = 0.0 if excess <= 0 else min(5.0, 0.1 * 2 ** excess)
+        log.error("%s", kv(action="restart", reason="worker killed by a signal",
+                           signal=signum, delay=f"{delay:.1f}s"))
+        self.restart_at = now + delay
+
+    def loop(self) -> None:
+        while True:
+            now = time.monotonic()
+            if self.restart_at is not None and now >= self.restart_at and not self.stopping:
+                self.restart_at = None
+                self.start_workers()
+            if self.stopping and not self.workers:
+                return
+            if self.stopping and now > self.stop_deadline:
+                for w in self.workers.values():
+                    _kill(w.pid, signal.SIGKILL)
+            timeout = 1.0
+            if self.restart_at is not None:
+                timeout = max(0.0, min(timeout, self.restart_at - now))
+            info = signal.sigtimedwait(_SIGNALS, timeout)
+            if info is not None:
+                if info.si_signo in (signal.SIGTERM, signal.SIGINT):
+                    self.stop()
+                elif info.si_signo == signal.SIGHUP:
+                    self.reload()
+            self.reap()
+
+
+def run(settings: cfg.Settings, reload_settings: Callable[[], cfg.Settings]) -> int:
+    """Open the socket, start the workers and supervise them; returns the exit status."""
+    from spfmilter.frontends import milter
+
+    # Block the signals before anything else: one that comes early is never lost.
+    signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
+    spec = settings.socket
+    path = Path(spec[5:]) if spec.startswith("unix:") else None
+    try:
+        if settings.pid_file:
+            make_runtime_dir(Path(settings.pid_file).parent, settings.user_id)
+            Path(settings.pid_file).write_text(f"{os.getpid()}\n")
+            if settings.user_id and os.geteuid() == 0:
+                uid, gid, _ = _user_ids(settings.user_id)
+                os.chown(settings.pid_file, uid, gid)  # so it can be removed after the drop
+        if path is not None:
+            make_runtime_dir(path.parent, settings.user_id)
+        try:
+            milter.open_listener(settings)
+        except Exception as exc:  # libmilter errors (socket in use, bad path) are one line
+            raise cfg.ConfigError(f"cannot listen: {exc}", key="Socket") from None
+        ours = path.stat().st_ino if path is not None else None
+        if settings.user_id:
+            if path is not None and os.geteuid() == 0:
+                uid, gid, _ = _user_ids(settings.user_id)
+                os.chown(path, uid, gid)
+            drop_privileges(settings.user_id)
+    except cfg.ConfigError as exc:
+        print(f"spfmilter: {exc}", file=sys.stderr)
+        _remove(settings.pid_file)
+        return 1
+    log.info("%s", kv(action="listen", socket=spec, pid=os.getpid(), version=__version__))
+    supervisor = _Supervisor(settings, reload_settings)
+    supervisor.start_workers()
+    supervisor.loop()
+    if path is not None and ours is not None:
+        try:  # a stale socket would make the MTA wait for a connect timeout, not fail fast
+            if path.stat().st_ino == ours:
+                path.unlink()
+        except OSError:
+            pass
+    _remove(settings.pid_file)
+    return supervisor.exit_code
+
+
+def _remove(path: str | None) -> None:
+    if path:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+
+
+def _kill(pid: int, signum: int) -> None:
     try:
         os.kill(pid, signum)
     except OSError as exc:

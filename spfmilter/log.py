@@ -13,7 +13,9 @@ import os
 import re
 import sys
 
-from spfmilter.headers import clean
+from spfmilter.core.headers import clean
+from spfmilter.core.transaction import Transaction
+from spfmilter.core.values import Verdict
 
 LOGGER_NAME = "spfmilter"
 log = logging.getLogger(LOGGER_NAME)
@@ -26,13 +28,13 @@ def setup(debug_level: int = 1, *, stderr: bool | None = None,
     # for every record (the caller's frame and file, the thread object -- which
     # libmilter's threads would each get created as a dummy -- and the
     # multiprocessing name), a quarter of the cost of a decision line.
-    logging._srcfile = None  # type: ignore[attr-defined]  # documented in logging's "Optimization"
+    logging._srcfile = None  # documented in logging's "Optimization" section
     logging.logThreads = False
     logging.logMultiprocessing = False
     root = logging.getLogger(LOGGER_NAME)
-    for handler in list(root.handlers):
-        root.removeHandler(handler)
-        handler.close()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+        old.close()
     use_stderr = stderr if stderr is not None else not os.path.exists(syslog_socket)
     handler: logging.Handler
     if use_stderr:
@@ -66,3 +68,18 @@ def kv(**fields: object) -> str:
             text = '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
         parts.append(f"{key}={text}")
     return " ".join(parts)
+
+
+def decision(txn: Transaction, verdict: Verdict, recipient: str, **extra: object) -> None:
+    """The decision line, the same from every front end (``extra``: where it came from)."""
+    h, m = txn.helo_result, txn.mailfrom_result
+    main = m or h
+    s = txn.settings
+    log.info("%s", kv(
+        action=verdict.action.value, reason=verdict.reason,
+        identity=main.identity if main else None, result=main.result if main else None,
+        helo_result=h.result if h else None,
+        client_ip=txn.connection.client_ip, helo=txn.connection.helo, envelope_from=txn.sender,
+        rcpt=recipient, receiver=s.authserv_id,
+        queue_id=(txn.queue_id or None) if s.log_queue_id else None, **extra,
+        reply=f"{verdict.reply.code} {verdict.reply.status}" if verdict.reply else None))

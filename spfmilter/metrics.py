@@ -7,11 +7,14 @@ at scrape time by a collector, so nothing is counted twice.
 
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
+
+from spfmilter.core.transaction import Transaction
+from spfmilter.core.values import Verdict
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -29,6 +32,21 @@ ERRORS = Counter("spfmilter_internal_errors", "Callbacks that failed and tempfai
 DECISION = Histogram("spfmilter_decision_seconds", "SPF evaluation time per message",
                      buckets=(0.0002, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
                               0.25, 0.5, 1, 2.5, 5, 10, 20), registry=REGISTRY)
+
+
+def record_evaluation(txn: Transaction) -> None:
+    """Count one message's evaluation (every front end calls this once per message)."""
+    TRANSACTIONS.inc()
+    if txn.skipped:
+        SKIPS.labels(txn.skipped).inc()
+        return
+    DECISION.observe(txn.seconds)
+    for res in txn.results():
+        RESULTS.labels(res.identity, res.result).inc()
+
+
+def record_verdict(verdict: Verdict) -> None:
+    ACTIONS.labels(verdict.action.value).inc()
 
 
 class _Live(Collector):

@@ -22,8 +22,8 @@ from typing import Any
 
 import dns.exception
 import dns.inet
-import dns.nameserver
 import dns.name
+import dns.nameserver
 import dns.rdataclass
 import dns.rdatatype
 import dns.resolver
@@ -47,12 +47,12 @@ class _Cached:
 
     __slots__ = ("expiration", "values")
 
-    def __init__(self, expiration: float, values: tuple) -> None:
+    def __init__(self, expiration: float, values: tuple[Any, ...]) -> None:
         self.expiration = expiration
         self.values = values
 
     @property
-    def value(self) -> "_Cached":  # dnspython's LRUCache node spelling: cache.data[key].value
+    def value(self) -> _Cached:  # dnspython's LRUCache node spelling: cache.data[key].value
         return self
 
     def pyspf(self, key: tuple[str, str]) -> list[tuple[tuple[str, str], Any]]:
@@ -144,12 +144,12 @@ class _Cache:
 def _negative_expiration(exc: dns.resolver.NXDOMAIN) -> float | None:
     """When an NXDOMAIN answer expires: dnspython's rule (SOA TTL / minimum), as it caches it."""
     try:
-        qname = exc.qnames()[0]
-        response = exc.responses().get(qname)
+        qname = exc.qnames()[0]  # type: ignore[no-untyped-call]
+        response = exc.responses().get(qname)  # type: ignore[no-untyped-call]
         if response is None:
             return None
         return dns.resolver.Answer(qname, dns.rdatatype.ANY, dns.rdataclass.IN, response).expiration
-    except Exception:  # noqa: BLE001 - an odd negative answer is simply not cached
+    except Exception:
         return None
 
 

@@ -8,35 +8,17 @@ missing component cannot hide behind a skip.
 from __future__ import annotations
 
 import os
-import re
-import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
-import yaml
 
-from tests.dnsserver import TestDNSServer
+from spfmilter.checks import spf as spf_check
+from tests.kit import ZONES
+from tests.kit.daemon import SpfmilterProcess
+from tests.kit.dnsserver import TestDNSServer
 
-ROOT = Path(__file__).resolve().parent.parent
-DATA = Path(__file__).resolve().parent / "data"
-ZONES = yaml.safe_load((DATA / "zones.yml").read_text())
-
-
-def wait_for(predicate: Callable[[], object], timeout: float, what: str,
-             interval: float = 0.01) -> object:
-    """Poll ``predicate`` until it returns something truthy, or fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
+# What the daemon and the CLI do at start-up: pyspf's DNS goes through our resolvers.
+spf_check.install()
 
 
 # --- DNS ----------------------------------------------------------------------
@@ -61,73 +43,10 @@ def dns_server(_dns_session: TestDNSServer) -> Iterator[TestDNSServer]:
 
 # --- spfmilter processes ----------------------------------------------------------
 
-class SpfmilterProcess:
-    """A running ``spfmilter`` daemon with its own config, socket and log file."""
-
-    def __init__(self, workdir: Path, settings: dict[str, str]) -> None:
-        self.workdir = workdir
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self.socket_path = str(workdir / "spfmilter.sock")
-        self.socket_spec = f"unix:{self.socket_path}"
-        self.config_path = workdir / "spfmilter.conf"
-        self.log_path = workdir / "spfmilter.log"
-        lines = [f"Socket = {self.socket_spec}"] + [f"{k} = {v}" for k, v in settings.items()]
-        self.config_path.write_text("\n".join(lines) + "\n")
-        self.proc: subprocess.Popen | None = None
-
-    def start(self, timeout: float = 20.0) -> "SpfmilterProcess":
-        self._log = open(self.log_path, "ab")
-        # its own process group: the supervisor and its milter child go down together
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "spfmilter", "-c", str(self.config_path), "--log", "stderr"],
-            cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
-            env={**os.environ, "PYTHONPATH": str(ROOT)})
-        wait_for(lambda: self.proc.poll() is not None or "action=start" in self.log_text(),
-                 timeout, "spfmilter to start")
-        if self.proc.poll() is not None:
-            raise AssertionError(f"spfmilter exited with {self.proc.returncode}:\n{self.log_text()}")
-        return self
-
-    def log_text(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
-
-    def wait_for_log(self, pattern: str, timeout: float = 10.0) -> re.Match:
-        regex = re.compile(pattern)
-        return wait_for(lambda: regex.search(self.log_text()), timeout,
-                        f"log line matching {pattern!r}")  # type: ignore[return-value]
-
-    def decisions(self) -> list[str]:
-        return [line for line in self.log_text().splitlines() if " action=" in line]
-
-    def kill(self) -> None:
-        """SIGKILL the supervisor and the milter process (its whole process group)."""
-        assert self.proc is not None
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self.proc.wait(10)
-
-    def stop(self, timeout: float = 10.0) -> int | None:
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        self._log.close()
-        return self.proc.returncode
-
-
 @pytest.fixture(scope="session")
 def _milter_pool(tmp_path_factory: pytest.TempPathFactory,
-                 _dns_session: TestDNSServer) -> Iterator[dict]:
-    pool: dict[tuple, SpfmilterProcess] = {}
+                 _dns_session: TestDNSServer) -> Iterator[dict[tuple[object, ...], SpfmilterProcess]]:
+    pool: dict[tuple[object, ...], SpfmilterProcess] = {}
     yield pool
     for proc in pool.values():
         proc.stop()
@@ -135,7 +54,8 @@ def _milter_pool(tmp_path_factory: pytest.TempPathFactory,
 
 @pytest.fixture
 def spfmilter(tmp_path_factory: pytest.TempPathFactory, dns_server: TestDNSServer,
-              _milter_pool: dict) -> Callable[..., SpfmilterProcess]:
+              _milter_pool: dict[tuple[object, ...], SpfmilterProcess]
+              ) -> Callable[..., SpfmilterProcess]:
     """Factory: ``spfmilter(**settings)`` gives a running real daemon pointed at the test DNS.
 
     Daemons are shared, per distinct settings, for the whole session: libmilter

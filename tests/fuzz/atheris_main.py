@@ -19,12 +19,13 @@ def main() -> None:
         sys.exit("usage: python -m tests.fuzz.atheris_main TARGET [libFuzzer flags]")
     name = sys.argv.pop(1)
     with atheris.instrument_imports(include=["spfmilter", "authres", "spf"]):
-        import spf  # noqa: F401
         import authres  # noqa: F401
-        import spfmilter.decision  # noqa: F401
-        import spfmilter.headers  # noqa: F401
-        import spfmilter.milter  # noqa: F401
-        import spfmilter.spfcheck  # noqa: F401
+        import spf  # noqa: F401
+
+        import spfmilter.checks.spf
+        import spfmilter.core.decision
+        import spfmilter.core.headers
+        import spfmilter.frontends.milter  # noqa: F401
     from tests.fuzz.targets import TARGETS, ignoring_known
 
     target = ignoring_known(TARGETS[name](), os.environ.get("FUZZ_IGNORE", ""))

@@ -18,7 +18,7 @@ import struct
 import time
 
 from tests.fuzz.invariants import Broken, check_header
-from tests.fuzz.rawmilter import packet, z
+from tests.kit.rawmilter import packet, z
 
 
 def valid_session(rng: random.Random) -> list[bytes]:

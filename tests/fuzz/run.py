@@ -104,7 +104,7 @@ def run_hypothesis(name: str, seconds: float) -> dict:
     while time.monotonic() - started < seconds and failures < MAX_FAILURES:
         try:
             one()
-        except Exception as exc:  # noqa: BLE001 - a finding, recorded and the run goes on
+        except Exception as exc:
             failures += 1
             findings.append({"finding": f"{type(exc).__name__}: {exc}"[:300], "input": None})
             if isinstance(exc, Broken):
@@ -115,11 +115,12 @@ def run_hypothesis(name: str, seconds: float) -> dict:
 
 
 def run_protocol(seconds: float, seed: int) -> dict:
-    from tests.conftest import ZONES, SpfmilterProcess
-    from tests.dnsserver import TestDNSServer
     from tests.fuzz import protocol
     from tests.fuzz.invariants import Broken
-    from tests.fuzz.rawmilter import RawSession
+    from tests.kit import ZONES
+    from tests.kit.daemon import SpfmilterProcess
+    from tests.kit.dnsserver import TestDNSServer
+    from tests.kit.rawmilter import RawSession
 
     artifacts = WORK / "artifacts"
     artifacts.mkdir(parents=True, exist_ok=True)
@@ -157,7 +158,7 @@ def run_protocol(seconds: float, seed: int) -> dict:
             if sessions % 25 == 0 or milter.proc.poll() is not None:
                 if milter.proc.poll() is None and alive(milter):
                     continue
-                # The supervisor restarts a crashed milter process: give it a moment.
+                # The supervisor restarts a crashed worker: give it a moment.
                 deadline = time.monotonic() + 10
                 while milter.proc.poll() is None and not alive(milter) \
                         and time.monotonic() < deadline:
@@ -168,16 +169,16 @@ def run_protocol(seconds: float, seed: int) -> dict:
                 path.write_text(json.dumps([w.hex() for w in recent]))
                 if recovered and suspect:
                     # libmilter's own crash on a malformed macro packet (upstream); the
-                    # supervisor started a new milter process: recovered, not a failure.
+                    # supervisor started a new worker: recovered, not a failure.
                     restarts += 1
-                    findings.append({"finding": "milter process crashed on a malformed macro "
+                    findings.append({"finding": "worker crashed on a malformed macro "
                                      "packet (libmilter smfi_getsymval) and was restarted",
                                      "input": str(path)})
                     continue
                 failures += 1
                 code = milter.proc.poll()
                 findings.append({"finding": ("daemon down" if not recovered else
-                                             "milter process restarted") + f" (exit {code})"
+                                             "worker restarted") + f" (exit {code})"
                                  + " within the last 25 sessions"
                                  + (", which include a malformed macro packet" if suspect
                                     else ", none with a malformed macro packet"),
@@ -217,7 +218,7 @@ def _kinds(results: list[dict]) -> list[str]:
 
 
 def write_results(results: list[dict], engine: str) -> None:
-    now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     total_runs = sum(r["runs"] for r in results)
     total_secs = sum(r["seconds"] for r in results)
     total_fail = sum(r["failures"] for r in results)

@@ -21,8 +21,8 @@ from __future__ import annotations
 import io
 import ipaddress
 import logging
+from collections.abc import Callable
 from socket import AF_INET, AF_INET6
-from typing import Callable
 
 from tests.fuzz.invariants import CONTROL_BUT_TAB, OUR_ID, Broken, check_header
 
@@ -92,8 +92,9 @@ _SETTINGS = None
 
 def headers(raw: bytes) -> None:
     global _SETTINGS
-    from spfmilter.decision import Facts, decide
-    from spfmilter.spfcheck import RESULTS, SPFResult
+    from spfmilter.core.decision import decide
+    from spfmilter.core.headers import result_headers
+    from spfmilter.core.values import RESULTS, Facts, SPFResult
 
     if _SETTINGS is None:
         _SETTINGS = _settings()
@@ -111,12 +112,12 @@ def headers(raw: bytes) -> None:
                                      best_guess=d.choice([None, None, *RESULTS])))
     helo_res = next((r for r in results if r.identity == "helo"), None)
     mail_res = next((r for r in results if r.identity == "mailfrom"), None)
-    facts = Facts(client_ip=ip, helo=helo, sender=sender, recipient=d.text(30))
-    verdict = decide(facts, helo_res, mail_res, _SETTINGS)
-    for name, value in verdict.headers:
+    facts = Facts(client_ip=ip, helo=helo, sender=sender)
+    verdict = decide(facts, d.text(30), helo_res, mail_res, _SETTINGS)
+    for name, value in result_headers(facts, helo_res, mail_res, _SETTINGS):
         check_header(name, value)
-    if verdict.code is not None:
-        text = f"{verdict.code} {verdict.status} {verdict.text}"
+    if verdict.reply is not None:
+        text = str(verdict.reply)
         if CONTROL_BUT_TAB.search(text) or len(text) > 512:
             raise Broken(f"refusal text: {text!r}")
 
@@ -126,7 +127,7 @@ def headers(raw: bytes) -> None:
 def forged(raw: bytes) -> None:
     import authres
 
-    from spfmilter.headers import claims_to_be_ours
+    from spfmilter.core.forged import claims_to_be_ours
 
     d = Data(raw)
     depth = d.int(10)     # comments nest: "((...))" before the authserv-id is still CFWS
@@ -139,7 +140,7 @@ def forged(raw: bytes) -> None:
     flat = value.replace("\r\n", "")
     try:
         ident = authres.AuthenticationResultsHeader.parse_value(flat).authserv_id
-    except Exception:  # noqa: BLE001 - authres rejects it: nothing to compare
+    except Exception:
         return
     if ident.lower().rstrip(".") == OUR_ID and not ours:
         raise Broken(f"authres reads authserv-id {ident!r} but spfmilter keeps it: {value!r}")
@@ -165,7 +166,7 @@ def drive(ip: str, helo: str, sender: str, params: list[str], macros: dict[str, 
     import Milter
     import mime
 
-    from spfmilter.trial import RecordingCtx
+    from spfmilter.frontends.check import RecordingCtx
 
     ctx = RecordingCtx()
     for name, value in macros.items():
@@ -234,15 +235,17 @@ class MilterTarget:
         import Milter
 
         from spfmilter import config as cfg
-        from spfmilter.milter import Runtime, SPFMilter, set_runtime
-        from spfmilter.resolver import Resolver
-        from tests.conftest import ZONES
-        from tests.dnsserver import TestDNSServer
+        from spfmilter import runtime
+        from spfmilter.checks import spf as spf_check
+        from spfmilter.frontends.milter import SPFMilter
+        from tests.kit import ZONES
+        from tests.kit.dnsserver import TestDNSServer
 
         self.dns = TestDNSServer(ZONES).start()
         settings = cfg.from_mapping({"Nameservers": self.dns.nameserver, "Authserv_Id": OUR_ID,
                                      "skip_addresses": "", "Lookup_Time": "1"})
-        set_runtime(Runtime(settings, Resolver(settings.nameservers, settings.lookup_time)))
+        spf_check.install()
+        runtime.install(runtime.Runtime.create(settings))
         Milter.factory = SPFMilter
         self.records = LogRecords()
         logger = logging.getLogger("spfmilter")

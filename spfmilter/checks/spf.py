@@ -1,0 +1,343 @@
+"""SPF evaluation: pyspf behind one checker, every lookup through spfmilter's Resolver.
+
+pyspf looks names up through a module-level hook (``spf.DNSLookup``).
+``install()`` points that hook, once at start-up, at a dispatcher that uses
+the Resolver of the evaluation in progress (a context variable), so a
+process can hold several resolvers (tests, a reload with new name servers)
+and pyspf's own uncached driver never runs: an evaluation without the hook
+installed is refused, not sent to the network behind our back.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import ipaddress
+import re
+import time
+from typing import Any
+
+import spf
+
+from spfmilter.core.addresses import domain_of, parse_ip
+from spfmilter.core.values import RESULTS, Identity, SPFResult
+from spfmilter.resolver import Resolver, TempFailure
+
+_current: contextvars.ContextVar[Resolver] = contextvars.ContextVar("spfmilter_resolver")
+_void_limit: contextvars.ContextVar[int] = contextvars.ContextVar("spfmilter_void_limit",
+                                                                  default=2)
+
+
+class _VoidLimit:
+    """What pyspf's module-wide ``MAX_VOID_LOOKUPS`` reads as: the Void_Limit of the
+    evaluation in progress (RFC 7208 §4.6.4).  pyspf compares its count with that
+    global and prints it with %d; this object answers both with the current
+    evaluation's own limit, so no evaluation rewrites a global for the process."""
+
+    def __int__(self) -> int:
+        return _void_limit.get()
+
+    __index__ = __int__
+
+    def __lt__(self, other: int) -> bool:
+        return _void_limit.get() < other
+
+    def __gt__(self, other: int) -> bool:
+        return _void_limit.get() > other
+
+    def __le__(self, other: int) -> bool:
+        return _void_limit.get() <= other
+
+    def __ge__(self, other: int) -> bool:
+        return _void_limit.get() >= other
+
+    def __repr__(self) -> str:
+        return f"Void_Limit({_void_limit.get()})"
+
+
+def _lookup(name: str, qtype: str, strict: Any = True, timeout: float = 20.0) -> list[Any]:
+    try:
+        resolver = _current.get()
+    except LookupError:  # pragma: no cover - only reachable if pyspf is used directly
+        raise spf.TempError("spfmilter: no resolver for this evaluation") from None
+    try:
+        return resolver.spf_lookup(name, qtype, timeout)
+    except TempFailure as exc:
+        raise spf.TempError(str(exc)) from None
+
+
+_VOID_LIMIT = _VoidLimit()
+
+
+def install() -> None:
+    """Route pyspf's DNS lookups through spfmilter's resolvers and its void-lookup
+    limit through each evaluation's own setting (idempotent; once at start-up)."""
+    spf.DNSLookup = _lookup
+    spf.MAX_VOID_LOOKUPS = _VOID_LIMIT
+
+
+def installed() -> bool:
+    return spf.DNSLookup is _lookup and spf.MAX_VOID_LOOKUPS is _VOID_LIMIT
+
+
+class _Memo:
+    """A bounded dict for values that never go stale (pure functions of their key)."""
+
+    def __init__(self, size: int) -> None:
+        self.data: dict[Any, Any] = {}
+        self.size = size
+
+    def put(self, key: Any, value: Any) -> None:
+        if len(self.data) >= self.size:
+            for old in list(self.data)[: self.size // 4]:  # oldest quarter
+                self.data.pop(old, None)
+        self.data[key] = value
+
+
+_networks = _Memo(4096)       # (address or CIDR text, prefix) -> ipaddress network
+_mechanisms = _Memo(4096)     # (term, domain, ip version) -> validate_mechanism's tuple
+_client_ips = _Memo(1024)     # client address text -> what pyspf's set_ip sets from it
+# (record, domain, ip version) -> its networks, or False.  Bounded in entries and in
+# networks per entry (a longer record is pyspf's to walk), so records published to
+# fill memory keep it under ~8 MB: 256 x 100 networks.
+_address_lists = _Memo(256)
+# (network, or None for ``all``; the term; its result) in record order
+_Listed = list[tuple["ipaddress.IPv4Network | ipaddress.IPv6Network | None", str, str]]
+_MAX_LISTED = 100
+_LIST_TERM = re.compile(r"[-+~?]?(?:ip4|ip6|all)(?:[:/][^%=]*)?\Z", re.IGNORECASE)
+_SET_IP_ATTRS = ("iplist", "ipaddr", "c", "A", "v", "i", "cidrmax")
+
+
+class _Query(spf.query):  # type: ignore[misc]  # pyspf has no type hints
+    """pyspf's query, with the sender's domain taken as RFC 7208 §4.3 says and its
+    two pure, hot steps memoized; the rest of the logic is pyspf's own.
+
+    * The domain is what follows the *last* "@" (pyspf splits at the first, so
+      ``"a@b"@example.com`` was checked as a malformed domain: none instead of
+      fail), and one trailing dot is not an empty label (pyspf returned none
+      for ``user@example.com.`` without a lookup).  Both let a forged sender
+      escape a Fail policy.
+
+    * ``set_ip`` derives the client address's forms (macro values, A or AAAA,
+      prefix limit) from its text on every query; they are kept per text.
+    * ``cidrmatch`` parses every ip4:/ip6: term and every A/AAAA/MX address
+      into an ``ipaddress`` network on every check; the parsed network (a pure
+      function of the text and the prefix length) is kept.
+    * ``validate_mechanism`` parses and validates each term of a record on
+      every check; for a term without macros the outcome is a pure function
+      of the term, the current domain and the client's IP version, and is kept.
+      Terms with a macro (``%``) and any term that raises are never memoized.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        local, at, domain = (self.s or "").rpartition("@")
+        if at:
+            if domain.endswith(".") and not domain.endswith(".."):
+                domain = domain[:-1]
+            self.l, self.o, self.d = local or "postmaster", domain, domain
+
+    def set_ip(self, i: str) -> None:
+        found = _client_ips.data.get(i)
+        if found is None:
+            super().set_ip(i)  # raises PermError for a bad address: nothing kept
+            if not isinstance(self.iplist, bool):  # "list" mode: a fresh list each time
+                return
+            found = {name: getattr(self, name) for name in _SET_IP_ATTRS if hasattr(self, name)}
+            _client_ips.put(i, found)
+        self.__dict__.update(found)
+
+    def cidrmatch(self, ipaddrs: list[str], n: int) -> bool:
+        if not isinstance(self.iplist, bool):  # pyspf's "list" mode: keep its own code
+            own: bool = super().cidrmatch(ipaddrs, n)
+            return own
+        memo = _networks.data
+        client = self.ipaddr
+        matched = False
+        for ip in ipaddrs:  # all parsed, as pyspf does: a bad one is a PermError even after a match
+            network = memo.get((ip, n))
+            if network is None:
+                try:
+                    network = ipaddress.ip_network(ip).supernet(new_prefix=n)
+                except ValueError as exc:
+                    raise spf.PermError(str(exc)) from None
+                _networks.put((ip, n), network)
+            if not matched and client in network:
+                matched = True
+        return matched
+
+    def validated_ptrs(self) -> list[str]:
+        """RFC 7208 §5.5: a DNS error on the PTR lookup means no match; on the A/AAAA
+        lookup of one PTR name, that name is skipped and the search continues.
+        (pyspf lets either error end the whole check as temperror.)"""
+        limit = spf.MAX_PTR if self.strict else spf.MAX_PTR * 4
+        try:
+            names = self.dns_ptr(self.i)[:limit]
+        except spf.TempError:
+            if self.querytime < 0:   # the Lookup_Time budget is spent: that stays temperror
+                raise
+            return []
+        validated = []
+        for name in names:
+            try:
+                addresses = self.dns_a(name, self.A)
+            except spf.TempError:
+                if self.querytime < 0:
+                    raise
+                continue
+            if self.cidrmatch(addresses, self.cidrmax):
+                validated.append(name)
+        return validated
+
+    def check0(self, spf_record: str, recursion: int) -> tuple[Any, ...]:
+        """A record of nothing but ip4:/ip6: terms and ``all`` (the address lists that
+        providers' includes publish, often dozens of terms) is walked as a list of
+        networks kept per (record, domain, IP version); any other record, and any
+        record pyspf would find an error in, is pyspf's own check0."""
+        if spf_record and self.strict is True and isinstance(self.iplist, bool):
+            key = (spf_record, self.d, self.v)
+            networks = _address_lists.data.get(key)
+            if networks is None:
+                networks = self._address_list(spf_record)
+                _address_lists.put(key, networks)
+            if not isinstance(networks, bool):
+                client = self.ipaddr
+                for network, mech, result in networks:
+                    if network is None or client in network:
+                        break
+                else:
+                    result, mech = "neutral", None   # no match, no redirect: the default
+                if not recursion:
+                    self.mechanism = mech
+                return (result, 550 if result == "fail" else 250, self.exps[result])
+        checked: tuple[Any, ...] = super().check0(spf_record, recursion)
+        return checked
+
+    def _address_list(self, spf_record: str) -> _Listed | bool:
+        """[(network or None for ``all``, term, result)] in record order, as far as
+        pyspf's loop would go for this client's IP version; False when the record
+        is anything else or any of its terms is invalid."""
+        terms = spf_record.split(" ")
+        if terms[0].lower() != "v=spf1":
+            return False
+        if len(terms) > _MAX_LISTED + 1:
+            return False
+        out: _Listed = []
+        done = False
+        for term in terms[1:]:
+            if not term:
+                continue
+            if not _LIST_TERM.match(term):
+                return False
+            try:  # every term is validated, as pyspf does before evaluating any
+                mech, kind, arg, cidr, result = self.validate_mechanism(term)
+            except spf.PermError:
+                return False
+            if done:
+                continue
+            if kind == "all":
+                out.append((None, mech, result))
+                done = True
+            elif (kind == "ip4") == (self.v == "in-addr"):  # only the client's own version
+                try:
+                    network = ipaddress.ip_network(arg).supernet(new_prefix=cidr)
+                except ValueError:
+                    return False
+                out.append((network, mech, result))
+        return out
+
+    def validate_mechanism(self, mech: str) -> tuple[Any, ...]:
+        found: tuple[Any, ...] | None
+        if "%" in mech or self.strict is not True:
+            found = super().validate_mechanism(mech)
+            return found
+        key = (mech, self.d, self.v)
+        found = _mechanisms.data.get(key)
+        if found is None:
+            found = super().validate_mechanism(mech)
+            _mechanisms.put(key, found)
+        return found
+
+
+def evaluate(identity: Identity, ip: str, sender: str, helo: str, *, resolver: Resolver,
+             receiver: str, lookup_time: float, void_limit: int, local_rules: str = "",
+             best_guess: str = "") -> SPFResult:
+    """Evaluate one identity per RFC 7208.
+
+    ``identity`` is "helo" (sender is ignored; postmaster@helo is checked) or
+    "mailfrom" (an empty sender is checked as postmaster@helo, RFC 7208 §2.4).
+    Never raises for bad input: a malformed address is the RFC's none/permerror.
+    ``local_rules`` (mechanisms) are tried before the domain's record: a match
+    is a pass by local policy.  ``best_guess`` (a record) is evaluated for a
+    domain that publishes none; its outcome is reported, the result stays none.
+    """
+    if identity not in ("helo", "mailfrom"):
+        raise ValueError(identity)
+    if not installed():
+        raise RuntimeError("spfmilter.checks.spf.install() was not called at start-up")
+    helo = helo or ""
+    if identity == "helo" or not sender:
+        checked = f"postmaster@{helo}" if helo else ""
+    else:
+        checked = sender
+    if not checked or not domain_of(checked):
+        return SPFResult(identity, "none", checked, "", "no identity to check", False)
+    if parse_ip(ip) is None:
+        return SPFResult(identity, "permerror", checked, domain_of(checked),
+                         f"client address {ip!r} is not an IP address", False)
+    if lookup_time <= 0.001:  # the message's Lookup_Time is spent (pyspf reads 0 as "no limit")
+        return SPFResult(identity, "temperror", checked, domain_of(checked),
+                         "SPF Temporary Error: Lookup_Time exceeded", False)
+    token, limit_token = _current.set(resolver), _void_limit.set(void_limit)
+    started = time.monotonic()
+    best: str | None = None
+    void = 0
+    try:
+        def query() -> _Query:
+            return _Query(i=ip, s=checked, h=helo or "unknown", receiver=receiver,
+                          querytime=lookup_time, timeout=lookup_time)
+        result = ""
+        mechanism: str | None = None
+        if local_rules:
+            q = query()
+            if q.check(spf=f"v=spf1 {local_rules}")[0] == "pass":
+                result, explanation = "pass", "matched Local_Rules"
+                mechanism, lookups = f"local:{q.mechanism}", q.lookups
+        if not result:
+            q = query()
+            result, _code, explanation = q.check()
+            mechanism, lookups, void = q.mechanism, q.lookups, q.void_lookups
+            if result == "none" and best_guess:
+                # pyspf's best_guess(), without its reliance on state from an earlier check
+                best = query().check(spf=best_guess)[0]
+                best = "neutral" if best == "permerror" else best
+    except spf.TempError as exc:
+        result, explanation, mechanism, lookups = "temperror", f"SPF Temporary Error: {exc}", None, 0
+    except spf.PermError as exc:
+        result, explanation, mechanism, lookups = "permerror", f"SPF Permanent Error: {exc}", None, 0
+    finally:
+        _current.reset(token)
+        _void_limit.reset(limit_token)
+    result = result.lower()
+    if result not in RESULTS:  # pyspf spells some results the RFC 4408 way
+        result = {"error": "temperror", "unknown": "permerror"}.get(result, "permerror")
+    published = result in ("fail", "softfail", "permerror") and \
+        explanation != spf.EXPLANATIONS.get(result) and not explanation.startswith("SPF ")
+    return SPFResult(identity, result, checked, domain_of(checked), explanation or "",
+                     published, mechanism, lookups, time.monotonic() - started, best, void)
+
+
+class Checker:
+    """The SPF checker a transaction runs: ``evaluate`` bound to one resolver and
+    the settings that do not change per message (receiver, void limit)."""
+
+    def __init__(self, resolver: Resolver, *, receiver: str, void_limit: int) -> None:
+        self.resolver = resolver
+        self.receiver = receiver
+        self.void_limit = void_limit
+
+    def __call__(self, identity: Identity, ip: str, sender: str, helo: str, *,
+                 lookup_time: float, local_rules: str = "", best_guess: str = "") -> SPFResult:
+        return evaluate(identity, ip, sender, helo, resolver=self.resolver,
+                        receiver=self.receiver, lookup_time=lookup_time,
+                        void_limit=self.void_limit, local_rules=local_rules,
+                        best_guess=best_guess)

@@ -1,0 +1,153 @@
+"""The decision: facts and check results in, a verdict for one recipient out.
+
+Pure functions of plain values, so every policy rule is tested on plain
+values.  ``plan`` says which evaluations a message needs (or why it needs
+none); the transaction runs them; ``decide`` turns the results into the
+verdict for one recipient, under that recipient's settings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from spfmilter.config import HeloPolicy, MailFromPolicy, Settings
+from spfmilter.core import headers
+from spfmilter.core.addresses import in_networks
+from spfmilter.core.values import Action, Facts, Reply, SPFResult, Verdict
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What to evaluate before deciding; ``skip`` set means evaluate nothing."""
+
+    skip: str | None = None
+    check_helo: bool = True
+    check_mailfrom: bool = True
+    whitelist_domains: tuple[str, ...] = ()
+
+
+def plan(facts: Facts, settings: Settings) -> Plan:
+    """Which SPF evaluations this message needs, or why it needs none."""
+    if facts.auth_user:
+        return Plan(skip="authenticated")
+    for reason, networks in (("skip_addresses", settings.skip_addresses),
+                             ("InternalHosts", settings.internal_hosts),
+                             ("whitelist", settings.whitelist)):
+        if networks and in_networks(facts.client_ip, networks):
+            return Plan(skip=reason)
+    return Plan(check_helo=settings.helo_reject is not HeloPolicy.NO_CHECK,
+                check_mailfrom=settings.mail_from_reject is not MailFromPolicy.NO_CHECK,
+                whitelist_domains=settings.domain_whitelist)
+
+
+_NOT_PASS = {"fail", "softfail", "neutral", "permerror"}
+_REFUSING_RESULTS: dict[HeloPolicy | MailFromPolicy, set[str]] = {
+    HeloPolicy.FAIL: {"fail"},
+    HeloPolicy.NULL: {"fail"},
+    HeloPolicy.SOFTFAIL: {"fail", "softfail"},
+    HeloPolicy.NEUTRAL: {"fail", "softfail", "neutral"},
+    HeloPolicy.SPF_NOT_PASS: _NOT_PASS,
+    HeloPolicy.STRICT: _NOT_PASS | {"none"},
+    MailFromPolicy.FAIL: {"fail"},
+    MailFromPolicy.SOFTFAIL: {"fail", "softfail"},
+    MailFromPolicy.NEUTRAL: {"fail", "softfail", "neutral"},
+    MailFromPolicy.SPF_NOT_PASS: _NOT_PASS,
+    MailFromPolicy.STRICT: _NOT_PASS | {"none"},
+}
+_NEVER = (HeloPolicy.FALSE, HeloPolicy.NO_CHECK, MailFromPolicy.FALSE, MailFromPolicy.NO_CHECK)
+
+
+def _refuses(res: SPFResult | None, policy: HeloPolicy | MailFromPolicy,
+             settings: Settings) -> Action | None:
+    """REJECT or DEFER if this identity's result refuses mail under its policy."""
+    if res is None:
+        return None
+    # Reject_Not_Pass_Domains: these domains promise to pass, whatever the general policy.
+    if res.identity == "mailfrom" and res.domain.lower() in settings.reject_not_pass_domains \
+            and res.result in _NOT_PASS | {"none"}:
+        return Action.REJECT
+    if policy in _NEVER:
+        return None
+    if res.result in _REFUSING_RESULTS.get(policy, set()):
+        return Action.REJECT
+    if res.result == "permerror" and settings.permerror_reject:
+        return Action.REJECT
+    if res.result == "temperror" and settings.temperror_defer:
+        return Action.DEFER
+    return None
+
+
+def _explanation(res: SPFResult, ip: str) -> str:
+    if res.exp_published or res.result in ("permerror", "temperror"):
+        return res.explanation
+    return f"{res.domain or 'the sender'} does not authorize {ip} to send mail"
+
+
+def defer_status(settings: Settings) -> tuple[str, str]:
+    """The code and status of a defer for a DNS problem (RFC 7372 §3.3)."""
+    return "451", "4.7.24" if settings.enhanced_status_codes else "4.4.3"
+
+
+def reply(res: SPFResult, action: Action, facts: Facts, settings: Settings) -> Reply:
+    """The SMTP reply refusing (or deferring) mail for ``res``: code, status and
+    the Reason_Message text with the domain's own explanation."""
+    if action is Action.DEFER:
+        code, status = defer_status(settings)
+    elif res.result == "permerror":
+        code, status = "550", "5.7.24" if settings.enhanced_status_codes else "5.7.1"
+    else:
+        code, status = "550", "5.7.23" if settings.enhanced_status_codes else "5.7.1"
+    exp = headers.clean(_explanation(res, facts.client_ip), 300)
+    sender = headers.clean(res.sender)
+    ip = headers.clean(facts.client_ip, 64)
+    kind = "helo" if res.identity == "helo" else "mfrom"
+    values = {
+        "rejectdefer": "rejected" if action is Action.REJECT else "deferred",
+        "result": res.result,
+        "identity": "HELO" if res.identity == "helo" else "MAIL FROM",
+        "sender": sender,
+        "domain": headers.clean(res.domain),
+        "ip": ip,
+        "helo": headers.clean(facts.helo),
+        "exp": exp,
+        "spf": f"SPF {res.result} - {exp}",
+        "url": settings.reason_url.format(kind, sender, ip, settings.authserv_id),
+    }
+    return Reply(code, status, headers.clean(settings.reason_message.format(**values), 450))
+
+
+def decide(facts: Facts, recipient: str, helo: SPFResult | None, mailfrom: SPFResult | None,
+           settings: Settings, *, skip: str | None = None,
+           whitelisted_by: str | None = None) -> Verdict:
+    """The verdict for ``recipient``, under the settings that apply to it.
+
+    ``skip`` is ``plan().skip``; ``whitelisted_by`` names the Domain_Whitelist
+    domain the client passed SPF for, if any.  HELO is judged before MAIL FROM
+    (it is the earlier identity, RFC 7208 §2.3); a reject from either beats a
+    defer from either.
+    """
+    if skip:
+        return Verdict(Action.ACCEPT, f"skipped ({skip})")
+    settings = settings.for_recipient(recipient)
+    if whitelisted_by:
+        return Verdict(Action.ACCEPT, f"whitelisted (Domain_Whitelist {whitelisted_by})")
+    if helo is not None and helo.result == "pass" and \
+            facts.helo.rstrip(".").lower() in settings.helo_whitelist:
+        return Verdict(Action.ACCEPT, "whitelisted (HELO_Whitelist)")
+
+    helo_policy: HeloPolicy = settings.helo_reject
+    if helo_policy is HeloPolicy.NULL and facts.sender:
+        helo_policy = HeloPolicy.FALSE
+    candidates = [(_refuses(helo, helo_policy, settings), helo),
+                  (_refuses(mailfrom, settings.mail_from_reject, settings), mailfrom)]
+    for wanted in (Action.REJECT, Action.DEFER):
+        for action, res in candidates:
+            if action is wanted and res is not None:
+                why = f"{res.identity} {res.result}"
+                if settings.exempt(recipient):
+                    return Verdict(Action.ACCEPT, f"{why}, exempt recipient")
+                if settings.test_only:
+                    return Verdict(Action.ACCEPT, f"{why}, TestOnly: would {wanted.value}")
+                return Verdict(wanted, why, reply(res, wanted, facts, settings))
+    main = mailfrom or helo
+    return Verdict(Action.ACCEPT, f"spf {main.result if main else 'none'}")

@@ -1,0 +1,196 @@
+"""Result headers: Received-SPF by RFC 7208 §9.1, Authentication-Results by RFC 8601.
+
+Everything a client sent (HELO, envelope sender, addresses) is hostile input
+here: it passes through ``clean`` (no CR, LF, NUL or other control character
+survives, and lengths are bounded) and is then written as a dot-atom only when
+it is one, else as a quoted-string, so a sender cannot end our header early,
+add a header of its own, or smuggle a second ``receiver=`` or ``spf=`` clause.
+
+Headers are rendered from the results as they stand at end of message, not
+fixed when the first recipient is accepted: a result known only then (a DKIM
+verification) is reported in the same Authentication-Results field.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+import authres
+
+from spfmilter.config import HeaderType, Settings
+from spfmilter.core.addresses import domain_of, is_domain
+from spfmilter.core.values import DKIMResult, Facts, SPFResult
+
+RECEIVED_SPF = "Received-SPF"
+AUTH_RESULTS = "Authentication-Results"
+MAX_VALUE = 255  # RFC 5321 §4.5.3.1.3: a path is at most 256 octets
+MAX_LINE = 998   # RFC 5322 §2.1.1
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")
+_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]"
+_DOT_ATOM = re.compile(rf"^{_ATEXT}+(\.{_ATEXT}+)*$")
+
+
+def clean(text: str | None, limit: int = MAX_VALUE) -> str:
+    """Make client-supplied text safe for one header line.
+
+    Control characters (CR, LF, NUL, TAB, …) and undecodable bytes (lone
+    surrogates from pymilter's decoding) become ``?``; text beyond ``limit``
+    characters is cut and marked with ``...``.
+    """
+    if not text:
+        return ""
+    if not (text.isascii() and text.isprintable()):  # printable ASCII has nothing to replace
+        text = _CONTROL.sub("?", text)
+    if len(text) > limit:
+        text = text[:limit] + "..."
+    return text
+
+
+def quote(value: str) -> str:
+    """A §9.1 key-value value: dot-atom when it is one, else a quoted-string."""
+    if _DOT_ATOM.match(value):
+        return value
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+_COMMENT_SPECIALS = re.compile(r"([()\\])")
+
+
+def comment(text: str) -> str:
+    """Escape text for use inside an RFC 5322 comment."""
+    return _COMMENT_SPECIALS.sub(r"\\\1", text)
+
+
+def _describe(res: SPFResult, ip: str) -> str:
+    who = res.sender or "the sender"
+    if res.result == "pass" and (res.mechanism or "").startswith("local:"):
+        return f"{ip} is permitted for {who} by local policy (Local_Rules)"
+    texts = {
+        "pass": f"domain of {who} designates {ip} as permitted sender",
+        "fail": f"domain of {who} does not designate {ip} as permitted sender",
+        "softfail": f"transitioning domain of {who} does not designate {ip} as permitted sender",
+        "neutral": f"{ip} is neither permitted nor denied by domain of {who}",
+        "none": f"domain of {who} does not designate permitted sender hosts",
+        "permerror": f"permanent error in processing during lookup of {who}: {res.explanation}",
+        "temperror": f"temporary error in processing during lookup of {who}: {res.explanation}",
+    }
+    return texts[res.result]
+
+
+def received_spf(res: SPFResult, *, client_ip: str, helo: str, envelope_from: str,
+                 receiver: str | None) -> str:
+    """The Received-SPF value (without the field name) for one identity."""
+    ip = clean(client_ip, 64)
+    prefix = f"{receiver}: " if receiver else ""
+    described = _describe(res, ip)
+    if res.best_guess:
+        described += f"; best guess record gives {res.best_guess}"
+    # escaping may double it: 450 characters stay within one 998-character line
+    text = comment(clean(prefix + described, 450))
+    pairs = [("client-ip", ip)]
+    if res.identity == "mailfrom":
+        pairs.append(("envelope-from", clean(envelope_from or res.sender)))
+    if helo:
+        pairs.append(("helo", clean(helo)))
+    if receiver:
+        pairs.append(("receiver", receiver))
+    if res.mechanism:
+        pairs.append(("mechanism", clean(res.mechanism)))
+    if res.result in ("permerror", "temperror"):
+        pairs.append(("problem", clean(res.explanation)))
+    pairs.append(("identity", res.identity))
+    items = [f"{res.result} ({text})"] + [f"{k}={quote(v)};" for k, v in pairs]
+    items[-1] = items[-1].rstrip(";")
+    line = " ".join(items)
+    if len(RECEIVED_SPF) + 2 + len(line) <= MAX_LINE:
+        return line
+    # RFC 5322 §2.1.1: fold between key=value pairs (LF + TAB, as libmilter expects);
+    # every piece is bounded by ``clean``, so each fits on a line of its own.
+    return "\n\t".join(items)
+
+
+def _ascii_domain(domain: str) -> str | None:
+    """The A-label form of a domain (RFC 8601 values are ASCII), or None if it is not one."""
+    if domain.isascii():
+        return domain if is_domain(domain) else None
+    try:
+        ace = domain.encode("idna").decode("ascii")
+    except UnicodeError:
+        return None
+    return ace if is_domain(ace) else None
+
+
+def _ascii(text: str) -> str:
+    return "".join(ch if ch.isascii() else "?" for ch in text)
+
+
+def _pvalue_domain(name: str) -> str:
+    """An RFC 8601 pvalue for a domain: its ASCII (A-label) form, or a quoted-string.
+
+    ``smtp.mailfrom`` carries the domain of the MAIL FROM identity, as in RFC 7208
+    §9.2's example: OpenDMARC 1.4 takes a trusted SPF result only in that form.
+    """
+    value = clean(name)
+    if value.endswith(".") and not value.endswith(".."):
+        value = value[:-1]  # an absolute name; the pvalue grammar has no trailing dot
+    ace = _ascii_domain(value)
+    return ace if ace is not None else _for_authres(_ascii(value))
+
+
+def _mailfrom_pvalue(sender: str) -> str:
+    """The sender's domain; a sender without one is shown whole, and none as <>."""
+    domain = domain_of(sender)
+    if domain:
+        return _pvalue_domain(domain)
+    return _for_authres(_ascii(clean(sender))) if sender else "<>"
+
+
+def _for_authres(value: str) -> str:
+    """A pvalue authres writes correctly: authres writes any value containing '@'
+    verbatim and quotes other non-tokens itself, so quote only the former."""
+    return quote(value) if "@" in value else value
+
+
+def _clause(res: SPFResult | DKIMResult, helo: str) -> authres.AuthenticationResult:
+    if isinstance(res, DKIMResult):
+        return authres.DKIMAuthenticationResult(
+            result=res.result, header_d=_pvalue_domain(res.domain),
+            header_s=_for_authres(_ascii(clean(res.selector, 63))) or None)
+    if res.identity == "mailfrom":
+        return authres.SPFAuthenticationResult(
+            result=res.result, smtp_mailfrom=_mailfrom_pvalue(res.sender),
+            result_comment=f"best guess record gives {res.best_guess}" if res.best_guess else None)
+    return authres.SPFAuthenticationResult(result=res.result, smtp_helo=_pvalue_domain(helo))
+
+
+def authentication_results(authserv_id: str, results: Sequence[SPFResult | DKIMResult], *,
+                           helo: str) -> str:
+    """The Authentication-Results value (without the field name), one clause per
+    result in the order given, built by authres."""
+    header = authres.AuthenticationResultsHeader(
+        authserv_id=authserv_id, results=[_clause(r, helo) for r in results])
+    return str(header.header_value())
+
+
+def result_headers(facts: Facts, helo: SPFResult | None, mailfrom: SPFResult | None,
+                   settings: Settings, dkim: Sequence[DKIMResult] = ()) -> tuple[tuple[str, str], ...]:
+    """The headers a message gets, top-down in the order they appear.
+
+    ``helo`` and ``mailfrom`` are None for an identity that was not checked.
+    In Authentication-Results the DKIM clauses come first and the MAIL FROM
+    clause last: SpamAssassin reads only the last ``spf=`` of a field.
+    """
+    receiver = None if settings.hide_receiver else settings.authserv_id
+    spf = [r for r in (mailfrom, helo) if r is not None]
+    out: list[tuple[str, str]] = []
+    if settings.header_type in (HeaderType.AR, HeaderType.BOTH) and (spf or dkim):
+        out.append((AUTH_RESULTS, authentication_results(
+            settings.authserv_id, [*dkim, *spf[::-1]], helo=facts.helo)))
+    if settings.header_type in (HeaderType.SPF, HeaderType.BOTH):
+        for res in spf:
+            out.append((RECEIVED_SPF, received_spf(
+                res, client_ip=facts.client_ip, helo=facts.helo,
+                envelope_from=facts.sender, receiver=receiver)))
+    return tuple(out)

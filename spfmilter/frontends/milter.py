@@ -1,0 +1,283 @@
+"""The libmilter front end: collect facts per callback, drive the core, translate verdicts.
+
+No policy lives here: the transaction says what to evaluate and the decision
+what follows.  Every callback that can fail is guarded: an exception becomes
+a 451 tempfail, so a fault in spfmilter never lets mail through unlabelled.
+The runtime (settings, resolver, checker) is taken once per connection, so a
+reload applies to new connections only.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import Milter
+import milter as libmilter
+
+from spfmilter import log as logmod
+from spfmilter import metrics, runtime
+from spfmilter.config import Settings
+from spfmilter.core.addresses import client_address, strip_brackets
+from spfmilter.core.transaction import Connection, Transaction
+from spfmilter.core.values import Action, Verdict
+from spfmilter.frontends.listener import tune_listener
+from spfmilter.log import kv, log
+
+
+class _Connections:
+    """Connections in flight, so a stop can wait for them (and metrics can show them)."""
+
+    def __init__(self) -> None:
+        self._count = 0
+        self._cond = threading.Condition()
+
+    def opened(self) -> None:
+        with self._cond:
+            self._count += 1
+
+    def closed(self) -> None:
+        with self._cond:
+            self._count -= 1
+            self._cond.notify_all()
+
+    @property
+    def count(self) -> int:
+        with self._cond:
+            return self._count
+
+    def wait_idle(self, timeout: float) -> bool:
+        """True once no connection is open; False if ``timeout`` passed first."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self._count <= 0, timeout)
+
+
+connections = _Connections()
+
+_F = TypeVar("_F", bound=Callable[..., int])
+# pymilter's decorators (they mark a callback for protocol negotiation), with types
+noreply: Callable[[_F], _F] = Milter.noreply
+nocallback: Callable[[_F], _F] = Milter.nocallback
+
+_REPLYING = frozenset({"envrcpt", "eom"})
+
+
+def guarded(callback: Callable[..., int]) -> Callable[..., int]:
+    """Turn any exception in a callback into a logged 451 tempfail.
+
+    Callbacks negotiated as no-reply cannot refuse anything, so a fault there is
+    remembered and the next callback that can reply (RCPT, end of message)
+    tempfails instead.
+    """
+    @functools.wraps(callback)
+    def wrapper(self: SPFMilter, *args: Any) -> int:
+        try:
+            if self.fault and callback.__name__ in _REPLYING:
+                raise RuntimeError(f"earlier fault: {self.fault}")
+            return callback(self, *args)
+        except Exception as exc:
+            metrics.ERRORS.inc()
+            self.fault = f"{type(exc).__name__}: {exc}"
+            txn = self.txn
+            log.error("%s", kv(action="tempfail", error=self.fault, callback=callback.__name__,
+                               queue_id=(txn.queue_id if txn else "") or None))
+            log.debug("traceback", exc_info=True)
+            if callback.__name__ not in _REPLYING:
+                return int(Milter.CONTINUE)
+            try:
+                self.setreply("451", "4.3.0", "spfmilter: internal error, try again later")
+            except Exception:
+                pass
+            return int(Milter.TEMPFAIL)
+    return wrapper
+
+
+class SPFMilter(Milter.Base):  # type: ignore[misc]  # pymilter has no type hints
+    """One instance per SMTP connection."""
+
+    def __init__(self) -> None:
+        self._counted = False
+        self.runtime = runtime.current()
+        self.settings: Settings = self.runtime.settings
+        self.connection = Connection()
+        self.mta = self.daemon = ""
+        self.fault: str | None = None
+        self.txn: Transaction | None = None
+
+    def _macro(self, name: str) -> str:
+        try:
+            value = self.getsymval(name)
+        except UnicodeDecodeError:
+            # present but not UTF-8 (e.g. a Latin-1 SASL login): still present
+            return "?"
+        return value if isinstance(value, str) else ""
+
+    def _transaction(self) -> Transaction:
+        """The current message (one is started if the MTA skipped MAIL FROM)."""
+        if self.txn is None:
+            self.txn = Transaction(self.connection, self.settings)
+        return self.txn
+
+    def _evaluate(self, txn: Transaction) -> None:
+        if txn.plan is None:
+            if not txn.queue_id:
+                txn.queue_id = self._macro("i")
+            txn.evaluate(self.runtime.spf)
+            metrics.record_evaluation(txn)
+
+    @noreply
+    @guarded
+    def connect(self, hostname: str, family: int, hostaddr: Any) -> int:
+        if not self._counted:
+            self._counted = True
+            connections.opened()
+        self.connection.client_ip = client_address(hostaddr)
+        # which MTA and which of its listeners (MX or submission): for the log line
+        self.mta = self._macro("j")
+        self.daemon = self._macro("{daemon_name}")
+        return int(Milter.CONTINUE)
+
+    # Not @noreply: pymilter decodes the HELO before calling us, and a name that
+    # is not UTF-8 fails there; with a reply the MTA then refuses that HELO (451)
+    # instead of the milter silently keeping the previous one.
+    @guarded
+    def hello(self, heloname: str) -> int:
+        self.connection.hello(heloname)
+        return int(Milter.CONTINUE)
+
+    @noreply
+    @guarded
+    def envfrom(self, mailfrom: str, *params: str) -> int:
+        self.txn = Transaction(self.connection, self.settings, strip_brackets(mailfrom),
+                               auth_user=self._macro("{auth_authen}"), queue_id=self._macro("i"))
+        return int(Milter.CONTINUE)
+
+    @guarded
+    def envrcpt(self, to: str, *params: str) -> int:
+        recipient = strip_brackets(to)
+        txn = self._transaction()
+        self._evaluate(txn)
+        verdict = txn.rcpt(recipient)
+        self._log(txn, verdict, recipient)
+        metrics.record_verdict(verdict)
+        if verdict.action is Action.ACCEPT:
+            return int(Milter.CONTINUE)
+        return self._refuse(verdict)
+
+    def _refuse(self, verdict: Verdict) -> int:
+        assert verdict.reply is not None
+        r = verdict.reply
+        self.setreply(r.code, r.status, r.text.replace("%", "%%"))
+        return int(Milter.REJECT if verdict.action is Action.REJECT else Milter.TEMPFAIL)
+
+    def _log(self, txn: Transaction, verdict: Verdict, recipient: str) -> None:
+        logmod.decision(txn, verdict, recipient, mta=self.mta or None, daemon=self.daemon or None)
+
+    @noreply
+    @guarded
+    def header(self, name: str, value: str) -> int:
+        self._transaction().header(name, value)
+        return int(Milter.CONTINUE)
+
+    @nocallback
+    def body(self, chunk: bytes) -> int:  # pragma: no cover - negotiated away
+        return int(Milter.CONTINUE)
+
+    def data(self) -> int:
+        """DATA, with a reply on purpose: Postfix flushes its DATA-stage macros as a
+        lone packet; left unanswered over TCP, its next write waits for the peer's
+        delayed ACK (~40 ms a message).  The reply carries the ACK back at once."""
+        return int(Milter.CONTINUE)
+
+    def negotiate(self, opts: list[int]) -> int:
+        # pymilter's version also walks every callback for @symlist on each
+        # connection; spfmilter declares none, so only the masks matter.
+        self._actions, protocol, _, _ = opts
+        opts[1] = self._protocol = protocol & ~type(self).protocol_mask()
+        opts[2] = opts[3] = 0
+        return int(Milter.CONTINUE)
+
+    @guarded
+    def eom(self) -> int:
+        txn = self._transaction()  # no RCPT reached us (e.g. milter added late): decide now
+        self._evaluate(txn)
+        for name, index in txn.forged.removals():
+            self.chgheader(name, index, "")
+            metrics.FORGED.inc()
+            log.info("%s", kv(action="removed-forged-header", header=name, index=index,
+                                queue_id=txn.queue_id or self._macro("i") or None))
+        for name, value in reversed(txn.result_headers()):
+            self.addheader(name, value, 0)
+        self.txn = None
+        return int(Milter.ACCEPT)
+
+    def abort(self) -> int:
+        self.txn = None
+        return int(Milter.CONTINUE)
+
+    def close(self) -> int:
+        if self._counted:
+            self._counted = False
+            connections.closed()
+        return int(Milter.CONTINUE)
+
+
+FLAGS = Milter.ADDHDRS | Milter.CHGHDRS
+
+
+# --- serving ------------------------------------------------------------------------
+
+def _register_callbacks() -> None:
+    """The callback wiring that Milter.runmilter does before it opens the socket."""
+    def priv(ctx: Any) -> SPFMilter:
+        # An MTA that skips option negotiation (or connect) reaches us without the
+        # per-connection object that negotiate creates: make it, as connect_callback does.
+        m = ctx.getpriv()
+        if m is None:
+            m = Milter.factory()
+            m._setctx(ctx)
+        return m  # type: ignore[no-any-return]
+
+    libmilter.set_connect_callback(Milter.connect_callback)
+    libmilter.set_helo_callback(lambda ctx, host: priv(ctx).hello(host))
+    libmilter.set_envfrom_callback(lambda ctx, *b: priv(ctx).envfrom_bytes(*b))
+    libmilter.set_envrcpt_callback(lambda ctx, *b: priv(ctx).envrcpt_bytes(*b))
+    libmilter.set_header_callback(lambda ctx, f, v: priv(ctx).header_bytes(f, v))
+    libmilter.set_eoh_callback(lambda ctx: priv(ctx).eoh())
+    libmilter.set_body_callback(lambda ctx, chunk: priv(ctx).body(chunk))
+    libmilter.set_eom_callback(lambda ctx: priv(ctx).eom())
+    libmilter.set_abort_callback(lambda ctx: priv(ctx).abort())
+    libmilter.set_close_callback(Milter.close_callback)
+
+
+def open_listener(settings: Settings) -> None:
+    """Register with libmilter and open its listening socket (under UMask).
+
+    Done before any worker starts, by the process that keeps the socket open:
+    libmilter's main loop in a worker serves a socket that is already open.
+    """
+    Milter.factory = SPFMilter
+    Milter.set_flags(FLAGS)
+    _register_callbacks()
+    spec = settings.socket
+    libmilter.setconn(spec)
+    libmilter.settimeout(600)
+    libmilter.register("spfmilter", data=lambda ctx: ctx.getpriv().data(),
+                       unknown=lambda ctx, cmd: ctx.getpriv().unknown(cmd),
+                       negotiate=Milter.negotiate_callback)
+    # Defence in depth: an exception escaping our own guard still tempfails.
+    libmilter.set_exception_policy(libmilter.TEMPFAIL)
+    old_umask = os.umask(settings.umask)
+    try:
+        libmilter.opensocket(True)
+        tune_listener(spec)  # TCP_NODELAY: no delayed-ACK stall at end of message
+    finally:
+        os.umask(old_umask)
+
+
+def serve() -> None:
+    """Serve the listener ``open_listener`` opened until libmilter is told to stop."""
+    libmilter.main()

@@ -1,0 +1,65 @@
+"""What a process decides with right now: the settings, the resolver and the checkers.
+
+Why a process-wide current value: libmilter creates the per-connection
+milter object itself (no arguments), and the policy service's connections
+come and go on threads of their own; both take the current runtime when a
+connection starts, so a reload applies to new connections only while those
+in flight finish with what they started with.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+from spfmilter import config as cfg
+from spfmilter.checks.spf import Checker
+from spfmilter.resolver import Resolver
+
+
+@dataclass(frozen=True)
+class Runtime:
+    settings: cfg.Settings
+    resolver: Resolver
+    spf: Checker
+
+    @classmethod
+    def create(cls, settings: cfg.Settings, previous: Runtime | None = None,
+               resolver: Resolver | None = None) -> Runtime:
+        """A runtime for ``settings``; it keeps the previous resolver (and its cache)
+        when the DNS settings did not change, so a reload does not start cold."""
+        if resolver is None:
+            if previous is not None and _same_dns(previous.settings, settings):
+                resolver = previous.resolver
+            else:
+                resolver = Resolver(settings.nameservers, timeout=settings.lookup_time)
+        return cls(settings, resolver,
+                   Checker(resolver, receiver=settings.authserv_id, void_limit=settings.void_limit))
+
+
+def _same_dns(a: cfg.Settings, b: cfg.Settings) -> bool:
+    return (a.nameservers, a.lookup_time) == (b.nameservers, b.lookup_time)
+
+
+_lock = threading.Lock()
+_current: Runtime | None = None
+
+
+def install(runtime: Runtime) -> Runtime | None:
+    """Make ``runtime`` the current one; returns the one it replaces."""
+    global _current
+    with _lock:
+        previous, _current = _current, runtime
+    return previous
+
+
+def current() -> Runtime:
+    with _lock:
+        if _current is None:
+            raise RuntimeError("spfmilter runtime not configured")
+        return _current
+
+
+def current_or_none() -> Runtime | None:
+    with _lock:
+        return _current

@@ -1,0 +1,107 @@
+"""The daemon: privileges, socket mode, pid file, SIGHUP reload, graceful stop."""
+
+import os
+import pwd
+import signal
+import stat
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from tests.kit.daemon import SpfmilterProcess
+from tests.kit.milterclient import MilterSession
+
+pytestmark = pytest.mark.e2e
+
+
+def child_pid(parent: int) -> int:
+    kids = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
+    assert len(kids) == 1, kids
+    return int(kids[0])
+
+
+def ids(pid: int) -> tuple[int, int]:
+    status = Path(f"/proc/{pid}/status").read_text()
+    uid = int(next(x for x in status.splitlines() if x.startswith("Uid:")).split()[1])
+    gid = int(next(x for x in status.splitlines() if x.startswith("Gid:")).split()[1])
+    return uid, gid
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to test the privilege drop (CI runs as root)")
+def test_root_start_binds_then_drops_to_userid(dns_server):
+    nobody = pwd.getpwnam("nobody")
+    # pytest's tmp folders are private to root; the dropped process must reach its pid file
+    with tempfile.TemporaryDirectory(prefix="spfmilter-priv-") as top:
+        os.chmod(top, 0o755)
+        _root_start(Path(top), nobody, dns_server)
+
+
+def _root_start(workdir, nobody, dns_server):
+    pidfile = workdir / "run" / "spfmilter.pid"  # a folder spfmilter creates, owned by UserID
+    proc = SpfmilterProcess(workdir, {"Nameservers": dns_server.nameserver, "UserID": "nobody",
+                                      "UMask": "007", "PidFile": str(pidfile),
+                                      "skip_addresses": "", "Authserv_Id": "mx.test"}).start()
+    try:
+        assert int(pidfile.read_text()) == proc.proc.pid
+        milter_pid = child_pid(proc.proc.pid)
+        assert ids(milter_pid) == (nobody.pw_uid, nobody.pw_gid)
+        assert ids(proc.proc.pid) == (nobody.pw_uid, nobody.pw_gid)
+        st = os.stat(proc.socket_path)
+        assert stat.S_ISSOCK(st.st_mode)
+        mode = stat.S_IMODE(st.st_mode)
+        assert mode & 0o060 == 0o060 and mode & 0o007 == 0  # group (the MTA) may connect, others not
+        assert st.st_uid == nobody.pw_uid
+        with MilterSession(proc.socket_path) as s:   # still serves after the drop
+            s.connect("192.0.2.10")
+            s.helo("helo.test")
+            replies, eom = s.transaction("user@allowed.test", ["rcpt@mx.test"])
+            assert eom.final.kind == "accept"
+    finally:
+        assert proc.stop() == 0
+    assert not pidfile.exists()
+
+
+def test_sighup_reloads_for_new_connections_only(spfmilter):
+    milter = spfmilter(fresh=True)
+    conf = milter.config_path
+    original = conf.read_text()
+    with MilterSession(milter.socket_path) as old:
+        old.connect("198.51.100.7")
+        old.helo("unknown.test")
+        old.mail("user@allowed.test")           # in flight before the reload
+        conf.write_text(original + "Mail_From_reject = False\n")
+        milter.proc.send_signal(signal.SIGHUP)
+        milter.wait_for_log(r"action=reload result=ok")
+        with MilterSession(milter.socket_path) as new:
+            new.connect("198.51.100.7")
+            new.helo("unknown.test")
+            replies, eom = new.transaction("user@allowed.test", ["rcpt@mx.test"])
+            assert replies[0].kind == "continue"      # new settings: header only
+        assert old.rcpt("rcpt@mx.test").code == "550"  # old settings stay for this one
+    # A broken file is refused and the running settings stay in force.
+    conf.write_text(original + "Mail_From_reject = Sometimes\n")
+    milter.proc.send_signal(signal.SIGHUP)
+    milter.wait_for_log(r"action=reload-refused .*Mail_From_reject: expected one of")
+    with MilterSession(milter.socket_path) as s:
+        s.connect("198.51.100.7")
+        s.helo("unknown.test")
+        replies, _ = s.transaction("user@allowed.test", ["rcpt@mx.test"])
+        assert replies[0].kind == "continue"
+    assert milter.proc.poll() is None
+
+
+def test_sigterm_lets_transactions_in_flight_finish(spfmilter):
+    milter = spfmilter(fresh=True)
+    with MilterSession(milter.socket_path) as s:
+        s.connect("192.0.2.10")
+        s.helo("helo.test")
+        s.mail("user@allowed.test")
+        milter.proc.send_signal(signal.SIGTERM)
+        milter.wait_for_log(r"action=stop|", timeout=1)  # no wait: just read
+        assert s.rcpt("rcpt@mx.test").kind == "continue"
+        eom = s.data([("Subject", "x")])
+        assert eom.final.kind == "accept"
+        assert any(n == "Received-SPF" for n, _ in eom.headers_on_top())
+    assert milter.proc.wait(40) == 0
+    assert "action=stop in_flight=0" in milter.log_text()

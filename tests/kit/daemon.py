@@ -1,0 +1,79 @@
+"""A real ``spfmilter`` daemon for tests, soak and fuzz: its own config, socket and log."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import IO
+
+from tests.kit import ROOT
+from tests.kit.wait import wait_for
+
+
+class SpfmilterProcess:
+    """``python -m spfmilter -c CONF --log stderr`` with ``Socket`` in its own folder."""
+
+    def __init__(self, workdir: Path, settings: dict[str, str]) -> None:
+        self.workdir = workdir
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.socket_path = str(workdir / "spfmilter.sock")
+        self.socket_spec = f"unix:{self.socket_path}"
+        self.config_path = workdir / "spfmilter.conf"
+        self.log_path = workdir / "spfmilter.log"
+        lines = [f"Socket = {self.socket_spec}"] + [f"{k} = {v}" for k, v in settings.items()]
+        self.config_path.write_text("\n".join(lines) + "\n")
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+
+    def start(self, timeout: float = 20.0) -> SpfmilterProcess:
+        self._log = open(self.log_path, "ab")
+        # its own process group: the supervisor and its workers go down together
+        self.proc = proc = subprocess.Popen(
+            [sys.executable, "-m", "spfmilter", "-c", str(self.config_path), "--log", "stderr"],
+            cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
+            env={**os.environ, "PYTHONPATH": str(ROOT)})
+        wait_for(lambda: proc.poll() is not None or "action=start" in self.log_text(),
+                 timeout, "spfmilter to start")
+        if proc.poll() is not None:
+            raise AssertionError(f"spfmilter exited with {proc.returncode}:\n{self.log_text()}")
+        return self
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def wait_for_log(self, pattern: str, timeout: float = 10.0) -> re.Match[str]:
+        regex = re.compile(pattern)
+        return wait_for(lambda: regex.search(self.log_text()), timeout,
+                        f"log line matching {pattern!r}")
+
+    def decisions(self) -> list[str]:
+        return [line for line in self.log_text().splitlines() if " action=" in line]
+
+    def kill(self) -> None:
+        """SIGKILL the supervisor and its workers (the whole process group)."""
+        assert self.proc is not None
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait(10)
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        if self._log:
+            self._log.close()
+        return self.proc.returncode

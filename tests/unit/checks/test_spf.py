@@ -1,0 +1,138 @@
+"""SPF evaluation: pyspf behind ``evaluate``, with its pure steps kept between checks.
+
+The kept steps (address parsing, pyspf's set_ip, parsed networks and terms) must
+never change an outcome: every case is evaluated on a fresh process state and
+again once everything is kept, against the test DNS server.
+"""
+
+import ipaddress
+
+import pytest
+import spf
+from hypothesis import given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
+
+from spfmilter.checks import spf as spf_check
+from spfmilter.checks.spf import evaluate
+from spfmilter.core.addresses import parse_ip
+from spfmilter.resolver import Resolver
+
+CASES = [  # (client address, sender, result, the client address as pyspf shows it in %{i})
+    ("192.0.2.10", "u@allowed.test", "pass", "192.0.2.10"),
+    ("::ffff:192.0.2.10", "u@allowed.test", "pass", "192.0.2.10"),
+    ("2001:db8:1::10", "u@allowed.test", "pass", None),
+    ("198.51.100.7", "u@allowed.test", "fail", "198.51.100.7"),
+    ("::ffff:198.51.100.7", "u@allowed.test", "fail", "198.51.100.7"),
+    ("2001:db8:bad::7", "u@allowed.test", "fail",
+     "2.0.0.1.0.D.B.8.0.B.A.D.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.7"),
+    ("198.51.100.7", "u@soft.test", "softfail", None),
+    ("192.0.2.10", "u@perm.test", "permerror", None),
+    ("not-an-address", "u@allowed.test", "permerror", None),
+]
+
+
+def _forget() -> None:
+    for memo in (spf_check._networks, spf_check._mechanisms, spf_check._client_ips, spf_check._address_lists):
+        memo.data.clear()
+    parse_ip.cache_clear()
+
+
+@pytest.mark.parametrize("ip,sender,result,shown", CASES)
+def test_kept_steps_never_change_an_outcome(dns_server, ip, sender, result, shown):
+    resolver = Resolver((dns_server.address,), timeout=2.0)
+
+    def check():
+        return evaluate("mailfrom", ip, sender, "helo.test", resolver=resolver, receiver="mx.test",
+                        lookup_time=2.0, void_limit=2)
+
+    _forget()
+    first = check()
+    for other, _, _, _ in CASES:  # fill every memo with the other cases as well
+        evaluate("mailfrom", other, "u@allowed.test", "helo.test", resolver=resolver,
+                 receiver="mx.test", lookup_time=2.0, void_limit=2)
+    again = check()
+    assert first.result == again.result == result
+    assert (first.mechanism, first.explanation) == (again.mechanism, again.explanation)
+    if shown and result == "fail":  # the exp= text expands %{i}: the kept forms of the address
+        assert first.explanation.startswith(f"{shown} is not one of allowed.test")
+        assert again.explanation == first.explanation
+
+
+def test_parse_ip_unmaps_ipv4_and_rejects_non_addresses():
+    assert parse_ip("::ffff:192.0.2.1") == ipaddress.IPv4Address("192.0.2.1")
+    assert parse_ip("2001:db8::1") == ipaddress.IPv6Address("2001:db8::1")
+    assert parse_ip("192.0.2.300") is None and parse_ip("") is None and parse_ip("[192.0.2.1]") is None
+
+
+# --- address-list records: the kept network lists against pyspf's own check0 ----------------
+
+_qualifier = st.sampled_from(["", "+", "-", "~", "?"])
+_v4 = st.builds(lambda a, b, n: f"ip4:192.0.{a}.{b}" + (f"/{n}" if n is not None else ""),
+                st.integers(0, 3), st.integers(0, 255), st.one_of(st.none(), st.integers(8, 34)))
+_v6 = st.builds(lambda a, n: f"ip6:2001:db8:{a:x}::" + (f"/{n}" if n is not None else ""),
+                st.integers(0, 3), st.one_of(st.none(), st.integers(16, 130)))
+_odd = st.sampled_from(["ip4:192.0.2.300", "ip4:192.0.02.1", "ip6:2001:zz::", "all:x", "IP4:192.0.2.0/24",
+                        "ip4:%{i}", "foo=bar", "redirect=", "ip4", "ip6:", "mx", "exists:%{i}.x.test"])
+_term = st.one_of(st.builds(str.__add__, _qualifier, st.one_of(_v4, _v6, st.just("all"))), _odd)
+_record = st.builds(lambda head, terms, tail: " ".join([head, *terms, *tail]),
+                    st.sampled_from(["v=spf1", "V=SPF1", "v=spf2"]),
+                    st.lists(st.one_of(_term, _term, _term, st.just("")), max_size=8),
+                    st.lists(st.sampled_from(["-all", "~all", "?all"]), max_size=1))
+_client = st.sampled_from(["192.0.2.10", "192.0.1.200", "198.51.100.7", "::ffff:192.0.2.10",
+                           "2001:db8:1::10", "2001:db8:3::1", "2001:db8:bad::7"])
+
+
+@hsettings(max_examples=400, deadline=None)
+@given(record=_record, client=_client)
+def test_address_lists_match_pyspf(record, client):
+    """Every record, simple or not (then pyspf's own code runs), gives pyspf's outcome,
+    the first time and once its network list is kept."""
+    def run(cls):
+        q = cls(i=client, s="user@example.test", h="helo.test", receiver="mx.test")
+        return q.check(spf=record), q.mechanism
+
+    expected = run(spf.query)
+    assert run(spf_check._Query) == expected
+    assert run(spf_check._Query) == expected
+
+
+def test_long_address_lists_are_left_to_pyspf():
+    """A record longer than what is kept (published to fill memory, say) is walked by
+    pyspf itself, with the same outcome, and leaves nothing behind."""
+    terms = [f"ip4:198.18.{i // 250}.{i % 250}" for i in range(spf_check._MAX_LISTED + 50)]
+    record = "v=spf1 " + " ".join(terms + ["ip4:192.0.2.0/24", "-all"])
+    for client, result in (("192.0.2.10", "pass"), ("198.51.100.7", "fail"), ("2001:db8::1", "fail")):
+        q = spf_check._Query(i=client, s="user@example.test", h="helo.test", receiver="mx.test")
+        assert q.check(spf=record)[0] == result
+    kept = [v for k, v in spf_check._address_lists.data.items() if k[0] == record]
+    assert kept == [False, False]  # IPv4 and IPv6: "not a list", no networks held
+
+
+def test_void_limit_is_each_checks_own_and_no_global_is_rewritten(dns_server):
+    """Different Void_Limit values in one process: each evaluation applies its own,
+    and pyspf's module-wide limit is not rewritten by any evaluation."""
+    dns_server.update({"voids.test": [{"TXT": "v=spf1 a:n1.voids.test a:n2.voids.test "
+                                              "a:n3.voids.test -all"}]})
+    resolver = Resolver((dns_server.address,), timeout=2.0)
+    installed = spf.MAX_VOID_LOOKUPS
+
+    def check(limit):
+        return evaluate("mailfrom", "192.0.2.10", "u@voids.test", "helo.test", resolver=resolver,
+                        receiver="mx.test", lookup_time=2.0, void_limit=limit)
+
+    strict, lax = check(2), check(5)
+    assert strict.result == "permerror" and "Void lookup limit of 2 exceeded" in strict.explanation
+    assert lax.result == "fail" and lax.void_lookups == 3
+    assert check(0).explanation.endswith("Void lookup limit of 0 exceeded")
+    assert spf.MAX_VOID_LOOKUPS is installed
+
+
+def test_an_evaluation_without_the_dns_hook_is_refused(monkeypatch, dns_server):
+    """Never pyspf's own uncached driver behind our back: without install() nothing is looked up."""
+    monkeypatch.setattr(spf, "DNSLookup", lambda *a, **k: [])
+    resolver = Resolver((dns_server.address,), timeout=2.0)
+    with pytest.raises(RuntimeError, match="install"):
+        evaluate("mailfrom", "192.0.2.10", "u@allowed.test", "helo.test", resolver=resolver,
+                 receiver="mx.test", lookup_time=2.0, void_limit=2)
+    assert dns_server.query_count() == 0

@@ -1,0 +1,35 @@
+"""The core is pure: importing it pulls in no libmilter, pyspf, dnspython or socket code."""
+
+import pkgutil
+import subprocess
+import sys
+
+import spfmilter.core
+from tests.kit import ROOT
+
+FORBIDDEN = {"spf", "Milter", "milter", "dns", "socket", "prometheus_client"}
+
+
+def _imports_in_fresh_interpreter(code: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                          timeout=60)
+
+
+def test_importing_spfmilter_core_imports_no_adapter():
+    res = _imports_in_fresh_interpreter(
+        "import sys, spfmilter.core; "
+        "assert not {'spf', 'Milter', 'milter', 'dns'} & set(sys.modules)")
+    assert res.returncode == 0, res.stderr
+
+
+def test_every_core_module_is_pure():
+    modules = [f"spfmilter.core.{m.name}" for m in pkgutil.iter_modules(spfmilter.core.__path__)]
+    assert {"spfmilter.core.transaction", "spfmilter.core.decision",
+            "spfmilter.core.headers"} <= set(modules)
+    res = _imports_in_fresh_interpreter(
+        "import importlib, sys\n"
+        f"for m in {modules!r}: importlib.import_module(m)\n"
+        "tops = {n.split('.')[0] for n in sys.modules}\n"
+        f"print(sorted(tops & {FORBIDDEN!r}))\n")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "[]"

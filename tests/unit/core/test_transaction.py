@@ -1,0 +1,89 @@
+"""The transaction: what is evaluated, in which order, within one budget (a recording checker)."""
+
+import time
+
+from spfmilter import config as cfg
+from spfmilter.core.transaction import Connection, Transaction
+from spfmilter.core.values import Action, SPFResult
+
+
+class Recorder:
+    """An SPF checker that records its calls; every sender passes unless listed."""
+
+    def __init__(self, results=None, cost=0.0):
+        self.calls = []
+        self.results = results or {}
+        self.cost = cost
+
+    def __call__(self, identity, ip, sender, helo, *, lookup_time, local_rules="", best_guess=""):
+        self.calls.append((identity, sender, round(lookup_time, 1), local_rules, best_guess))
+        time.sleep(self.cost)  # the time a lookup takes, which the budget must account for
+        checked = sender or f"postmaster@{helo}"
+        return SPFResult(identity, self.results.get(checked, "pass"), checked,
+                         checked.rpartition("@")[2], "", False)
+
+
+def settings(**kw):
+    return cfg.from_mapping({"Authserv_Id": "mx.test", "skip_addresses": "", **kw})
+
+
+def test_helo_is_evaluated_once_per_connection_and_again_for_a_new_name():
+    conn, s, check = Connection("192.0.2.10"), settings(), Recorder()
+    conn.hello("a.test")
+    for sender in ("u@one.test", "u@two.test"):
+        txn = Transaction(conn, s, sender)
+        txn.evaluate(check)
+        txn.evaluate(check)  # once per message, however often asked
+    conn.hello("b.test")
+    Transaction(conn, s, "u@three.test").evaluate(check)
+    assert [c[:2] for c in check.calls] == [("helo", ""), ("mailfrom", "u@one.test"),
+                                           ("mailfrom", "u@two.test"), ("helo", ""),
+                                           ("mailfrom", "u@three.test")]
+
+
+def test_null_sender_reuses_the_helo_evaluation():
+    conn, check = Connection("192.0.2.10"), Recorder({"postmaster@bad.test": "fail"})
+    conn.hello("bad.test")
+    txn = Transaction(conn, settings(), "")
+    txn.evaluate(check)
+    assert [c[0] for c in check.calls] == ["helo"]
+    assert txn.mailfrom_result.identity == "mailfrom" and txn.mailfrom_result.result == "fail"
+    assert txn.rcpt("r@mx.test").action is Action.REJECT
+
+
+def test_one_budget_for_all_checks_of_a_message():
+    conn, check = Connection("192.0.2.10"), Recorder(cost=0.3)
+    conn.hello("h.test")
+    txn = Transaction(conn, settings(Lookup_Time="1", Domain_Whitelist="fwd.test",
+                                     Whitelist_Lookup_Time="5"), "u@x.test")
+    check.results["postmaster@fwd.test"] = "fail"
+    txn.evaluate(check)
+    budgets = [c[2] for c in check.calls]
+    assert budgets[0] == 1.0 and budgets[1] <= 0.7 and budgets[2] <= 0.4, budgets
+    assert txn.whitelisted_by is None
+
+
+def test_not_checked_identities_and_skips():
+    conn, check = Connection("192.0.2.10"), Recorder()
+    conn.hello("h.test")
+    txn = Transaction(conn, settings(HELO_reject="No_Check"), "u@x.test")
+    txn.evaluate(check)
+    assert txn.helo_result is None and [c[0] for c in check.calls] == ["mailfrom"]
+    assert [n for n, _ in txn.result_headers()] == ["Authentication-Results", "Received-SPF"]
+    skipped = Transaction(conn, settings(), "u@x.test", auth_user="alice")
+    skipped.evaluate(check)
+    assert skipped.skipped == "authenticated" and skipped.result_headers() == ()
+    assert skipped.rcpt("r@mx.test").action is Action.ACCEPT
+
+
+def test_local_rules_and_best_guess_reach_the_checker_but_not_the_whitelist_checks():
+    conn, check = Connection("192.0.2.10"), Recorder({"u@x.test": "fail"})
+    conn.hello("h.test")
+    txn = Transaction(conn, settings(Local_Rules="ip4:203.0.113.0/24", Best_Guess="v=spf1 a -all",
+                                     Domain_Whitelist="fwd.test"), "u@x.test")
+    txn.evaluate(check)
+    helo, mailfrom, whitelist = check.calls
+    assert helo[3:] == ("ip4:203.0.113.0/24", "")
+    assert mailfrom[3:] == ("ip4:203.0.113.0/24", "v=spf1 a -all")
+    assert whitelist[1:2] == ("postmaster@fwd.test",) and whitelist[3:] == ("", "")
+    assert txn.whitelisted_by == "fwd.test" and txn.rcpt("r@mx.test").action is Action.ACCEPT

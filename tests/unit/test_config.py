@@ -1,0 +1,179 @@
+"""Configuration parsing: typed values, defaults, and one-line errors naming file, line, key."""
+
+import dataclasses
+import ipaddress
+import subprocess
+import sys
+
+import pytest
+
+from spfmilter import config as cfg
+from tests.kit import ROOT
+
+
+def test_defaults_are_safe():
+    s = cfg.Settings()
+    assert s.socket.startswith("unix:")
+    assert s.helo_reject is cfg.HeloPolicy.FAIL
+    assert s.mail_from_reject is cfg.MailFromPolicy.FAIL
+    assert not s.permerror_reject and not s.temperror_defer
+    assert ipaddress.ip_network("127.0.0.0/8") in s.skip_addresses
+    assert s.header_type is cfg.HeaderType.BOTH
+    assert s.umask == 0o007
+
+
+def test_parses_every_key_with_policyd_spf_spelling():
+    text = """
+    # comment
+    Socket = inet:8894@127.0.0.1
+    HELO_reject = SPF_Not_Pass
+    Mail_From_reject = softfail
+    PermError_reject = True
+    TempError_Defer = yes
+    skip_addresses = 127.0.0.0/8, ::1, 10.1.2.3
+    Whitelist = 192.0.2.0/24
+    Domain_Whitelist = pobox.com, Forwarder.Example.
+    HELO_Whitelist = relay.example.net
+    Exempt_Recipients = postmaster@, abuse@example.com, @example.org
+    Header_Type = AR
+    Authserv_Id = mx.example.com
+    Hide_Receiver = Yes
+    Lookup_Time = 7.5
+    Void_Limit = 3
+    Reason_Message = {rejectdefer}: {exp}
+    Nameservers = 127.0.0.1:5353, [::1]:53, 192.0.2.53
+    UserID = spfmilter
+    PidFile = /run/spfmilter/spfmilter.pid
+    UMask = 002
+    debugLevel = 2
+    TestOnly = 1
+    """
+    s = cfg.parse_text(text, "x.conf")
+    assert s.socket == "inet:8894@127.0.0.1"
+    assert s.helo_reject is cfg.HeloPolicy.SPF_NOT_PASS
+    assert s.mail_from_reject is cfg.MailFromPolicy.SOFTFAIL
+    assert s.permerror_reject and s.temperror_defer
+    assert ipaddress.ip_network("10.1.2.3/32") in s.skip_addresses
+    assert s.domain_whitelist == ("pobox.com", "forwarder.example")
+    assert s.exempt_recipients == ("postmaster@", "abuse@example.com", "@example.org")
+    assert s.header_type is cfg.HeaderType.AR
+    assert s.hide_receiver and s.lookup_time == 7.5 and s.void_limit == 3
+    assert s.nameservers == (("127.0.0.1", 5353), ("::1", 53), ("192.0.2.53", 53))
+    assert s.umask == 0o002 and s.debug_level == 2 and s.test_only is False
+
+
+def test_settings_are_frozen():
+    s = cfg.Settings()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        s.socket = "unix:/tmp/x"  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("line,key,fragment", [
+    ("Bogus_Key = 1", "Bogus_Key", "unknown key"),
+    ("HELO_reject = Sometimes", "HELO_reject", "expected one of"),
+    ("PermError_reject = maybe", "PermError_reject", "expected True or False"),
+    ("skip_addresses = 300.1.1.1", "skip_addresses", "not an IP address"),
+    ("Socket = tcp:25", "Socket", "unknown socket type"),
+    ("Socket = unix:relative/path", "Socket", "absolute path"),
+    ("Lookup_Time = -1", "Lookup_Time", "between 0 and 3600"),
+    ("Nameservers = ns.example.com", "Nameservers", "not IP[:port]"),
+    ("Reason_Message = {nosuch}", "Reason_Message", "unknown placeholder"),
+    ("UMask = 999", "UMask", "octal"),
+    ("Exempt_Recipients = nobody", "Exempt_Recipients", "user@domain"),
+    ("just words", None, "expected 'Key = value'"),
+])
+def test_errors_name_file_line_and_key(line, key, fragment):
+    with pytest.raises(cfg.ConfigError) as err:
+        cfg.parse_text(f"# header\n\n{line}\n", "/etc/spfmilter.conf")
+    msg = str(err.value)
+    assert msg.startswith("/etc/spfmilter.conf:3")
+    if key:
+        assert f": {key}:" in msg
+    assert fragment in msg
+    assert "\n" not in msg
+
+
+def test_duplicate_key_is_an_error():
+    with pytest.raises(cfg.ConfigError, match=r"x:2: Socket: given twice \(first on line 1\)"):
+        cfg.parse_text("Socket = unix:/a\nsocket = unix:/b\n", "x")
+
+
+def test_unreadable_file(tmp_path):
+    with pytest.raises(cfg.ConfigError, match="cannot read"):
+        cfg.parse(tmp_path / "missing.conf")
+
+
+def test_shipped_config_is_valid():
+    s = cfg.parse(ROOT / "spfmilter.conf")
+    assert s.socket == "unix:/run/spfmilter/spfmilter.sock"
+
+
+def _run(*args):
+    return subprocess.run([sys.executable, "-m", "spfmilter", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_check_config_command(tmp_path):
+    good = _run("--check-config", "-c", str(ROOT / "spfmilter.conf"))
+    assert good.returncode == 0, good.stderr
+    bad_file = tmp_path / "bad.conf"
+    bad_file.write_text("Socket = unix:/x\nTempError_Defer = perhaps\n")
+    bad = _run("--check-config", "-c", str(bad_file))
+    assert bad.returncode == 1
+    assert bad.stderr.strip() == (f"spfmilter: {bad_file}:2: TempError_Defer: "
+                                  "expected True or False, got 'perhaps'")
+    assert "Traceback" not in bad.stderr
+
+
+def test_daemon_refuses_bad_config_in_one_line(tmp_path):
+    bad_file = tmp_path / "bad.conf"
+    bad_file.write_text("Whitelist = not-a-net\n")
+    res = _run("-c", str(bad_file))
+    assert res.returncode == 1
+    assert res.stderr.count("\n") == 1 and "bad.conf:1: Whitelist:" in res.stderr
+
+
+@pytest.mark.parametrize("key,fragment", [
+    ("HELO_pass_restriction = helo_passed_spf", "Postfix access(5) action"),
+    ("Mail_From_pass_restriction = x", "Postfix access(5) action"),
+    ("No_Mail = True", "use Mail_From_reject = Fail"),
+    ("Domain_Whitelist_PTR = example.com", "use Whitelist"),
+    ("Mock = True", "spfmilter check"),
+    ("Prospective = 192.0.2.1", "spfmilter check --ip"),
+    ("Per_User = /etc/x", "[recipient ...] sections"),
+    ("defaultSeedOnly = 1", "use TestOnly"),
+    ("MacroList = x", "not needed"),
+])
+def test_foreign_keys_are_refused_with_what_to_use_instead(key, fragment):
+    with pytest.raises(cfg.ConfigError) as err:
+        cfg.parse_text(key + "\n", "policyd-spf.conf")
+    assert "not supported by spfmilter: " in str(err.value) and fragment in str(err.value)
+    assert str(err.value).startswith("policyd-spf.conf:1: ")
+
+
+def test_policyd_spf_values_are_honoured():
+    s = cfg.parse_text("Authserv_Id = HEADER\nHide_Receiver = Yes\nInternalHosts = 127.0.0.1\n"
+                       "Whitelist_Lookup_Time = 5\nQueueID = False\n")
+    import socket
+    assert s.authserv_id == socket.gethostname() and s.hide_receiver
+    assert s.internal_hosts == (ipaddress.ip_network("127.0.0.1/32"),)
+    assert s.whitelist_lookup_time == 5 and s.log_queue_id is False
+
+
+def test_recipient_sections_are_validated():
+    with pytest.raises(cfg.ConfigError, match=r"x:3: Socket: cannot be set per recipient"):
+        cfg.parse_text("Socket = unix:/a\n[recipient @b.test]\nSocket = unix:/b\n", "x")
+    with pytest.raises(cfg.ConfigError, match=r"x:2: Mail_From_reject: No_Check cannot be set"):
+        cfg.parse_text("[recipient a@]\nMail_From_reject = No_Check\n", "x")
+    with pytest.raises(cfg.ConfigError, match=r"x:1: expected a section"):
+        cfg.parse_text("[sender a@b]\n", "x")
+
+
+def test_local_rules_best_guess_and_metrics_values():
+    s = cfg.parse_text("Local_Rules = include:spf.trusted-forwarder.org ip4:192.0.2.0/24\n"
+                       "Best_Guess = v=spf1 a/24 mx/24 ptr\nMetrics = 127.0.0.1:9095\n")
+    assert s.local_rules == "include:spf.trusted-forwarder.org ip4:192.0.2.0/24"
+    assert s.best_guess == "v=spf1 a/24 mx/24 ptr" and s.metrics == ("127.0.0.1", 9095)
+    for bad in ("Local_Rules = frobnicate", "Best_Guess = a mx", "Metrics = 9095"):
+        with pytest.raises(cfg.ConfigError):
+            cfg.parse_text(bad + "\n")

@@ -1,0 +1,80 @@
+"""Imports flow one way: cli -> daemon -> front ends -> runtime -> checks/resolver -> core -> config.
+
+Read from the source (ast), so a shortcut across layers fails here, with the
+module and the import that breaks the rule (docs/design.md explains the layers).
+"""
+
+import ast
+from pathlib import Path
+
+from tests.kit import ROOT
+
+PACKAGE = ROOT / "spfmilter"
+
+# module (or package prefix) -> what of spfmilter it may import (prefixes)
+ALLOWED: dict[str, tuple[str, ...]] = {
+    "spfmilter.core.addresses": (),
+    "spfmilter.config": ("spfmilter.core.addresses",),
+    "spfmilter.core": ("spfmilter.core", "spfmilter.config"),
+    "spfmilter.resolver": (),
+    "spfmilter.checks": ("spfmilter.core", "spfmilter.config", "spfmilter.resolver"),
+    "spfmilter.log": ("spfmilter.core", "spfmilter.config"),
+    "spfmilter.metrics": ("spfmilter.core", "spfmilter.config"),
+    "spfmilter.runtime": ("spfmilter.config", "spfmilter.checks", "spfmilter.resolver"),
+    "spfmilter.frontends": ("spfmilter.core", "spfmilter.config", "spfmilter.checks",
+                            "spfmilter.resolver", "spfmilter.runtime", "spfmilter.log",
+                            "spfmilter.metrics", "spfmilter.frontends"),
+    "spfmilter.daemon": ("spfmilter.core", "spfmilter.config", "spfmilter.runtime",
+                         "spfmilter.log", "spfmilter.metrics", "spfmilter.frontends"),
+}
+ANYWHERE = ("spfmilter",)  # `from spfmilter import __version__`
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports(path: Path) -> list[str]:
+    out = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            out.append(node.module)
+            out += [f"{node.module}.{a.name}" for a in node.names if node.module == "spfmilter"]
+    return [m for m in out if m == "spfmilter" or m.startswith("spfmilter.")]
+
+
+def _rule(module: str) -> tuple[str, ...] | None:
+    best = None
+    for prefix in ALLOWED:
+        if (module == prefix or module.startswith(prefix + ".")) and \
+                (best is None or len(prefix) > len(best)):
+            best = prefix
+    return ALLOWED[best] if best else None
+
+
+def _allowed(target: str, allowed: tuple[str, ...]) -> bool:
+    if target in ANYWHERE or target == "spfmilter.__version__":
+        return True
+    return any(target == a or target.startswith(a + ".") for a in allowed)
+
+
+def test_imports_flow_one_way():
+    broken = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        module = _module_name(path)
+        allowed = _rule(module)
+        if allowed is None:   # cli, __main__: the top may import anything
+            continue
+        for target in _imports(path):
+            if not _allowed(target, allowed):
+                broken.append(f"{module} imports {target}")
+    assert broken == []
+
+
+def test_the_rule_table_covers_every_module_but_the_top():
+    uncovered = [m for m in (_module_name(p) for p in PACKAGE.rglob("*.py"))
+                 if _rule(m) is None and m not in ("spfmilter", "spfmilter.cli", "spfmilter.__main__")]
+    assert uncovered == []
