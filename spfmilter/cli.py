@@ -44,6 +44,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="recipient (repeatable; default postmaster@localhost)")
     c.add_argument("--auth", default="", metavar="USER",
                    help="pretend the client authenticated as USER")
+    c.add_argument("--message", metavar="FILE.eml", type=argparse.FileType("rb"),
+                   help="a message (headers and body) to send after RCPT: shows a DKIM rescue, "
+                        "the hop behind a trusted relay, forged headers removed")
     c.add_argument("--trace", action="store_true",
                    help="show each DNS lookup, the deciding mechanism and the RFC 7208 "
                         "lookup counts")
@@ -53,10 +56,14 @@ def _parser() -> argparse.ArgumentParser:
 def run_check(settings: cfg.Settings, args: argparse.Namespace) -> int:
     from spfmilter.frontends.check import check
 
+    extra = {}
+    if args.message is not None:
+        with args.message as fp:
+            extra["message"] = fp.read()
     outcome = check(settings, Resolver(settings.nameservers, timeout=settings.lookup_time),
                     ip=args.ip, helo=args.helo, sender=args.sender,
                     recipients=args.rcpt or ["postmaster@localhost"], auth_user=args.auth,
-                    trace=args.trace)
+                    trace=args.trace, **extra)
     print(outcome.render())
     return 0
 

@@ -132,14 +132,26 @@ class Settings:
     local_rules: str = ""
     best_guess: str = ""
     metrics: tuple[str, int] | None = None
+    dkim_rescue: bool = False
+    dkim_max_bytes: int = 4 * 1024 * 1024
+    trusted_relays: tuple[IPNetwork, ...] = ()
     recipient_policies: tuple[RecipientPolicy, ...] = ()
+
+    def section_for(self, recipient: str) -> int | None:
+        """Which ``[recipient ...]`` section applies to this recipient (the first that
+        matches), None for none."""
+        for index, policy in enumerate(self.recipient_policies):
+            if recipient_matches(recipient, policy.pattern):
+                return index
+        return None
 
     def for_recipient(self, recipient: str) -> Settings:
         """These settings as they apply to one recipient (the first matching section)."""
-        for policy in self.recipient_policies:
-            if recipient_matches(recipient, policy.pattern):
-                return dataclasses.replace(self, **dict(policy.changes))  # type: ignore[arg-type]
-        return self
+        index = self.section_for(recipient)
+        if index is None:
+            return self
+        changes = dict(self.recipient_policies[index].changes)
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
 
     def exempt(self, recipient: str) -> bool:
         """Exempt_Recipients: this recipient is never refused."""
@@ -230,6 +242,13 @@ def _nonneg_int(text: str) -> int:
         raise ValueError(f"expected a whole number, got {text!r}") from None
     if value < 0:
         raise ValueError(f"expected a whole number >= 0, got {text!r}")
+    return value
+
+
+def _byte_count(text: str) -> int:
+    value = _nonneg_int(text)
+    if not 64 * 1024 <= value <= 1024 ** 3:
+        raise ValueError(f"expected bytes between 65536 and 1073741824, got {text!r}")
     return value
 
 
@@ -400,6 +419,9 @@ _KEYS: dict[str, tuple[str, str, Callable[[str], object]]] = {
         ("Local_Rules", "local_rules", _mechanisms),
         ("Best_Guess", "best_guess", _record),
         ("Metrics", "metrics", _host_port),
+        ("DKIM_Rescue", "dkim_rescue", _bool),
+        ("DKIM_Max_Bytes", "dkim_max_bytes", _byte_count),
+        ("Trusted_Relays", "trusted_relays", _networks),
     ]
 }
 

@@ -74,12 +74,14 @@ def decision(txn: Transaction, verdict: Verdict, recipient: str, **extra: object
     """The decision line, the same from every front end (``extra``: where it came from)."""
     h, m = txn.helo_result, txn.mailfrom_result
     main = m or h
-    s = txn.settings
+    s, facts = txn.settings, txn.facts
     log.info("%s", kv(
         action=verdict.action.value, reason=verdict.reason,
         identity=main.identity if main else None, result=main.result if main else None,
         helo_result=h.result if h else None,
-        client_ip=txn.connection.client_ip, helo=txn.connection.helo, envelope_from=txn.sender,
+        client_ip=facts.client_ip, helo=facts.helo, envelope_from=txn.sender,
+        relay=txn.connection.client_ip if txn.hop is not None or txn.via_relay else None,
+        dkim=" ".join(f"{d.result}:{d.domain}" for d in txn.dkim_results) or None,
         rcpt=recipient, receiver=s.authserv_id,
         queue_id=(txn.queue_id or None) if s.log_queue_id else None, **extra,
         reply=f"{verdict.reply.code} {verdict.reply.status}" if verdict.reply else None))

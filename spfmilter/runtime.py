@@ -10,9 +10,11 @@ in flight finish with what they started with.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from spfmilter import config as cfg
+from spfmilter.checks import dkim, psl
 from spfmilter.checks.spf import Checker
 from spfmilter.resolver import Resolver
 
@@ -22,6 +24,8 @@ class Runtime:
     settings: cfg.Settings
     resolver: Resolver
     spf: Checker
+    dkim: dkim.Checker
+    org_domain: Callable[[str], str] = psl.organizational_domain
 
     @classmethod
     def create(cls, settings: cfg.Settings, previous: Runtime | None = None,
@@ -34,7 +38,8 @@ class Runtime:
             else:
                 resolver = Resolver(settings.nameservers, timeout=settings.lookup_time)
         return cls(settings, resolver,
-                   Checker(resolver, receiver=settings.authserv_id, void_limit=settings.void_limit))
+                   Checker(resolver, receiver=settings.authserv_id, void_limit=settings.void_limit),
+                   dkim.Checker(resolver))
 
 
 def _same_dns(a: cfg.Settings, b: cfg.Settings) -> bool:

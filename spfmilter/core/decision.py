@@ -8,12 +8,13 @@ verdict for one recipient, under that recipient's settings.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from spfmilter.config import HeloPolicy, MailFromPolicy, Settings
 from spfmilter.core import headers
 from spfmilter.core.addresses import in_networks
-from spfmilter.core.values import Action, Facts, Reply, SPFResult, Verdict
+from spfmilter.core.values import Action, DKIMResult, Facts, Refusal, Reply, SPFResult, Verdict
 
 
 @dataclass(frozen=True)
@@ -140,14 +141,53 @@ def decide(facts: Facts, recipient: str, helo: SPFResult | None, mailfrom: SPFRe
         helo_policy = HeloPolicy.FALSE
     candidates = [(_refuses(helo, helo_policy, settings), helo),
                   (_refuses(mailfrom, settings.mail_from_reject, settings), mailfrom)]
+    refusals = [(a, r) for a, r in candidates if a is not None and r is not None]
     for wanted in (Action.REJECT, Action.DEFER):
-        for action, res in candidates:
-            if action is wanted and res is not None:
-                why = f"{res.identity} {res.result}"
-                if settings.exempt(recipient):
-                    return Verdict(Action.ACCEPT, f"{why}, exempt recipient")
-                if settings.test_only:
-                    return Verdict(Action.ACCEPT, f"{why}, TestOnly: would {wanted.value}")
-                return Verdict(wanted, why, reply(res, wanted, facts, settings))
+        for action, res in refusals:
+            if action is not wanted:
+                continue
+            why = f"{res.identity} {res.result}"
+            if settings.exempt(recipient):
+                return Verdict(Action.ACCEPT, f"{why}, exempt recipient")
+            if settings.test_only:
+                return Verdict(Action.ACCEPT, f"{why}, TestOnly: would {wanted.value}")
+            refused = reply(res, wanted, facts, settings)
+            if wanted is Action.REJECT and settings.dkim_rescue:
+                deferred = next((r for a, r in refusals if a is Action.DEFER), None)
+                if deferred is not None:  # what would rescue is unknown until that is known
+                    return Verdict(Action.DEFER, f"{deferred.identity} {deferred.result}",
+                                   reply(deferred, Action.DEFER, facts, settings))
+                domain = facts.helo if res.identity == "helo" else res.domain
+                return Verdict(Action.ACCEPT, f"{why}, held for DKIM_Rescue",
+                               held=Refusal(res.identity, domain, refused, why))
+            return Verdict(wanted, why, refused)
     main = mailfrom or helo
     return Verdict(Action.ACCEPT, f"spf {main.result if main else 'none'}")
+
+
+def rescue(held: Refusal, signatures: Sequence[DKIMResult], org_domain: Callable[[str], str],
+           settings: Settings) -> tuple[Verdict, tuple[DKIMResult, ...]]:
+    """End of message for a held refusal: accepted when a signature of the refused
+    identity's organizational domain verifies (RFC 7489 §3.2 relaxed alignment);
+    deferred when one such signature could not be checked for a DNS error; refused
+    as at RCPT otherwise.  Returns the verdict and the DKIM results to report."""
+    org = org_domain(held.domain)
+    aligned = [s for s in signatures if s.domain and org_domain(s.domain) == org]
+    passed = [s for s in aligned if s.result == "pass"]
+    if passed:
+        return (Verdict(Action.ACCEPT, f"{held.reason} rescued by DKIM d={passed[0].domain}"),
+                (passed[0],))
+    if any(s.result == "temperror" for s in aligned):
+        code, status = defer_status(settings)
+        text = headers.clean(f"Message deferred: the DKIM key of {held.domain} could not be "
+                             "looked up (DNS error); try again later", 450)
+        return Verdict(Action.DEFER, f"{held.reason}, DKIM key lookup failed",
+                       Reply(code, status, text)), ()
+    why = next((s.reason for s in aligned if s.reason), "no aligned DKIM signature")
+    return Verdict(Action.REJECT, f"{held.reason}, not rescued: {why}", held.reply), ()
+
+
+def too_large(held: Refusal, limit: int) -> Verdict:
+    """A held message larger than DKIM_Max_Bytes: not verified, refused as at RCPT."""
+    return Verdict(Action.REJECT, f"{held.reason}, not rescued: message larger than "
+                                  f"DKIM_Max_Bytes ({limit})", held.reply)

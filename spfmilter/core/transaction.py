@@ -12,20 +12,42 @@ that tie them together are policy, and every front end needs the same ones --
 * evaluation happens once per message, at its first recipient, and every
   recipient is then decided on the same results.
 
-The front end supplies the checker (pyspf behind spfmilter's resolver) as a
-callable, so this module imports no DNS code.
+Two things move the decision to the end of the message, where the data that
+can tell is available:
+
+* DKIM_Rescue: a refusal an SPF result causes at RCPT is held; at end of
+  message a DKIM signature of the refused identity's organizational domain
+  rescues it, or it is refused then with exactly the reply it would have had;
+* Trusted_Relays: when the client is a trusted relay, SPF is evaluated at end
+  of headers for the host behind it (from the Received headers the relays
+  wrote), and its refusals happen at end of message.
+
+A message is accepted or refused as a whole at end of message, so all its
+recipients must agree: the first accepted recipient sets the message's
+course (held or not, and for which refusal; behind a relay: which recipient
+policy applies), and a later recipient that would need another course is
+deferred with ``452 4.5.3`` -- the sending MTA then delivers it in a
+transaction of its own (RFC 5321 §4.5.3.1.10).  Nobody is refused or accepted
+against their own policy, and nothing is dropped.
+
+Front ends that never see the message (the policy service) give settings
+with DKIM_Rescue and Trusted_Relays off.  The front end supplies the checkers
+(pyspf and dkimpy behind spfmilter's resolver) as callables, so this module
+imports no DNS code.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable
 from typing import Protocol
 
 from spfmilter.config import Settings
-from spfmilter.core import decision, headers
+from spfmilter.core import decision, headers, received
+from spfmilter.core.addresses import in_networks
 from spfmilter.core.forged import ForgedHeaders
-from spfmilter.core.values import Facts, Identity, SPFResult, Verdict
+from spfmilter.core.values import Action, DKIMResult, Facts, Identity, Refusal, Reply, SPFResult, Verdict
 
 
 class SPFChecker(Protocol):
@@ -34,6 +56,17 @@ class SPFChecker(Protocol):
     def __call__(self, identity: Identity, ip: str, sender: str, helo: str, *,
                  lookup_time: float, local_rules: str = "",
                  best_guess: str = "") -> SPFResult: ...
+
+
+class DKIMChecker(Protocol):
+    """Verifies a message's DKIM signatures (spfmilter.checks.dkim.Checker is the real one)."""
+
+    def __call__(self, message: bytes, *, lookup_time: float,
+                 wanted: Callable[[str], bool]) -> list[DKIMResult]: ...
+
+
+_SPLIT = Reply("452", "4.5.3", "Recipients with another policy than the first: send this one "
+                               "in a transaction of its own")
 
 
 class Connection:
@@ -66,12 +99,30 @@ class Transaction:
         self.whitelisted_by: str | None = None
         self.seconds = 0.0                               # time the evaluation took
         self.forged = ForgedHeaders(settings.authserv_id)
+        self.recipients: list[str] = []                  # accepted so far
+        self.held: Refusal | None = None                 # refused at end of message unless rescued
+        self.dkim_results: tuple[DKIMResult, ...] = ()   # reported in Authentication-Results
+        self._course: tuple[object, ...] | None = None   # what every recipient must share
+        # Trusted_Relays: the client is a relay; SPF is for the host behind it
+        self.via_relay = bool(settings.trusted_relays) and \
+            in_networks(connection.client_ip, settings.trusted_relays)
+        self.received: list[str] = []                    # Received values, top down (relays)
+        self.hop: Facts | None = None                    # the host behind the relays
+        self.no_hop: str | None = None                   # why there is none to check
+        self._relay_verdict: Verdict | None = None
 
     @property
     def facts(self) -> Facts:
+        if self.hop is not None:
+            return self.hop
         c = self.connection
         return Facts(client_ip=c.client_ip, helo=c.helo, sender=self.sender,
                      auth_user=self.auth_user, queue_id=self.queue_id)
+
+    @property
+    def needs_body(self) -> bool:
+        """Whether end of message needs the body (a held refusal to verify DKIM for)."""
+        return self.held is not None
 
     @property
     def skipped(self) -> str | None:
@@ -83,10 +134,15 @@ class Transaction:
         return [r for r in (self.helo_result, self.mailfrom_result) if r is not None]
 
     def evaluate(self, check: SPFChecker) -> None:
-        """Run the plan (once per message; later calls do nothing)."""
-        if self.plan is not None:
+        """Run the plan (once per message; later calls do nothing).  Behind a trusted
+        relay nothing is evaluated here: see end_of_headers."""
+        if self.plan is not None or self.via_relay:
             return
-        facts, s, conn = self.facts, self.settings, self.connection
+        self._run(self.facts, check, self.connection)
+
+    def _run(self, facts: Facts, check: SPFChecker, conn: Connection | None) -> None:
+        """Evaluate for ``facts``; ``conn`` keeps the HELO result across messages."""
+        s = self.settings
         self.plan = plan = decision.plan(facts, s)
         if plan.skip:
             return
@@ -100,10 +156,13 @@ class Transaction:
                          local_rules=s.local_rules if local else "",
                          best_guess=s.best_guess if local and identity == "mailfrom" else "")
 
-        if plan.check_helo and conn.helo:  # no HELO at all: nothing to check or report
-            if conn.helo_result is None:
-                conn.helo_result = run("helo", "")
-            self.helo_result = conn.helo_result
+        if plan.check_helo and facts.helo:  # no HELO at all: nothing to check or report
+            if conn is None:
+                self.helo_result = run("helo", "")
+            else:
+                if conn.helo_result is None:
+                    conn.helo_result = run("helo", "")
+                self.helo_result = conn.helo_result
         if plan.check_mailfrom:
             if not self.sender and self.helo_result is not None:
                 self.mailfrom_result = dataclasses.replace(self.helo_result, identity="mailfrom")
@@ -116,20 +175,82 @@ class Transaction:
                 break
         self.seconds = time.monotonic() - started
 
-    def rcpt(self, recipient: str) -> Verdict:
-        """The verdict for one recipient (after ``evaluate``)."""
+    def _decide(self, recipient: str) -> Verdict:
         assert self.plan is not None, "evaluate() first"
         return decision.decide(self.facts, recipient, self.helo_result, self.mailfrom_result,
                                self.settings, skip=self.plan.skip,
                                whitelisted_by=self.whitelisted_by)
 
+    def rcpt(self, recipient: str) -> Verdict:
+        """The verdict for one recipient (after ``evaluate``)."""
+        if self.via_relay:  # verdicts come at end of headers: recipients must share a policy
+            course: tuple[object, ...] = ("relay", self.settings.section_for(recipient),
+                                          self.settings.exempt(recipient))
+            verdict = Verdict(Action.ACCEPT, "trusted relay: SPF at end of headers")
+        else:
+            verdict = self._decide(recipient)
+            if verdict.action is not Action.ACCEPT:
+                return verdict
+            held = verdict.held
+            course = ("held", held.identity, held.reply) if held else ("plain",)
+        if self._course is None:
+            self._course = course
+            self.held = verdict.held
+        elif course != self._course:
+            return Verdict(Action.DEFER, "recipient policy differs from the message's first "
+                                         "recipient", _SPLIT)
+        self.recipients.append(recipient)
+        return verdict
+
     def header(self, name: str, value: str) -> None:
         """One header of the message as it arrives."""
         self.forged.saw(name, value)
+        if self.via_relay and len(self.received) < received.MAX_HOPS and \
+                name.lower() == "received":
+            self.received.append(value)
+
+    def end_of_headers(self, check: SPFChecker) -> bool:
+        """Behind a trusted relay: evaluate for the host behind it.  True when this
+        evaluated something (the front end counts it then)."""
+        if not self.via_relay or self.plan is not None:
+            return False
+        hop = received.client_behind(self.received, self.settings.trusted_relays)
+        if hop is None:
+            relay = self.connection.client_ip
+            self.no_hop = f"trusted relay {relay} left no parseable Received header"
+            self.plan = decision.Plan()
+            self.mailfrom_result = SPFResult("mailfrom", "none", self.sender or "",
+                                             self.sender.rpartition("@")[2], self.no_hop, False)
+            return False
+        self.hop = Facts(client_ip=hop.client_ip, helo=hop.helo, sender=self.sender,
+                         auth_user=self.auth_user, queue_id=self.queue_id)
+        self._run(self.hop, check, None)
+        first = self.recipients[0] if self.recipients else ""
+        self._relay_verdict = verdict = self._decide(first)
+        self.held = verdict.held
+        return True
+
+    def end_of_message(self, dkim: DKIMChecker, org_domain: Callable[[str], str],
+                       message: bytes | None) -> Verdict | None:
+        """The message's verdict when end of message decides it (a held refusal, a
+        relayed message), else None (the RCPT verdicts stand).  ``message`` is the
+        whole message as received, None when it was larger than DKIM_Max_Bytes."""
+        if self.no_hop is not None:
+            return Verdict(Action.ACCEPT, f"not checked: {self.no_hop}")
+        held = self.held
+        if held is None:
+            return self._relay_verdict
+        if message is None:
+            return decision.too_large(held, self.settings.dkim_max_bytes)
+        org = org_domain(held.domain)
+        signatures = dkim(message, lookup_time=self.settings.lookup_time,
+                          wanted=lambda d: org_domain(d) == org)
+        verdict, self.dkim_results = decision.rescue(held, signatures, org_domain, self.settings)
+        return verdict
 
     def result_headers(self) -> tuple[tuple[str, str], ...]:
         """The headers to add at the top of the message (none when nothing was checked)."""
         if self.plan is None or self.plan.skip:
             return ()
         return headers.result_headers(self.facts, self.helo_result, self.mailfrom_result,
-                                      self.settings)
+                                      self.settings, self.dkim_results)

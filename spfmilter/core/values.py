@@ -77,9 +77,20 @@ class Reply:
 
 
 @dataclass(frozen=True)
+class Refusal:
+    """A refusal an SPF result causes, held until end of message for DKIM to rescue."""
+
+    identity: Identity
+    domain: str            # the refused identity's domain: MAIL FROM domain or HELO name
+    reply: Reply           # exactly what the refusal at RCPT would have said
+    reason: str            # "mailfrom fail", for the log line
+
+
+@dataclass(frozen=True)
 class Verdict:
     """A decision for one recipient (at RCPT) or for the whole message (at end of message)."""
 
     action: Action
     reason: str                 # why, for the log line
     reply: Reply | None = None  # set for REJECT and DEFER
+    held: Refusal | None = None  # ACCEPT for now: refused at end of message unless rescued

@@ -16,6 +16,7 @@ from Milter.testctx import TestCtx
 from spfmilter import resolver as resolver_mod
 from spfmilter import runtime
 from spfmilter.config import Settings
+from spfmilter.core.transaction import Transaction
 from spfmilter.core.values import SPFResult
 from spfmilter.frontends.milter import SPFMilter
 from spfmilter.resolver import Resolver
@@ -62,16 +63,19 @@ class Outcome:
     mailfrom: str | None = None
     replies: list[tuple[str, str, str]] = field(default_factory=list)   # rcpt, rc, reply
     end: str | None = None
+    end_reply: str = ""
     header_ops: list[tuple[str, str, str, int]] = field(default_factory=list)
     trace: list[str] | None = None
+    notes: list[str] = field(default_factory=list)   # relay hop, DKIM results
 
     def render(self) -> str:
         lines = [f"HELO result:      {self.helo or 'not checked'}",
                  f"MAIL FROM result: {self.mailfrom or 'not checked'}"]
         for rcpt, rc, reply in self.replies:
             lines.append(f"RCPT TO:<{rcpt}>: {rc}" + (f" -> {reply}" if reply else ""))
+        lines.extend(self.notes)
         if self.end:
-            lines.append(f"End of message: {self.end}")
+            lines.append(f"End of message: {self.end}" + (f" -> {self.end_reply}" if self.end_reply else ""))
             for op, name, value, idx in self.header_ops:
                 if op == "delete":
                     lines.append(f"  removes forged {name} (occurrence {idx})")
@@ -97,10 +101,29 @@ def _explain(res: SPFResult, void_limit: int) -> str:
             f"void lookups; {res.seconds * 1000:.1f} ms")
 
 
+def split_message(raw: bytes) -> tuple[list[tuple[str, bytes]], bytes]:
+    """A message file's header fields (name, value as the MTA passes it: with its
+    leading space and folds) and its body with CRLF line ends."""
+    data = raw.replace(b"\r\n", b"\n")
+    head, sep, body = data.partition(b"\n\n")
+    if not sep and not head.strip():
+        head, body = b"", data
+    fields: list[tuple[str, bytes]] = []
+    for line in head.split(b"\n"):
+        if line[:1] in (b" ", b"\t") and fields:
+            name, value = fields[-1]
+            fields[-1] = (name, value + b"\r\n" + line)
+        elif b":" in line:
+            name_bytes, _, value = line.partition(b":")
+            fields.append((name_bytes.decode("ascii", "replace").strip(), value))
+    return fields, body.replace(b"\n", b"\r\n")
+
+
 def check(settings: Settings, resolver: Resolver, *, ip: str, helo: str, sender: str,
           recipients: list[str], auth_user: str = "",
           message: bytes = b"Subject: spfmilter check\n\ntest\n", trace: bool = False) -> Outcome:
-    """Run connect, HELO, MAIL, RCPT…, headers and end of message through SPFMilter.
+    """Run connect, HELO, MAIL, RCPT…, the message's headers and body and end of message
+    through SPFMilter, as an MTA would (headers with their leading space).
 
     With ``trace``, every DNS lookup is recorded (cached or not) and each
     identity's deciding mechanism and lookup counts are added to the outcome.
@@ -129,27 +152,24 @@ def check(settings: Settings, resolver: Resolver, *, ip: str, helo: str, sender:
             reply = " ".join(str(p) for p in ctx._reply) if ctx._reply else ""
             out.replies.append((rcpt, _CODES.get(rc, str(rc)), reply))
             accepted += rc == Milter.CONTINUE
-        txn = ctx.getpriv().txn
-        if txn is not None:
-            if txn.helo_result is not None:
-                out.helo = f"{txn.helo_result.result} ({txn.helo_result.sender})"
-            if txn.mailfrom_result is not None:
-                out.mailfrom = f"{txn.mailfrom_result.result} ({txn.mailfrom_result.sender})"
-            if txn.skipped:
-                out.helo = out.mailfrom = f"skipped ({txn.skipped})"
-            if trace_lines is not None:
-                out.trace = trace_lines
-                for res in txn.results():
-                    trace_lines.append(_explain(res, settings.void_limit))
+        milter = ctx.getpriv()
+        txn = milter.txn
         if accepted:
-            import mime
+            fields, body = split_message(message)
+            import mime  # TestCtx keeps its own parsed copy, which header edits change
             ctx._msg = mime.message_from_file(io.BytesIO(message))
-            for name, value in ctx._msg.items():
-                ctx._header(name, value)
+            ctx._priv._protocol |= Milter.P_HDR_LEADSPC  # values as given, leading space kept
+            for name, value in fields:
+                milter.header_bytes(name, value)
             ctx._eoh()
+            ctx._feed_body(io.BytesIO(body))
+            ctx._reply = None
             rc = ctx._eom()
             out.end = _CODES.get(rc, str(rc))
+            out.end_reply = " ".join(str(p) for p in ctx._reply) if ctx._reply else ""
             out.header_ops = list(ctx.header_ops)
+        if txn is not None:
+            _describe(out, txn, settings, trace_lines)
         ctx._close()
         return out
     finally:
@@ -157,3 +177,24 @@ def check(settings: Settings, resolver: Resolver, *, ip: str, helo: str, sender:
         Milter.factory = saved_factory
         if previous is not None:
             runtime.install(previous)
+
+
+def _describe(out: Outcome, txn: Transaction, settings: Settings,
+              trace_lines: list[str] | None) -> None:
+    if txn.helo_result is not None:
+        out.helo = f"{txn.helo_result.result} ({txn.helo_result.sender})"
+    if txn.mailfrom_result is not None:
+        out.mailfrom = f"{txn.mailfrom_result.result} ({txn.mailfrom_result.sender})"
+    if txn.skipped:
+        out.helo = out.mailfrom = f"skipped ({txn.skipped})"
+    if txn.via_relay:
+        hop = txn.hop
+        out.notes.append(f"Trusted relay {txn.connection.client_ip}: "
+                         + (f"checked the client behind it, {hop.client_ip} (HELO {hop.helo or '-'})"
+                            if hop else f"not checked ({txn.no_hop})"))
+    for d in txn.dkim_results:
+        out.notes.append(f"DKIM d={d.domain} s={d.selector}: {d.result}")
+    if trace_lines is not None:
+        out.trace = trace_lines
+        for res in txn.results():
+            trace_lines.append(_explain(res, settings.void_limit))

@@ -60,7 +60,6 @@ connections = _Connections()
 _F = TypeVar("_F", bound=Callable[..., int])
 # pymilter's decorators (they mark a callback for protocol negotiation), with types
 noreply: Callable[[_F], _F] = Milter.noreply
-nocallback: Callable[[_F], _F] = Milter.nocallback
 
 _REPLYING = frozenset({"envrcpt", "eom"})
 
@@ -95,6 +94,48 @@ def guarded(callback: Callable[..., int]) -> Callable[..., int]:
     return wrapper
 
 
+class _HeldMessage:
+    """The message as the MTA passed it, kept for DKIM while it fits in DKIM_Max_Bytes.
+
+    Header values arrive with their leading space (SMFIP_HDR_LEADSPC is
+    negotiated when DKIM_Rescue is on) and folds as the MTA stored them; lines
+    end in CRLF again here, as RFC 6376 canonicalization expects.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.parts: list[bytes] = []
+        self.size = 0
+        self.too_large = False
+        self.in_body = False
+
+    def _add(self, data: bytes) -> None:
+        if self.too_large:
+            return
+        self.size += len(data)
+        if self.size > self.limit:
+            self.too_large = True
+            self.parts = []
+        else:
+            self.parts.append(data)
+
+    def header(self, name: str, value: bytes, leading_space: bool) -> None:
+        value = value.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+        self._add(name.encode("ascii", "surrogateescape") + b":" + (b"" if leading_space else b" ")
+                  + value + b"\r\n")
+
+    def body(self, chunk: bytes) -> None:
+        if not self.in_body:
+            self.in_body = True
+            self._add(b"\r\n")  # the empty line that ends the header block
+        self._add(chunk)
+
+    def bytes(self) -> bytes | None:
+        if not self.in_body:
+            self.body(b"")
+        return None if self.too_large else b"".join(self.parts)
+
+
 class SPFMilter(Milter.Base):  # type: ignore[misc]  # pymilter has no type hints
     """One instance per SMTP connection."""
 
@@ -106,6 +147,7 @@ class SPFMilter(Milter.Base):  # type: ignore[misc]  # pymilter has no type hint
         self.mta = self.daemon = ""
         self.fault: str | None = None
         self.txn: Transaction | None = None
+        self.message: _HeldMessage | None = None  # for DKIM_Rescue
 
     def _macro(self, name: str) -> str:
         try:
@@ -122,11 +164,18 @@ class SPFMilter(Milter.Base):  # type: ignore[misc]  # pymilter has no type hint
         return self.txn
 
     def _evaluate(self, txn: Transaction) -> None:
-        if txn.plan is None:
+        if txn.plan is None and not txn.via_relay:
             if not txn.queue_id:
                 txn.queue_id = self._macro("i")
             txn.evaluate(self.runtime.spf)
             metrics.record_evaluation(txn)
+
+    def _end_of_headers(self, txn: Transaction) -> None:
+        if txn.end_of_headers(self.runtime.spf):
+            metrics.record_evaluation(txn)
+        elif txn.no_hop:
+            log.warning("%s", kv(action="not-checked", reason=txn.no_hop,
+                                 queue_id=txn.queue_id or None))
 
     @noreply
     @guarded
@@ -153,6 +202,7 @@ class SPFMilter(Milter.Base):  # type: ignore[misc]  # pymilter has no type hint
     def envfrom(self, mailfrom: str, *params: str) -> int:
         self.txn = Transaction(self.connection, self.settings, strip_brackets(mailfrom),
                                auth_user=self._macro("{auth_authen}"), queue_id=self._macro("i"))
+        self.message = None
         return int(Milter.CONTINUE)
 
     @guarded
@@ -176,14 +226,36 @@ class SPFMilter(Milter.Base):  # type: ignore[misc]  # pymilter has no type hint
     def _log(self, txn: Transaction, verdict: Verdict, recipient: str) -> None:
         logmod.decision(txn, verdict, recipient, mta=self.mta or None, daemon=self.daemon or None)
 
+    def header_bytes(self, name: str, value: bytes) -> int:
+        """pymilter's entry point for a header: the raw bytes are what DKIM verifies."""
+        txn = self._transaction()
+        if self.settings.dkim_rescue and (txn.held is not None or txn.via_relay):
+            if self.message is None:
+                self.message = _HeldMessage(self.settings.dkim_max_bytes)
+            self.message.header(name, value, bool(self._protocol & Milter.P_HDR_LEADSPC))
+        return int(super().header_bytes(name, value))
+
     @noreply
     @guarded
     def header(self, name: str, value: str) -> int:
         self._transaction().header(name, value)
         return int(Milter.CONTINUE)
 
-    @nocallback
-    def body(self, chunk: bytes) -> int:  # pragma: no cover - negotiated away
+    @noreply
+    @guarded
+    def eoh(self) -> int:
+        """Negotiated only with Trusted_Relays: the hop behind a relay is known now."""
+        self._end_of_headers(self._transaction())
+        return int(Milter.CONTINUE)
+
+    @guarded
+    def body(self, chunk: bytes) -> int:
+        """Negotiated only with DKIM_Rescue: a message with a held refusal is kept for
+        DKIM; every other message ends the body stage at once."""
+        txn = self.txn
+        if txn is None or not txn.needs_body or self.message is None:
+            return int(Milter.SKIP if self._protocol & Milter.P_SKIP else Milter.CONTINUE)
+        self.message.body(chunk)
         return int(Milter.CONTINUE)
 
     def data(self) -> int:
@@ -193,10 +265,20 @@ class SPFMilter(Milter.Base):  # type: ignore[misc]  # pymilter has no type hint
         return int(Milter.CONTINUE)
 
     def negotiate(self, opts: list[int]) -> int:
-        # pymilter's version also walks every callback for @symlist on each
-        # connection; spfmilter declares none, so only the masks matter.
+        """Ask only for the stages these settings use: the end of headers for
+        Trusted_Relays, the body (with a reply, to SKIP it) and header values with
+        their leading space for DKIM_Rescue; without them no message pays for
+        either.  (pymilter's version also walks every callback for @symlist on
+        each connection; spfmilter declares none, so only the masks matter.)"""
         self._actions, protocol, _, _ = opts
-        opts[1] = self._protocol = protocol & ~type(self).protocol_mask()
+        wanted = type(self).protocol_mask()
+        if not self.settings.trusted_relays:
+            wanted &= ~Milter.P_NOEOH
+        if self.settings.dkim_rescue:
+            wanted &= ~Milter.P_HDR_LEADSPC
+        else:
+            wanted &= ~Milter.P_NOBODY
+        opts[1] = self._protocol = protocol & ~wanted
         opts[2] = opts[3] = 0
         return int(Milter.CONTINUE)
 
@@ -204,6 +286,16 @@ class SPFMilter(Milter.Base):  # type: ignore[misc]  # pymilter has no type hint
     def eom(self) -> int:
         txn = self._transaction()  # no RCPT reached us (e.g. milter added late): decide now
         self._evaluate(txn)
+        if txn.via_relay and txn.plan is None:  # an MTA that would not send end of headers
+            self._end_of_headers(txn)
+        message = self.message.bytes() if self.message is not None else None
+        verdict = txn.end_of_message(self.runtime.dkim, self.runtime.org_domain, message)
+        if verdict is not None:
+            self._log(txn, verdict, ", ".join(txn.recipients))
+            metrics.record_verdict(verdict)
+            if verdict.action is not Action.ACCEPT:
+                self.txn = self.message = None
+                return self._refuse(verdict)
         for name, index in txn.forged.removals():
             self.chgheader(name, index, "")
             metrics.FORGED.inc()
@@ -211,11 +303,11 @@ class SPFMilter(Milter.Base):  # type: ignore[misc]  # pymilter has no type hint
                                 queue_id=txn.queue_id or self._macro("i") or None))
         for name, value in reversed(txn.result_headers()):
             self.addheader(name, value, 0)
-        self.txn = None
+        self.txn = self.message = None
         return int(Milter.ACCEPT)
 
     def abort(self) -> int:
-        self.txn = None
+        self.txn = self.message = None
         return int(Milter.CONTINUE)
 
     def close(self) -> int:

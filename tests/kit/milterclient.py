@@ -58,7 +58,7 @@ class EomResult:
 
 _KINDS = {c.SMFIR_CONTINUE: "continue", c.SMFIR_ACCEPT: "accept", c.SMFIR_REJECT: "reject",
           c.SMFIR_TEMPFAIL: "tempfail", c.SMFIR_DISCARD: "discard",
-          c.SMFIR_REPLYCODE: "reply", c.SMFIR_QUARANTINE: "quarantine"}
+          c.SMFIR_REPLYCODE: "reply", c.SMFIR_QUARANTINE: "quarantine", c.SMFIR_SKIP: "skip"}
 
 
 def _reply(msg: tuple) -> Reply:
@@ -125,16 +125,27 @@ class MilterSession:
     def abort(self) -> None:
         self.conn._send(c.SMFIC_ABORT)
 
+    @property
+    def leading_space(self) -> bool:
+        """Whether header values go with their leading space (SMFIP_HDR_LEADSPC)."""
+        return bool(self.protocol & c.SMFIP_HDR_LEADSPC)
+
     def data(self, headers: list[tuple[str, str]], body: bytes = b"test\r\n") -> EomResult:
-        """DATA, headers, end of headers, body and end of message."""
+        """DATA, headers, end of headers, body (in chunks of at most 65,535 bytes, stopping
+        at a SKIP) and end of message."""
         for cmd, args in [(c.SMFIC_DATA, {})] + [(c.SMFIC_HEADER, {"name": n, "value": v})
                                                   for n, v in headers] + [(c.SMFIC_EOH, {})]:
             r = self.step(cmd, **args)
             if r.kind != "continue":
                 return EomResult(r)
         skip, no_reply = _FLAGS[c.SMFIC_BODY]
-        if body and not self.protocol & skip:
-            r = self.step(c.SMFIC_BODY, buf=body.decode("latin-1"))
+        self.body_replies: list[str] = []
+        chunks = [body[i:i + 65535] for i in range(0, len(body), 65535)] if body else []
+        for chunk in chunks if not self.protocol & skip else []:
+            r = self.step(c.SMFIC_BODY, buf=chunk.decode("latin-1"))
+            self.body_replies.append(r.kind)
+            if r.kind == "skip":  # the milter needs no more of the body
+                break
             if r.kind != "continue":
                 return EomResult(r)
         result = EomResult(Reply("continue"))
