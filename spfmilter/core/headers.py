@@ -64,6 +64,8 @@ def comment(text: str) -> str:
 
 
 def _describe(res: SPFResult, ip: str) -> str:
+    if res.note:
+        return f"{res.note}; not checked"
     who = res.sender or "the sender"
     if res.result == "pass" and (res.mechanism or "").startswith("local:"):
         return f"{ip} is permitted for {who} by local policy (Local_Rules)"
@@ -153,15 +155,21 @@ def _for_authres(value: str) -> str:
     return quote(value) if "@" in value else value
 
 
+def _comment_text(text: str) -> str:
+    """Text for an RFC 8601 comment: clean, and no parenthesis to unbalance it."""
+    return clean(text, 200).replace("(", "[").replace(")", "]").replace("\\", "/")
+
+
 def _clause(res: SPFResult | DKIMResult, helo: str) -> authres.AuthenticationResult:
     if isinstance(res, DKIMResult):
         return authres.DKIMAuthenticationResult(
             result=res.result, header_d=_pvalue_domain(res.domain),
             header_s=_for_authres(_ascii(clean(res.selector, 63))) or None)
     if res.identity == "mailfrom":
+        comment = f"best guess record gives {res.best_guess}" if res.best_guess else res.note
         return authres.SPFAuthenticationResult(
             result=res.result, smtp_mailfrom=_mailfrom_pvalue(res.sender),
-            result_comment=f"best guess record gives {res.best_guess}" if res.best_guess else None)
+            result_comment=_comment_text(comment) if comment else None)
     return authres.SPFAuthenticationResult(result=res.result, smtp_helo=_pvalue_domain(helo))
 
 

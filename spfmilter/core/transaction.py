@@ -219,8 +219,9 @@ class Transaction:
             relay = self.connection.client_ip
             self.no_hop = f"trusted relay {relay} left no parseable Received header"
             self.plan = decision.Plan()
-            self.mailfrom_result = SPFResult("mailfrom", "none", self.sender or "",
-                                             self.sender.rpartition("@")[2], self.no_hop, False)
+            self.mailfrom_result = SPFResult("mailfrom", "none", self.sender,
+                                             self.sender.rpartition("@")[2], self.no_hop, False,
+                                             note=self.no_hop)
             return False
         self.hop = Facts(client_ip=hop.client_ip, helo=hop.helo, sender=self.sender,
                          auth_user=self.auth_user, queue_id=self.queue_id)

@@ -52,6 +52,7 @@ class SPFResult:
     seconds: float = 0.0
     best_guess: str | None = None   # result of Best_Guess for a domain without a record
     void_lookups: int = 0
+    note: str | None = None         # why nothing was evaluated (shown in both headers)
 
 
 @dataclass(frozen=True)

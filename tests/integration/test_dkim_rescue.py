@@ -195,3 +195,17 @@ def test_check_message_shows_a_rescue(tmp_path, zones):
                           "--ip", FORWARDER, "--helo", FWD_HELO, "--from", "user@bank.test",
                           "--message", str(eml)], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert "End of message: reject -> 550 5.7.23 " in res.stdout, res.stdout
+
+
+def test_a_refusal_behind_a_trusted_relay_is_held_and_rescued_too(spfmilter, zones):
+    milter = spfmilter(**RESCUE, Trusted_Relays="10.0.0.0/8")
+    hop = "from forwarder.test (forwarder.test [198.51.100.7]) by gw.mx.test (Postfix) with ESMTP\r\n"
+    signed = b"Received: " + hop.encode() + dkimkeys.sign(message(), "bank.test")
+    replies, eom, _ = deliver(milter, signed, client="10.0.0.25", helo="gw.mx.test")
+    assert replies[0].kind == "continue" and eom.final.kind == "accept"
+    assert "dkim=pass header.d=bank.test" in our_ar(eom)
+    milter.wait_for_log(r"rescued by DKIM d=bank\.test.* client_ip=198\.51\.100\.7 "
+                        r"helo=forwarder\.test .*relay=10\.0\.0\.25")
+    unsigned = b"Received: " + hop.encode() + message()
+    _, eom, _ = deliver(milter, unsigned, client="10.0.0.25", helo="gw.mx.test")
+    assert eom.final.code == "550" and eom.final.text.startswith("5.7.23 ")

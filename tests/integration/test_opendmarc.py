@@ -93,7 +93,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.kit import DATA, ROOT, dnsserver, mta
+from tests.kit import DATA, ROOT, dkimkeys, dnsserver, mta
 from tests.kit.wait import wait_for
 
 pytestmark = [pytest.mark.interop, pytest.mark.mta]
@@ -756,3 +756,19 @@ def test_control_self_validating_opendmarc_is_seen_by_the_dns_counter(chain):
     own = lab.dns_ns.non_dmarc_queries()
     assert ("allowed.test", "TXT") in own, lab.dns_ns.queries()
     lab.dmarc_log(r"SPF\(mailfrom\): allowed\.test pass")
+
+
+def test_dkim_rescued_forward_gives_dmarc_pass(chain, dns_server):
+    """A forward that keeps allowed.test's envelope fails SPF; spfmilter's DKIM_Rescue
+    accepts it on allowed.test's signature, and OpenDMARC, trusting our header,
+    finds the aligned DKIM pass: dmarc=pass under p=reject."""
+    dns_server.update({"sel1._domainkey.allowed.test": [{"TXT": dkimkeys.key_record()}]})
+    lab = chain(DKIM_Rescue="True")
+    msg = dkimkeys.sign(message("user@allowed.test", "forwarded, signed"), "allowed.test")
+    tr = send(lab, FWD_V4, "forwarder.test", "user@allowed.test", msg)
+    m = delivered(lab, tr)
+    [ours] = ar_of(m, OUR_ID)
+    assert "dkim=pass header.d=allowed.test header.s=sel1" in ours
+    assert "spf=fail smtp.mailfrom=allowed.test" in ours
+    assert dmarc_verdict(lab, m) == \
+        f"{DMARC_ID}; dmarc=pass (p=reject dis=none) header.from=allowed.test"

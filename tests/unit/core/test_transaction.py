@@ -87,3 +87,48 @@ def test_local_rules_and_best_guess_reach_the_checker_but_not_the_whitelist_chec
     assert mailfrom[3:] == ("ip4:203.0.113.0/24", "v=spf1 a -all")
     assert whitelist[1:2] == ("postmaster@fwd.test",) and whitelist[3:] == ("", "")
     assert txn.whitelisted_by == "fwd.test" and txn.rcpt("r@mx.test").action is Action.ACCEPT
+
+
+def test_behind_a_trusted_relay_spf_is_for_the_hop_at_end_of_headers():
+    conn, check = Connection("10.0.0.1"), Recorder({"u@x.test": "fail"})
+    conn.hello("relay.internal")
+    s = settings(Trusted_Relays="10.0.0.0/8")
+    txn = Transaction(conn, s, "u@x.test")
+    txn.evaluate(check)
+    assert check.calls == []                                   # nothing for the relay itself
+    assert txn.rcpt("a@mx.test").action is Action.ACCEPT
+    txn.header("Received", "from relay.internal (relay [10.0.0.1]) by mx.test (Postfix)")
+    txn.header("Received", "from helo.test (unknown [192.0.2.10]) by relay.internal (Postfix)")
+    assert txn.end_of_headers(check)
+    assert [c[:2] for c in check.calls] == [("helo", ""), ("mailfrom", "u@x.test")]
+    assert (txn.facts.client_ip, txn.facts.helo) == ("192.0.2.10", "helo.test")
+    verdict = txn.end_of_message(lambda *a, **k: [], lambda d: d, None)
+    assert verdict.action is Action.REJECT and verdict.reply.status == "5.7.23"
+    assert "client-ip=192.0.2.10;" in dict(txn.result_headers())["Received-SPF"]
+
+
+def test_a_relay_that_left_no_hop_gets_a_header_that_says_so_and_no_refusal():
+    conn = Connection("10.0.0.1")
+    txn = Transaction(conn, settings(Trusted_Relays="10.0.0.0/8", Mail_From_reject="Strict"),
+                      "u@x.test")
+    txn.rcpt("a@mx.test")
+    txn.header("Received", "from relay.internal (relay [10.0.0.1]) by mx.test")
+    assert not txn.end_of_headers(Recorder())
+    verdict = txn.end_of_message(lambda *a, **k: [], lambda d: d, None)
+    assert verdict.action is Action.ACCEPT and "no parseable Received header" in verdict.reason
+    hdrs = dict(txn.result_headers())
+    assert hdrs["Received-SPF"].startswith("none (mx.test: trusted relay 10.0.0.1 left no parseable "
+                                           "Received header; not checked) client-ip=10.0.0.1;")
+    assert ("spf=none (trusted relay 10.0.0.1 left no parseable Received header) "
+            "smtp.mailfrom=x.test") in hdrs["Authentication-Results"]
+
+
+def test_recipients_of_another_policy_wait_for_their_own_transaction_behind_a_relay():
+    s = cfg.parse_text("Authserv_Id = mx.test\nTrusted_Relays = 10.0.0.0/8\n"
+                       "[recipient @strict.test]\nMail_From_reject = Strict\n")
+    txn = Transaction(Connection("10.0.0.1"), s, "u@x.test")
+    assert txn.rcpt("a@mx.test").action is Action.ACCEPT
+    assert txn.rcpt("b@mx.test").action is Action.ACCEPT
+    split = txn.rcpt("c@strict.test")
+    assert split.action is Action.DEFER and split.reply.code == "452"
+    assert txn.recipients == ["a@mx.test", "b@mx.test"]

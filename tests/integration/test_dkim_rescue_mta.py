@@ -1,0 +1,76 @@
+"""DKIM_Rescue through the suite's real Postfix and Sendmail: a forward that keeps the
+sender's envelope is delivered with dkim=pass; the same message unsigned is refused at
+end of data with 550 5.7.23.  The MTAs pass the headers as they received them."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from dataclasses import dataclass
+
+import pytest
+
+from tests.integration.test_dkim_rescue import FORWARDER, FWD_HELO, RESCUE, ZONES
+from tests.kit import dkimkeys, mta
+
+pytestmark = pytest.mark.mta
+
+
+@dataclass
+class Lab:
+    name: str
+    mta: object
+    capture: mta.CaptureSMTP
+
+
+def pytest_generate_tests(metafunc):
+    mta.parametrize_labs(metafunc)
+
+
+@pytest.fixture(scope="module")
+def lab(request, tmp_path_factory):
+    mta.require_or_skip(request.param)
+    work = tmp_path_factory.mktemp(f"dkim-{request.param}")
+    placeholder = tmp_path_factory.mktemp("no-milter") / "spfmilter.sock"
+    with contextlib.ExitStack() as stack:
+        if request.param == "postfix":
+            cap = stack.enter_context(mta.CaptureSMTP())
+            server = stack.enter_context(mta.PostfixLab(work, f"unix:{placeholder}", cap.port))
+        else:
+            ns = stack.enter_context(mta.Netns())
+            cap = stack.enter_context(mta.CaptureSMTP(netns=ns))
+            server = stack.enter_context(mta.SendmailLab(work, f"unix:{placeholder}", cap.port,
+                                                         netns=ns))
+        yield Lab(request.param, server, cap)
+
+
+@pytest.fixture
+def rescuing(lab, spfmilter, dns_server):
+    dns_server.update(ZONES)
+    lab.mta.wait_idle()
+    lab.capture.clear()
+    milter = spfmilter(**RESCUE)
+    lab.mta.set_milter(milter.socket_spec)
+    return milter
+
+
+@pytest.mark.parametrize("canon", [(b"relaxed", b"relaxed"), (b"simple", b"simple")])
+def test_signed_forward_delivered_with_dkim_pass(lab, rescuing, canon):
+    msg = dkimkeys.sign(mta.make_message("user@bank.test", "rcpt@example.com", subject="forwarded"),
+                        "bank.test", canonicalize=canon)
+    tr = lab.mta.send(FORWARDER, FWD_HELO, "user@bank.test", ["rcpt@example.com"], msg)
+    assert tr.final and tr.final.code == 250, str(tr)
+    [m] = lab.capture.wait_for(1)
+    ours = [re.sub(r"\s+", " ", v) for v in m.headers("Authentication-Results")
+            if v.lower().startswith("mx.test;")]
+    assert len(ours) == 1 and "dkim=pass header.d=bank.test header.s=sel1" in ours[0]
+    assert ours[0].endswith("spf=fail smtp.mailfrom=bank.test")
+    rescuing.wait_for_log(r"rescued by DKIM d=bank\.test")
+
+
+def test_unsigned_forward_refused_at_end_of_data(lab, rescuing):
+    msg = mta.make_message("user@bank.test", "rcpt@example.com", subject="not signed")
+    tr = lab.mta.send(FORWARDER, FWD_HELO, "user@bank.test", ["rcpt@example.com"], msg)
+    assert tr.rcpt("rcpt@example.com").code == 250, str(tr)      # held at RCPT
+    assert tr.final and tr.final.code == 550 and tr.final.enhanced == "5.7.23", str(tr)
+    assert lab.mta.queue_files() == [] and lab.capture.count() == 0
