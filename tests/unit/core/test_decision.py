@@ -189,3 +189,49 @@ TestOnly = 0
 
 def test_internal_hosts_are_skipped():
     assert plan(facts(client_ip="10.0.0.5"), settings(InternalHosts="10.0.0.0/8")).skip == "InternalHosts"
+
+
+def _org(name):
+    """Organizational domain for these tests: the last two labels."""
+    return ".".join(name.split(".")[-2:])
+
+
+def test_dkim_rescue_holds_refusals_and_rescue_decides_at_end_of_message():
+    from spfmilter.core.decision import rescue
+    from spfmilter.core.values import DKIMResult
+
+    s = settings(DKIM_Rescue="yes")
+    held = decide(facts(), RCPT, None, res("mailfrom", "fail"), s)
+    assert held.action == ACCEPT and held.held is not None and held.reply is None
+    plain = decide(facts(), RCPT, None, res("mailfrom", "fail"), BASE)
+    assert held.held.reply == plain.reply and held.held.domain == "example.com"
+    ok, shown = rescue(held.held, [DKIMResult("fail", "example.com", "s1", "bad"),
+                                   DKIMResult("pass", "news.example.com", "s2")], _org, s)
+    assert ok.action == ACCEPT and "rescued by DKIM d=news.example.com" in ok.reason
+    assert [d.domain for d in shown] == ["news.example.com"]
+    no, shown = rescue(held.held, [DKIMResult("pass", "other.test", "s")], _org, s)
+    assert (no.action, no.reply) == (REJECT, plain.reply) and shown == ()
+    later, _ = rescue(held.held, [DKIMResult("temperror", "example.com", "s", "timeout")], _org, s)
+    assert (later.action, later.reply.code, later.reply.status) == (DEFER, "451", "4.7.24")
+
+
+def test_a_helo_refusal_is_rescued_by_the_helo_names_organization():
+    from spfmilter.core.decision import rescue
+    from spfmilter.core.values import DKIMResult
+
+    s = settings(DKIM_Rescue="yes")
+    held = decide(facts(helo="out.mail.example.net"), RCPT,
+                  res("helo", "fail", "postmaster@out.mail.example.net"), res("mailfrom", "pass"), s)
+    assert held.held.identity == "helo" and held.held.domain == "out.mail.example.net"
+    ok, _ = rescue(held.held, [DKIMResult("pass", "example.net", "s")], _org, s)
+    assert ok.action == ACCEPT
+    no, _ = rescue(held.held, [DKIMResult("pass", "example.com", "s")], _org, s)
+    assert no.action == REJECT and "HELO" in no.reply.text
+
+
+def test_with_dkim_rescue_a_defer_beside_a_refusal_defers_at_rcpt():
+    s = settings(DKIM_Rescue="yes", TempError_Defer="yes")
+    d = decide(facts(), RCPT, res("helo", "temperror"), res("mailfrom", "fail"), s)
+    assert d.action == DEFER and d.reply.code == "451" and d.held is None
+    assert decide(facts(), RCPT, None, res("mailfrom", "fail"), settings(DKIM_Rescue="yes",
+                                                                         TestOnly="0")).held is None
