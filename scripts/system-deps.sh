@@ -3,10 +3,11 @@
 # pymilter, a C compiler, Python headers and venv).  As root with apt this
 # installs them; otherwise it prints the one command that would.
 set -eu
-PKGS="libmilter-dev gcc python3-dev python3-venv"
+# publicsuffix: Debian's current Public Suffix List (DKIM_Rescue's organizational domains)
+PKGS="libmilter-dev gcc python3-dev python3-venv publicsuffix"
 # `system-deps.sh test`: also what the test suite runs (systemd-analyze for the
-# unit file check, start-stop-daemon for the SysV script).
-[ "${1:-}" = test ] && PKGS="$PKGS systemd dpkg"
+# unit file check, start-stop-daemon for the SysV script, openssl for the tests' DKIM keys).
+[ "${1:-}" = test ] && PKGS="$PKGS systemd dpkg openssl"
 missing=""
 for p in $PKGS; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

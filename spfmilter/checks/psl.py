@@ -30,6 +30,8 @@ def _load() -> Callable[[str], str | None]:
 
         def sld(name: str) -> str | None:
             found: str | None = legacy.get_sld(name, strict=True)
+            if found is None and name.count(".") >= 1:  # an unknown TLD is a public suffix
+                found = ".".join(name.split(".")[-2:])   # (as publicsuffixlist has it)
             return found
         return sld
     if source is None:
