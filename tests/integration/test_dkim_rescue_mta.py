@@ -4,9 +4,7 @@ end of data with 550 5.7.23.  The MTAs pass the headers as they received them.""
 
 from __future__ import annotations
 
-import contextlib
 import re
-from dataclasses import dataclass
 
 import pytest
 
@@ -14,13 +12,6 @@ from tests.integration.test_dkim_rescue import FORWARDER, FWD_HELO, RESCUE, ZONE
 from tests.kit import dkimkeys, mta
 
 pytestmark = pytest.mark.mta
-
-
-@dataclass
-class Lab:
-    name: str
-    mta: object
-    capture: mta.CaptureSMTP
 
 
 def pytest_generate_tests(metafunc):
@@ -32,16 +23,8 @@ def lab(request, tmp_path_factory):
     mta.require_or_skip(request.param)
     work = tmp_path_factory.mktemp(f"dkim-{request.param}")
     placeholder = tmp_path_factory.mktemp("no-milter") / "spfmilter.sock"
-    with contextlib.ExitStack() as stack:
-        if request.param == "postfix":
-            cap = stack.enter_context(mta.CaptureSMTP())
-            server = stack.enter_context(mta.PostfixLab(work, f"unix:{placeholder}", cap.port))
-        else:
-            ns = stack.enter_context(mta.Netns())
-            cap = stack.enter_context(mta.CaptureSMTP(netns=ns))
-            server = stack.enter_context(mta.SendmailLab(work, f"unix:{placeholder}", cap.port,
-                                                         netns=ns))
-        yield Lab(request.param, server, cap)
+    with mta.running_lab(request.param, work, f"unix:{placeholder}") as running:
+        yield running
 
 
 @pytest.fixture

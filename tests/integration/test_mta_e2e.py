@@ -13,10 +13,8 @@ name the install command (``make mta-deps``).
 
 from __future__ import annotations
 
-import contextlib
 import re
 import socket
-from dataclasses import dataclass
 
 import pytest
 
@@ -26,13 +24,6 @@ pytestmark = pytest.mark.mta
 
 AUTH_V4, AUTH_V6 = "192.0.2.10", "2001:db8:1::10"
 UNAUTH_V4, UNAUTH_V6 = "198.51.100.7", "2001:db8:bad::7"
-
-
-@dataclass
-class Lab:
-    name: str
-    mta: object  # mta.PostfixLab | mta.SendmailLab
-    capture: mta.CaptureSMTP
 
 
 only = mta.only
@@ -50,16 +41,8 @@ def lab(request, tmp_path_factory):
     # a socket nobody listens on (same file name as the fixture's, so Sendmail
     # can be switched without a restart).
     placeholder = tmp_path_factory.mktemp("no-milter") / "spfmilter.sock"
-    with contextlib.ExitStack() as stack:
-        if request.param == "postfix":
-            cap = stack.enter_context(mta.CaptureSMTP())
-            server = stack.enter_context(mta.PostfixLab(work, f"unix:{placeholder}", cap.port))
-        else:
-            ns = stack.enter_context(mta.Netns())
-            cap = stack.enter_context(mta.CaptureSMTP(netns=ns))
-            server = stack.enter_context(mta.SendmailLab(work, f"unix:{placeholder}", cap.port,
-                                                         netns=ns))
-        yield Lab(request.param, server, cap)
+    with mta.running_lab(request.param, work, f"unix:{placeholder}") as running:
+        yield running
 
 
 @pytest.fixture

@@ -680,6 +680,31 @@ def parametrize_labs(metafunc) -> None:  # type: ignore[no-untyped-def]
                              indirect=True, scope="module")
 
 
+@dataclass
+class Lab:
+    """One MTA of the suite with the capture server it relays to."""
+
+    name: str                                   # "postfix" or "sendmail"
+    mta: PostfixLab | SendmailLab
+    capture: CaptureSMTP
+
+
+@contextlib.contextmanager
+def running_lab(which: str, work: Path, milter_socket_spec: str):  # type: ignore[no-untyped-def]
+    """The Postfix or the Sendmail lab with its capture server, stopped on exit.
+    Sendmail runs in a network namespace of its own (client addresses on its lo)."""
+    with contextlib.ExitStack() as stack:
+        if which == "postfix":
+            cap = stack.enter_context(CaptureSMTP())
+            server: PostfixLab | SendmailLab = stack.enter_context(
+                PostfixLab(work, milter_socket_spec, cap.port))
+        else:
+            ns = stack.enter_context(Netns())
+            cap = stack.enter_context(CaptureSMTP(netns=ns))
+            server = stack.enter_context(SendmailLab(work, milter_socket_spec, cap.port, netns=ns))
+        yield Lab(which, server, cap)
+
+
 class PostfixLab(_LogFile):
     """A private Postfix instance (own config folder, queue and log).
 
