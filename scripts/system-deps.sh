@@ -5,8 +5,14 @@
 set -eu
 PKGS="libmilter-dev gcc python3-dev python3-venv"
 # `system-deps.sh test`: also what the test suite runs (systemd-analyze for the
-# unit file check, start-stop-daemon for the SysV script).
-[ "${1:-}" = test ] && PKGS="$PKGS systemd dpkg"
+# unit file check, start-stop-daemon for the SysV script, man for the installed
+# package's manual pages).
+# `system-deps.sh deb`: only Debian's tools that build and check the package
+# (no compiler: the package runs on Debian's own python3-milter).
+case "${1:-}" in
+  test) PKGS="$PKGS systemd dpkg man-db" ;;
+  deb) PKGS="debhelper dh-python pybuild-plugin-pyproject python3-all python3-setuptools python3-wheel python3-docutils dpkg-dev lintian fakeroot" ;;
+esac
 missing=""
 for p in $PKGS; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
