@@ -147,6 +147,7 @@ def installed() -> Iterator[subprocess.CompletedProcess[str]]:
 def test_changelog_version_is_the_programs() -> None:
     first = (ROOT / "debian" / "changelog").read_text().splitlines()[0]
     assert first.startswith(f"spfmilter ({__version__}) "), first
+    assert f"apt-get install ./{DEB.name}" in (ROOT / "README.rst").read_text()
 
 
 def test_installs_the_promised_files_with_debians_depends(installed: subprocess.CompletedProcess[str]) -> None:
@@ -217,6 +218,11 @@ def test_user_service_enablement_and_postfix_group(installed: subprocess.Complet
     # SysV links (update-rc.d) and the systemd enablement (deb-systemd-helper)
     assert list(Path("/etc/rc2.d").glob("S*spfmilter"))
     assert Path("/etc/systemd/system/multi-user.target.wants/spfmilter.service").is_symlink()
+    tool = shutil.which("systemd-analyze")
+    _need(tool is not None, "systemd-analyze: apt-get install systemd (make test-deps installs it)")
+    res = run([str(tool), "verify", "--man=no", str(UNIT)], check=False,
+              env={**CLEAN_ENV, "SYSTEMD_LOG_LEVEL": "warning"})
+    assert res.returncode == 0 and "spfmilter.service" not in res.stdout + res.stderr, res.stdout + res.stderr
     if run(["getent", "passwd", "postfix"], check=False).returncode == 0:
         assert "spfmilter" in run(["id", "-nG", "postfix"]).stdout.split()
 
@@ -274,8 +280,9 @@ def test_mail_through_postfix_to_the_installed_program(installed: subprocess.Com
         ns = stack.enter_context(mta.Netns(addresses=()))
         netns_etc = Path("/etc/netns") / ns.name
         if not netns_etc.parent.exists():
-            netns_etc.parent.mkdir()
-            stack.callback(netns_etc.parent.rmdir)
+            netns_etc.parent.mkdir(exist_ok=True)
+            # gone again once empty (other namespaces may have their folder there meanwhile)
+            stack.callback(lambda: contextlib.suppress(OSError)(netns_etc.parent.rmdir)())
         netns_etc.mkdir()
         stack.callback(shutil.rmtree, netns_etc, True)
         (netns_etc / "resolv.conf").write_text("nameserver 127.0.0.1\n")
