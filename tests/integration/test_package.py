@@ -323,6 +323,14 @@ def test_mail_through_postfix_to_the_installed_program(installed: subprocess.Com
         wait_for(lambda: proc.poll() is not None or "action=start" in log_text(), 30,
                  "the installed spfmilter to start", on_timeout=log_text)
         assert proc.poll() is None, log_text() + (proc.stdout.read().decode() if proc.stdout else "")
+        # the supervisor is Debian's python3 running the installed script, with nothing of the venv
+        listen = re.search(r"action=listen .*?pid=(\d+)", log_text())
+        assert listen, log_text()
+        pid = int(listen.group(1))
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        assert [a.decode() for a in argv[:2]] == ["/usr/bin/python3", "/usr/bin/spfmilter"], argv
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        assert not [e for e in environ if e.startswith((b"PYTHONPATH=", b"VIRTUAL_ENV="))], environ
         sock = runtime / "spfmilter.sock"
         st = sock.stat()
         assert (st.st_uid, st.st_gid) == (installed_uid(user), installed_gid(group))
