@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 # one under ./run, which the current user can create.
 RUN_SOCKET := $(if $(filter 0,$(shell id -u)),,--socket unix:$(CURDIR)/run/spfmilter.sock)
 
-.PHONY: run test lint deps test-deps mta-deps interop-deps check-config clean
+.PHONY: run test lint deps test-deps mta-deps interop-deps check-config clean deb dist
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -46,11 +46,41 @@ lint: test-deps
 	$(BIN)/mypy
 	$(BIN)/ruff check .
 
-test: lint mta-deps interop-deps
+# The suite installs the Debian package `make deb` built (tests/integration/test_package.py)
+# and checks the sdist and wheel of `make dist`.
+test: lint mta-deps interop-deps deb dist
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 clean:
-	rm -rf $(VENV) .stamp-* run build *.egg-info .pytest_cache
+	rm -rf $(VENV) .stamp-* run build dist *.egg-info .pytest_cache spfmilter_*.deb
+
+# --- packages -------------------------------------------------------------------
+VERSION := $(shell sed -n 's/^__version__ = "\(.*\)"/\1/p' spfmilter/__init__.py)
+DEB     := spfmilter_$(VERSION)_all.deb
+DEBSRC  := build/deb/spfmilter-$(VERSION)
+# Every file of the checkout (tracked or new, not ignored): what the package is built from.
+TREE    := $(wildcard $(shell git ls-files -co --exclude-standard 2>/dev/null))
+
+# The Debian package, built with Debian's tools (debhelper, dh-python) in a copy of
+# the tree under build/deb (dpkg-buildpackage writes next to its source folder),
+# then checked with lintian: an error or an unexplained warning fails the build.
+deb: $(DEB)
+$(DEB): $(TREE)
+	sh scripts/system-deps.sh deb
+	@v=$$(dpkg-parsechangelog -l debian/changelog -S Version); [ "$$v" = "$(VERSION)" ] || \
+	  { echo "debian/changelog says $$v but spfmilter/__init__.py says $(VERSION): add a changelog entry" >&2; exit 1; }
+	rm -rf build/deb && mkdir -p $(DEBSRC)
+	git ls-files -co --exclude-standard -z | tar --null --ignore-failed-read -T - -cf - | tar -xf - -C $(DEBSRC)
+	# Debian's python3 and tools only, whatever python3 comes first in PATH (pyenv, a venv)
+	cd $(DEBSRC) && env PATH=/usr/sbin:/usr/bin:/sbin:/bin dpkg-buildpackage -b -us -uc --no-sign
+	lintian --fail-on error,warning --info build/deb/$(DEB)
+	cp build/deb/$(DEB) $@
+
+# The sdist and the wheel for pip users, same version; twine checks their metadata.
+dist: test-deps
+	rm -rf dist
+	$(BIN)/python -m build --outdir dist .
+	$(BIN)/twine check --strict dist/*
 
 # Performance benchmark, not part of `make test` (root, ~10 minutes): spfmilter beside
 # pyspf-milter and a no-op pymilter milter, over the milter protocol and through Postfix.

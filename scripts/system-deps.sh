@@ -6,8 +6,14 @@ set -eu
 # publicsuffix: Debian's current Public Suffix List (DKIM_Rescue's organizational domains)
 PKGS="libmilter-dev gcc python3-dev python3-venv publicsuffix"
 # `system-deps.sh test`: also what the test suite runs (systemd-analyze for the
-# unit file check, start-stop-daemon for the SysV script, openssl for the tests' DKIM keys).
-[ "${1:-}" = test ] && PKGS="$PKGS systemd dpkg openssl"
+# unit file check, start-stop-daemon for the SysV script, man for the installed
+# package's manual pages, openssl for the tests' DKIM keys).
+# `system-deps.sh deb`: only Debian's tools that build and check the package
+# (no compiler: the package runs on Debian's own python3-milter).
+case "${1:-}" in
+  test) PKGS="$PKGS systemd dpkg man-db openssl" ;;
+  deb) PKGS="debhelper dh-python pybuild-plugin-pyproject python3-all python3-setuptools python3-wheel python3-docutils dpkg-dev lintian fakeroot" ;;
+esac
 missing=""
 for p in $PKGS; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

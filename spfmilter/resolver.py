@@ -23,10 +23,19 @@ from typing import Any
 import dns.exception
 import dns.inet
 import dns.name
-import dns.nameserver
 import dns.rdataclass
 import dns.rdatatype
 import dns.resolver
+
+try:
+    import dns.nameserver
+
+    # dnspython 2.4 and later: a server is an object with its own port.
+    _NAMESERVER_OBJECTS = True
+except ImportError:  # dnspython 2.3, as Debian 12 ships it
+    # Addresses, and a port per address (Resolver.nameserver_ports), the only
+    # form 2.3 knows; so two servers on one address need dnspython 2.4.
+    _NAMESERVER_OBJECTS = False
 
 # Entries (one per name and type, about 470 bytes each): 20,000 hold the records
 # of several thousand sender domains and keep the process small (issue target:
@@ -160,8 +169,12 @@ class Resolver:
                  timeout: float = 20.0, cache_size: int = CACHE_SIZE) -> None:
         if nameservers:
             res = dns.resolver.Resolver(configure=False)
-            res.nameservers = [dns.nameserver.Do53Nameserver(host, port)
-                               for host, port in nameservers]
+            if _NAMESERVER_OBJECTS:
+                res.nameservers = [dns.nameserver.Do53Nameserver(host, port)
+                                   for host, port in nameservers]
+            else:
+                res.nameserver_ports = {host: port for host, port in nameservers}
+                res.nameservers = [host for host, _ in nameservers]
         else:
             res = dns.resolver.Resolver()
         # Each attempt may use the whole budget; the budget itself is enforced by

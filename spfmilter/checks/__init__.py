@@ -1,0 +1,1 @@
+"""The checks spfmilter runs (SPF through pyspf), each behind spfmilter's resolver."""

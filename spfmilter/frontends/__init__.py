@@ -1,0 +1,1 @@
+"""The protocol adapters (libmilter, the check command) around the pure core."""

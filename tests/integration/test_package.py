@@ -1,0 +1,465 @@
+"""The Debian package, installed for real: Debian's python3 and libraries, not the venv.
+
+``make deb`` builds ``spfmilter_<version>_all.deb`` from the tree (``make test``
+builds it first; the fixture runs ``make deb`` too, a no-op when it is up to
+date).  The module installs it with ``apt-get install ./spfmilter_…deb``, which
+resolves its Depends from Debian, then runs the installed program as an
+administrator would: ``--version``, ``--check-config`` on the conffile, the
+manual pages, an SPF check through Debian's dnspython against the tests' DNS
+server, and one SMTP transaction through the suite's real Postfix against the
+program started with the command line, user and umask of its shipped systemd
+unit.  Then an upgrade keeps an edited conffile, and a purge removes the
+conffile and the runtime folder.  The machine is left as it was: the package
+purged, and the ``spfmilter`` user removed again if this module created it.
+
+Also here: lintian and twine, each with a broken input that they must refuse.
+"""
+
+from __future__ import annotations
+
+import configparser
+import contextlib
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from spfmilter import __version__
+from tests.kit import ROOT, ZONES, mta
+from tests.kit.dnsserver import TestDNSServer
+from tests.kit.wait import wait_for
+
+DEB = ROOT / f"spfmilter_{__version__}_all.deb"
+UNIT = Path("/lib/systemd/system/spfmilter.service")
+CONFFILE = Path("/etc/spfmilter/spfmilter.conf")
+RUNTIME_DIR = Path("/run/spfmilter")
+DEBIAN_LIBS = {  # Debian package -> the module it gives Debian's python3
+    "python3-milter": "Milter", "python3-spf": "spf", "python3-dnspython": "dns",
+    "python3-authres": "authres", "python3-prometheus-client": "prometheus_client",
+    "python3-dkim": "dkim",
+}
+# What the installed program sees: systemd's default PATH and nothing of the venv.
+CLEAN_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
+APT_ENV = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+# Other apt runs on the machine (a `make test-deps` elsewhere) hold dpkg's lock for a while.
+APT_LOCK = ["-o", "DPkg::Lock::Timeout=300"]
+
+
+def _ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def _need(condition: bool, what: str) -> None:
+    """Missing component: fail under CI, skip elsewhere, and say how to get it."""
+    if condition:
+        return
+    if _ci():
+        pytest.fail(what)
+    pytest.skip(what)
+
+
+def run(cmd: list[str], *, timeout: float = 120, check: bool = True, env: dict[str, str] | None = None,
+        cwd: str | Path = "/", **kw: object) -> subprocess.CompletedProcess[str]:
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=cwd,
+                         env=CLEAN_ENV if env is None else env, **kw)  # type: ignore[call-overload]
+    if check:
+        assert res.returncode == 0, f"{shlex.join(cmd)} exited {res.returncode}\n{res.stdout}{res.stderr}"
+    return res
+
+
+def installed_version(package: str) -> str | None:
+    res = run(["dpkg-query", "-W", "-f", "${db:Status-Status} ${Version}", package], check=False)
+    status, _, version = res.stdout.partition(" ")
+    return version if res.returncode == 0 and status == "installed" else None
+
+
+def build_deb() -> Path:
+    """``make deb``: builds the package when the tree changed since the last build."""
+    res = run(["make", "-C", str(ROOT), "deb"], env={**os.environ}, timeout=900, check=False)
+    assert res.returncode == 0 and DEB.exists(), f"make deb failed\n{res.stdout[-3000:]}{res.stderr[-3000:]}"
+    return DEB
+
+
+def apt_install(*args: str) -> subprocess.CompletedProcess[str]:
+    """apt-get install; on a fresh machine its package lists may first need an update."""
+    cmd = ["apt-get", *APT_LOCK, "install", "-y", "-q", *args]
+    res = run(cmd, env=APT_ENV, cwd=ROOT, timeout=900, check=False)
+    if res.returncode != 0:
+        run(["apt-get", *APT_LOCK, "update", "-q"], env=APT_ENV, timeout=600)
+        res = run(cmd, env=APT_ENV, cwd=ROOT, timeout=900)
+    return res
+
+
+def sysv(action: str) -> subprocess.CompletedProcess[str]:
+    return run(["/etc/init.d/spfmilter", action], check=False, timeout=90)
+
+
+def purge() -> subprocess.CompletedProcess[str]:
+    return run(["apt-get", *APT_LOCK, "purge", "-y", "-q", "spfmilter"], env=APT_ENV, timeout=600)
+
+
+def unit_settings() -> dict[str, str]:
+    """The [Service] section of the installed unit (one value per key; ExecStart kept whole)."""
+    parser = configparser.ConfigParser(interpolation=None, strict=False)
+    parser.optionxform = str  # type: ignore[assignment,method-assign]
+    parser.read_string(UNIT.read_text())
+    return dict(parser["Service"])
+
+
+@pytest.fixture(scope="module")
+def installed() -> Iterator[subprocess.CompletedProcess[str]]:
+    """The package installed with apt, purged afterwards (and its user removed if it was new)."""
+    _need(os.geteuid() == 0, "installing the Debian package needs root")
+    _need(shutil.which("apt-get") is not None and shutil.which("dpkg-buildpackage") is not None,
+          "apt-get and dpkg-buildpackage: run `make deb` (it installs Debian's build tools)")
+    build_deb()
+    user_existed = run(["getent", "passwd", "spfmilter"], check=False).returncode == 0
+    if installed_version("spfmilter"):
+        purge()  # left by an interrupted run: start from a machine without it
+    res = apt_install(f"./{DEB.name}")
+    try:
+        # No systemd as PID 1 here: the postinst asked invoke-rc.d to start the
+        # SysV script, which a policy-rc.d may refuse.  The tests start the
+        # program themselves, so stop it if it did start.
+        if sysv("status").returncode == 0:
+            assert sysv("stop").returncode == 0
+        else:  # what Debian's docker images say: the postinst did ask for the start
+            assert "denied execution of start" in res.stdout + res.stderr, res.stdout + res.stderr
+        yield res
+    finally:
+        with contextlib.suppress(Exception):
+            if sysv("status").returncode == 0:
+                sysv("stop")
+        known = run(["dpkg-query", "-W", "-f", "${db:Status-Status}", "spfmilter"], check=False)
+        if known.returncode == 0 and known.stdout not in ("", "not-installed"):
+            purge()  # installed, or removed with its conffiles left
+        if not user_existed and run(["getent", "passwd", "spfmilter"], check=False).returncode == 0:
+            run(["gpasswd", "-d", "postfix", "spfmilter"], check=False)
+            run(["userdel", "spfmilter"], check=False)
+            if run(["getent", "group", "spfmilter"], check=False).returncode == 0:
+                run(["groupdel", "spfmilter"], check=False)
+
+
+def test_changelog_version_is_the_programs() -> None:
+    first = (ROOT / "debian" / "changelog").read_text().splitlines()[0]
+    assert first.startswith(f"spfmilter ({__version__}) "), first
+    assert f"apt-get install ./{DEB.name}" in (ROOT / "README.rst").read_text()
+
+
+def test_installs_the_promised_files_with_debians_depends(installed: subprocess.CompletedProcess[str]) -> None:
+    assert installed_version("spfmilter") == __version__
+    files = set(run(["dpkg", "-L", "spfmilter"]).stdout.split())
+    for path in ("/usr/bin/spfmilter", str(CONFFILE), str(UNIT), "/usr/lib/sysusers.d/spfmilter.conf",
+                 "/etc/init.d/spfmilter", "/usr/share/doc/spfmilter/README.rst.gz",
+                 "/usr/share/doc/spfmilter/changelog.gz", "/usr/share/doc/spfmilter/copyright",
+                 "/usr/share/man/man8/spfmilter.8.gz", "/usr/share/man/man5/spfmilter.conf.5.gz"):
+        assert path in files, path
+    # every module of the tree is in the package (a folder without __init__.py would be left out)
+    for src in (ROOT / "spfmilter").rglob("*.py"):
+        rel = src.relative_to(ROOT)
+        assert f"/usr/lib/python3/dist-packages/{rel}" in files, rel
+    conffiles = run(["dpkg-query", "-W", "-f", "${Conffiles}", "spfmilter"]).stdout
+    assert str(CONFFILE) in conffiles
+    assert CONFFILE.read_text() == (ROOT / "spfmilter.conf").read_text()
+    depends = run(["dpkg-query", "-W", "-f", "${Depends}", "spfmilter"]).stdout
+    for package in [*DEBIAN_LIBS, "publicsuffix"]:
+        assert re.search(rf"(^|, ){re.escape(package)}( |,|$)", depends), (package, depends)
+        assert installed_version(package), f"{package} not installed"
+    assert "python3-pip" not in depends and "gcc" not in depends
+
+
+def test_runs_on_debians_python_and_libraries(installed: subprocess.CompletedProcess[str]) -> None:
+    assert Path("/usr/bin/spfmilter").read_text().splitlines()[0] == "#!/usr/bin/python3"
+    mods = ["spfmilter", "spfmilter.cli", *DEBIAN_LIBS.values()]
+    code = "import importlib\nfor m in %r: print(m, importlib.import_module(m).__file__)" % mods
+    out = run(["/usr/bin/python3", "-c", code]).stdout
+    where = dict(line.split(" ", 1) for line in out.splitlines())
+    for mod in mods:
+        assert where[mod].startswith("/usr/lib/python3/dist-packages/"), (mod, where[mod])
+    import dns.version  # the venv's: the installed program must not be using it
+    debian_dns = run(["/usr/bin/python3", "-c", "import dns.version; print(dns.version.version)"]).stdout.strip()
+    assert (installed_version("python3-dnspython") or "").startswith(debian_dns)
+    print(f"dnspython: Debian {debian_dns}, venv {dns.version.version}")
+
+
+def test_version_and_check_config_on_the_conffile(installed: subprocess.CompletedProcess[str]) -> None:
+    assert __version__ in run(["spfmilter", "--version"]).stdout
+    res = run(["spfmilter", "--check-config", "-c", str(CONFFILE)])
+    assert res.stdout.strip() == f"spfmilter: {CONFFILE}: OK"
+    # as the unit's ExecStartPre does it, as the unit's user
+    pre = shlex.split(unit_settings()["ExecStartPre"])
+    assert pre[0] == "/usr/bin/spfmilter"
+    assert run(["setpriv", "--reuid=spfmilter", "--regid=spfmilter", "--init-groups", "--", *pre]).returncode == 0
+
+
+def test_man_pages_are_installed_and_carry_the_readme(installed: subprocess.CompletedProcess[str]) -> None:
+    _need(shutil.which("man") is not None, "man: apt-get install man-db (make test-deps installs it)")
+    found = run(["man", "-w", "spfmilter", "spfmilter.conf"]).stdout.split()
+    assert found == ["/usr/share/man/man8/spfmilter.8.gz", "/usr/share/man/man5/spfmilter.conf.5.gz"]
+    env = {**CLEAN_ENV, "MANWIDTH": "200"}  # not a terminal: plain text
+    conf_page = run(["man", "-P", "cat", "5", "spfmilter.conf"], env=env).stdout
+    prog_page = run(["man", "-P", "cat", "8", "spfmilter"], env=env).stdout
+    readme = (ROOT / "README.rst").read_text()
+    # a sentence of each included README section, rendered
+    assert "Mail_From_reject" in conf_page and "Per-recipient sections" in conf_page
+    assert "re-reads the configuration file, once, in the supervisor" in prog_page
+    assert "--check-config" in prog_page and "milter_default_action" in prog_page
+    assert "re-reads the configuration file, once, in the supervisor" in readme
+
+
+def test_user_service_enablement_and_postfix_group(installed: subprocess.CompletedProcess[str]) -> None:
+    user = run(["getent", "passwd", "spfmilter"]).stdout.strip().split(":")
+    assert user[0] == "spfmilter" and user[6] == "/usr/sbin/nologin"
+    assert unit_settings()["User"] == "spfmilter"
+    # SysV links (update-rc.d) and the systemd enablement (deb-systemd-helper)
+    assert list(Path("/etc/rc2.d").glob("S*spfmilter"))
+    assert Path("/etc/systemd/system/multi-user.target.wants/spfmilter.service").is_symlink()
+    tool = shutil.which("systemd-analyze")
+    _need(tool is not None, "systemd-analyze: apt-get install systemd (make test-deps installs it)")
+    res = run([str(tool), "verify", "--man=no", str(UNIT)], check=False,
+              env={**CLEAN_ENV, "SYSTEMD_LOG_LEVEL": "warning"})
+    assert res.returncode == 0 and "spfmilter.service" not in res.stdout + res.stderr, res.stdout + res.stderr
+    if run(["getent", "passwd", "postfix"], check=False).returncode == 0:
+        assert "spfmilter" in run(["id", "-nG", "postfix"]).stdout.split()
+
+
+def test_check_through_debians_dnspython(installed: subprocess.CompletedProcess[str],
+                                        dns_server: TestDNSServer, tmp_path: Path) -> None:
+    """``Nameservers = 127.0.0.1:PORT``: the dnspython 2.3 form of a custom server."""
+    conf = tmp_path / "spfmilter.conf"
+    conf.write_text(f"Nameservers = {dns_server.nameserver}\nAuthserv_Id = mx.test\nskip_addresses =\n")
+    conf.chmod(0o644)
+    res = run(["spfmilter", "check", "-c", str(conf), "--ip", "198.51.100.7", "--helo", "unknown.test",
+               "--from", "user@allowed.test", "--rcpt", "a@mx.test"])
+    assert "MAIL FROM result: fail (user@allowed.test)" in res.stdout
+    assert "reject -> 550 5.7.23" in res.stdout
+    assert dns_server.query_count("allowed.test", "TXT"), "the test DNS server was not asked"
+
+
+# Inside the network namespace: a private mount namespace whose /dev has what a
+# service gets and a /dev/log of its own (journald's, under systemd), so the
+# unit's `--log syslog` works without touching the host's /dev.
+_PRIVATE_DEV = r"""
+set -e
+mount --make-rprivate /
+hostdev=$(mktemp -d)
+mount --rbind /dev "$hostdev"
+mount -t tmpfs -o mode=0755 spfmilter-pkg-dev /dev
+for n in null zero full random urandom tty; do
+  [ -e "$hostdev/$n" ] || continue
+  touch /dev/$n; mount --bind "$hostdev/$n" /dev/$n
+done
+ln -s /proc/self/fd /dev/fd
+mkdir /dev/shm /dev/pts
+mount -t tmpfs -o mode=1777 spfmilter-pkg-shm /dev/shm
+umount -l "$hostdev"; rmdir "$hostdev"
+exec "$@"
+"""
+
+
+def test_mail_through_postfix_to_the_installed_program(installed: subprocess.CompletedProcess[str],
+                                                       tmp_path: Path) -> None:
+    """The unit's ExecStart, as its User= with its UMask and RuntimeDirectory, in a
+    network namespace whose resolv.conf names the tests' DNS server on 127.0.0.1:53
+    (the conffile has no Nameservers); Postfix reaches the socket through group
+    spfmilter, as the postinst arranged."""
+    mta.require_or_skip("postfix")
+    unit = unit_settings()
+    cmd = shlex.split(unit["ExecStart"])
+    assert cmd[0] == "/usr/bin/spfmilter" and cmd[1:3] == ["-c", str(CONFFILE)], cmd
+    user, group = unit["User"], unit["Group"]
+    runtime = Path("/run") / unit["RuntimeDirectory"]
+    assert runtime == RUNTIME_DIR
+    umask = unit["UMask"]
+    log = tmp_path / "syslog.log"
+    with contextlib.ExitStack() as stack:
+        ns = stack.enter_context(mta.Netns(addresses=()))
+        netns_etc = Path("/etc/netns") / ns.name
+        if not netns_etc.parent.exists():
+            netns_etc.parent.mkdir(exist_ok=True)
+            # gone again once empty (other namespaces may have their folder there meanwhile)
+            stack.callback(lambda: contextlib.suppress(OSError)(netns_etc.parent.rmdir)())
+        netns_etc.mkdir()
+        stack.callback(shutil.rmtree, netns_etc, True)
+        (netns_etc / "resolv.conf").write_text("nameserver 127.0.0.1\n")
+        dns = ns.run(lambda: TestDNSServer(ZONES, port=53).start())
+        assert isinstance(dns, TestDNSServer)
+        stack.callback(dns.stop)
+        # what systemd does for RuntimeDirectory= before it starts the service
+        runtime.mkdir(mode=0o700, exist_ok=True)
+        shutil.chown(runtime, user, group)
+        runtime.chmod(int(unit["RuntimeDirectoryMode"], 8))
+        stack.callback(shutil.rmtree, runtime, True)
+        service = [*ns.exec_prefix(), "unshare", "-m", "--", "sh", "-c", _PRIVATE_DEV, "private-dev",
+                   *mta.syslog_wrap(str(log)),
+                   "env", "-i", *(f"{k}={v}" for k, v in CLEAN_ENV.items()),
+                   "setpriv", f"--reuid={user}", f"--regid={group}", "--init-groups", "--",
+                   "sh", "-c", f'umask {umask}; exec "$@"', "unit", *cmd]
+        proc = subprocess.Popen(service, cwd="/", stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                env={**CLEAN_ENV, "PYTHONPATH": str(ROOT)})
+
+        def log_text() -> str:
+            return log.read_text(errors="replace") if log.exists() else ""
+
+        def stop() -> None:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(40)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(10)
+
+        stack.callback(stop)
+        wait_for(lambda: proc.poll() is not None or "action=start" in log_text(), 30,
+                 "the installed spfmilter to start", on_timeout=log_text)
+        assert proc.poll() is None, log_text() + (proc.stdout.read().decode() if proc.stdout else "")
+        # the supervisor is Debian's python3 running the installed script, with nothing of the venv
+        listen = re.search(r"action=listen .*?pid=(\d+)", log_text())
+        assert listen, log_text()
+        pid = int(listen.group(1))
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        assert [a.decode() for a in argv[:2]] == ["/usr/bin/python3", "/usr/bin/spfmilter"], argv
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        assert not [e for e in environ if e.startswith((b"PYTHONPATH=", b"VIRTUAL_ENV="))], environ
+        sock = runtime / "spfmilter.sock"
+        st = sock.stat()
+        assert (st.st_uid, st.st_gid) == (installed_uid(user), installed_gid(group))
+        assert st.st_mode & 0o777 == 0o770, oct(st.st_mode)  # UMask 0007
+        modes = {runtime: runtime.stat().st_mode & 0o777, sock: st.st_mode & 0o777}
+
+        cap = stack.enter_context(mta.CaptureSMTP())
+        lab = stack.enter_context(mta.PostfixLab(tmp_path / "postfix", f"unix:{sock}", cap.port))
+        # The lab opens the socket to everybody (o+x, o+rw) for milters in test
+        # folders: undo that, so only the group the postinst set up lets smtpd in.
+        for path, mode in modes.items():
+            path.chmod(mode)
+
+        forged = lab.send("198.51.100.7", "unknown.test", "user@allowed.test", ["a@mx.test"],
+                          mta.make_message("user@allowed.test", "a@mx.test"))
+        rcpt = forged.rcpt("a@mx.test")
+        assert rcpt is not None and rcpt.code == 550 and rcpt.enhanced == "5.7.23", str(forged)
+        good = lab.send("192.0.2.10", "mail.allowed.test", "user@allowed.test", ["a@mx.test"],
+                        mta.make_message("user@allowed.test", "a@mx.test", subject="installed package"))
+        assert good.final is not None and good.final.code == 250, str(good)
+        msg = cap.wait_for(1)[0]
+        assert msg.header("Subject") == "installed package"
+        ar = msg.header("Authentication-Results") or ""
+        assert "spf=pass smtp.mailfrom=allowed.test" in ar, msg.text
+        assert msg.header_names()[0] in ("Authentication-Results", "Received-SPF")
+        wait_for(lambda: "action=reject" in log_text() and "action=accept" in log_text(), 10,
+                 "the decision lines in syslog", on_timeout=log_text)
+        assert "uid=%d" % installed_uid(user) in log_text()
+        lab.stop()
+        stop()
+        assert proc.returncode == 0, log_text()
+        assert "action=stop" in log_text()
+        assert dns.query_count("allowed.test", "TXT"), "the program did not use its namespace's resolver"
+
+
+def installed_uid(user: str) -> int:
+    return int(run(["id", "-u", user]).stdout)
+
+
+def installed_gid(group: str) -> int:
+    return int(run(["getent", "group", group]).stdout.split(":")[2])
+
+
+def test_upgrade_keeps_the_admins_edits(installed: subprocess.CompletedProcess[str]) -> None:
+    """Installing the package over itself runs the upgrade path of the maintainer scripts."""
+    edited = CONFFILE.read_text().replace("#TestOnly = 1", "# edited by the admin:\nTestOnly = 1")
+    assert edited != CONFFILE.read_text()
+    CONFFILE.write_text(edited)
+    res = apt_install("--reinstall", f"./{DEB.name}")  # unpacks over 0.1.0: postinst configure 0.1.0
+    assert f"Setting up spfmilter ({__version__})" in res.stdout
+    assert CONFFILE.read_text() == edited
+    assert run(["/usr/bin/spfmilter", "--check-config", "-c", str(CONFFILE)]).stdout.strip().endswith(": OK")
+    # the upgrade restarts the service: here through invoke-rc.d (no systemd as PID 1)
+    if sysv("status").returncode == 0:  # a permissive policy-rc.d let it (re)start
+        assert sysv("stop").returncode == 0
+    else:
+        assert "denied execution of restart" in res.stdout + res.stderr, res.stdout + res.stderr
+
+
+def test_purge_removes_conffile_and_runtime_folder(installed: subprocess.CompletedProcess[str]) -> None:
+    RUNTIME_DIR.mkdir(exist_ok=True)
+    (RUNTIME_DIR / "spfmilter-init.pid").write_text("")
+    purge()
+    assert installed_version("spfmilter") is None
+    assert not Path("/usr/bin/spfmilter").exists()
+    assert not CONFFILE.exists() and not CONFFILE.parent.exists()
+    assert not RUNTIME_DIR.exists()
+    assert not Path("/etc/systemd/system/multi-user.target.wants/spfmilter.service").exists()
+    assert not list(Path("/etc/rc2.d").glob("S*spfmilter"))
+
+
+# --- lintian ----------------------------------------------------------------------
+
+def lintian(deb: Path) -> subprocess.CompletedProcess[str]:
+    """What `make deb` runs: errors and warnings fail (overridden tags do not count)."""
+    return run(["lintian", "--fail-on", "error,warning", str(deb)], check=False, timeout=300)
+
+
+def test_lintian_passes_the_package_and_catches_a_broken_one(tmp_path: Path) -> None:
+    _need(os.geteuid() == 0 or DEB.exists(), "the package: run `make deb` (as root, it installs Debian's tools)")
+    _need(shutil.which("lintian") is not None, "lintian: `make deb` installs it")
+    deb = build_deb() if os.geteuid() == 0 else DEB
+    good = lintian(deb)
+    assert good.returncode == 0, good.stdout + good.stderr
+    # the same package without its copyright file: lintian must refuse it
+    tree = tmp_path / "tree"
+    run(["dpkg-deb", "-R", str(deb), str(tree)])
+    (tree / "usr/share/doc/spfmilter/copyright").unlink()
+    broken = tmp_path / deb.name
+    run(["dpkg-deb", "--root-owner-group", "-b", str(tree), str(broken)])
+    bad = lintian(broken)
+    assert bad.returncode != 0 and "no-copyright-file" in bad.stdout, bad.stdout
+
+
+# --- sdist and wheel ----------------------------------------------------------------
+
+def twine_check(files: list[Path]) -> subprocess.CompletedProcess[str]:
+    twine = Path(sys.executable).with_name("twine")
+    return run([str(twine), "check", "--strict", *map(str, files)], env={**os.environ}, check=False)
+
+
+def python_build(src: Path, out: Path, *args: str) -> list[Path]:
+    run([sys.executable, "-m", "build", *args, "--outdir", str(out), str(src)], env={**os.environ},
+        timeout=600)
+    return sorted(out.iterdir())
+
+
+def test_sdist_and_wheel_build_and_pass_twine(tmp_path: Path) -> None:
+    files = python_build(ROOT, tmp_path / "dist")
+    names = sorted(p.name for p in files)
+    assert names == [f"spfmilter-{__version__}-py3-none-any.whl", f"spfmilter-{__version__}.tar.gz"]
+    res = twine_check(files)
+    assert res.returncode == 0, res.stdout + res.stderr
+    wheel = zipfile.ZipFile(next(p for p in files if p.suffix == ".whl"))
+    listed = set(wheel.namelist())
+    for src in (ROOT / "spfmilter").rglob("*.py"):
+        assert str(src.relative_to(ROOT)) in listed, src
+    meta = wheel.read(f"spfmilter-{__version__}.dist-info/METADATA").decode()
+    assert "Requires-Dist: dnspython>=2.3" in meta and "Requires-Dist: prometheus_client>=0.16" in meta
+    with tarfile.open(next(p for p in files if p.name.endswith(".tar.gz"))) as sdist:
+        assert f"spfmilter-{__version__}/README.rst" in sdist.getnames()
+
+
+def test_twine_refuses_a_description_that_does_not_render(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    shutil.copytree(ROOT / "spfmilter", src / "spfmilter", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("setup.cfg", "pyproject.toml"):
+        shutil.copy(ROOT / name, src / name)
+    (src / "README.rst").write_text("spfmilter\n=========\n\n`unclosed link <https://example.org\n\n"
+                                    ".. no-such-directive::\n")
+    res = twine_check(python_build(src, tmp_path / "dist", "--wheel"))
+    assert res.returncode != 0 and "FAILED" in res.stdout, res.stdout
