@@ -192,6 +192,8 @@ def converse(session: Session, recv: Recv, send: Callable[[bytes], None], *,
     attrs: dict[str, str] = {}
     size = lines = 0
     bad: str | None = None
+    began = 0.0  # when the request being read started: it must be complete within the limit
+    limit = min(REQUEST_TIMEOUT, idle_timeout)
     while True:
         nl = buf.find(b"\n")
         if nl < 0:
@@ -201,7 +203,9 @@ def converse(session: Session, recv: Recv, send: Callable[[bytes], None], *,
             if not started and stopping():
                 return "stop"
             try:
-                chunk = recv(min(REQUEST_TIMEOUT, idle_timeout) if started else idle_timeout,
+                if started and time.monotonic() - began >= limit:
+                    raise _Idle
+                chunk = recv(began + limit - time.monotonic() if started else idle_timeout,
                              not started)
             except _Idle:
                 log.info("%s", kv(action="policy-close", reason="idle" if not started else
@@ -212,6 +216,8 @@ def converse(session: Session, recv: Recv, send: Callable[[bytes], None], *,
                     log.info("%s", kv(action="bad-input", error="end of input inside a request",
                                       via=session.via))
                 return "end of input"
+            if not started:
+                began = time.monotonic()
             buf += chunk
             continue
         line = bytes(buf[:nl])
@@ -237,6 +243,7 @@ def converse(session: Session, recv: Recv, send: Callable[[bytes], None], *,
             action = session.answer(attrs)
         send(_reply(action))
         attrs, size, lines, bad = {}, 0, 0, None
+        began = time.monotonic()  # for what is already buffered of the next request
 
 
 def _refuse(send: Callable[[bytes], None], why: str, size: int, via: str) -> str:
@@ -387,8 +394,8 @@ def serve_in_background() -> None:
     sock.setblocking(False)  # workers share the listener: another may take a connection first
     threading.Thread(target=_accept_loop, args=(sock,), name="spfmilter-policy",
                      daemon=True).start()
-    log.info("%s", kv(action="start", policy_socket=runtime.current().settings.policy_socket,
-                      pid=os.getpid()))
+    log.info("%s", kv(action="policy-start",
+                      policy_socket=runtime.current().settings.policy_socket, pid=os.getpid()))
 
 
 def _accept_loop(sock: socket.socket) -> None:

@@ -247,3 +247,16 @@ def test_config_takes_policy_keys():
         cfg.parse_text("Socket = unix:/a/s\nPolicy_Socket = unix:/a/s\n", "x")
     with pytest.raises(cfg.ConfigError, match=r"x:1: Policy_Socket: "):
         cfg.parse_text("Policy_Socket = tcp:1\n", "x")
+
+
+def test_a_request_trickling_in_is_closed_when_its_time_is_up(use, monkeypatch):
+    monkeypatch.setattr(policy, "REQUEST_TIMEOUT", 0.3)
+    import time
+
+    def recv(timeout: float, between: bool) -> bytes:
+        time.sleep(min(timeout, 0.05))  # a byte now and then, each within the per-read limit
+        return b"x"
+
+    started = time.monotonic()
+    assert policy.converse(use(), recv, lambda b: None, idle_timeout=30) == "idle"
+    assert time.monotonic() - started < 2
