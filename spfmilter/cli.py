@@ -81,6 +81,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = cfg.load(path, args.socket)
     except cfg.ConfigError as exc:
         print(f"spfmilter: {exc}", file=sys.stderr)
+        if args.command == "policy" and (args.log_file or logmod.stderr_is_stdout()):
+            # under spawn stderr goes to Postfix, not to the administrator: log it too
+            logmod.setup(1, file=args.log_file, protocol_on_stdout=True)
+            logmod.log.error("%s", logmod.kv(action="config-error", error=str(exc)))
         return 1
     if args.check_config:
         print(f"spfmilter: {path or 'built-in defaults'}: OK")

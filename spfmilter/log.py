@@ -44,7 +44,7 @@ def setup(debug_level: int = 1, *, stderr: bool | None = None,
     if file:
         handler = logging.handlers.WatchedFileHandler(file)
         handler.setFormatter(logging.Formatter("%(asctime)s spfmilter[%(process)d]: %(message)s"))
-    elif use_stderr and stderr is None and protocol_on_stdout and _stderr_is_stdout():
+    elif use_stderr and stderr is None and protocol_on_stdout and stderr_is_stdout():
         handler = logging.NullHandler()  # only syslog or a file can take them here
     elif use_stderr:
         handler = logging.StreamHandler(sys.stderr)
@@ -58,7 +58,7 @@ def setup(debug_level: int = 1, *, stderr: bool | None = None,
     root.propagate = False
 
 
-def _stderr_is_stdout() -> bool:
+def stderr_is_stdout() -> bool:
     """True under Postfix's spawn: stdout and stderr are the one client socket."""
     try:
         out, err = os.fstat(1), os.fstat(2)

@@ -260,3 +260,27 @@ def test_a_request_trickling_in_is_closed_when_its_time_is_up(use, monkeypatch):
     started = time.monotonic()
     assert policy.converse(use(), recv, lambda b: None, idle_timeout=30) == "idle"
     assert time.monotonic() - started < 2
+
+
+def test_skipped_client_gets_dunno_without_evaluation(use, dns_server):
+    s = use(skip_addresses="192.0.2.0/24")
+    dns_server.clear_queries()
+    assert s.answer(req()) == "DUNNO" and dns_server.queries == []
+
+
+def test_policy_command_with_a_refused_key_says_so_in_one_line_and_in_its_log(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.kit import ROOT
+
+    conf = tmp_path / "policyd-spf.conf"
+    conf.write_text("debugLevel = 1\nPer_User = /etc/x\n")
+    logfile = tmp_path / "policy.log"
+    res = subprocess.run([sys.executable, "-m", "spfmilter", "policy", "-c", str(conf),
+                          "--log-file", str(logfile)], input=b"", capture_output=True,
+                         cwd=ROOT, timeout=30)
+    assert res.returncode == 1 and res.stdout == b""
+    line = f"{conf}:2: Per_User: not supported by spfmilter: put per-recipient settings in"
+    assert res.stderr.decode().count("\n") == 1 and line in res.stderr.decode()
+    assert "action=config-error" in logfile.read_text() and line in logfile.read_text()
