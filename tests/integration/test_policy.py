@@ -488,3 +488,20 @@ def test_policy_socket_under_umask_owned_by_userid_served_after_the_drop(dns_ser
         finally:
             assert proc.stop() == 0
         assert not path.exists()  # the dropped supervisor could remove it: its folder is UserID's
+
+
+def test_policy_socket_decisions_are_counted_in_the_daemons_metrics(spfmilter, tmp_path_factory):
+    import urllib.request
+
+    port = free_port()
+    spec = f"unix:{tmp_path_factory.mktemp('pol')}/metrics.sock"
+    daemon = spfmilter(fresh=True, Policy_Socket=spec, Metrics=f"127.0.0.1:{port}")
+    bad = request(client_address=UNAUTH, helo_name="unknown.test", instance="m2")
+    out, _ = SocketClient(spec, daemon.log_text).exchange(encode(*THREE, bad))
+    assert len(answers(out)) == 4
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    m = dict(line.rsplit(" ", 1) for line in text.splitlines() if line and line[0] != "#")
+    assert float(m["spfmilter_transactions_total"]) == 2   # one per message, not per recipient
+    assert float(m['spfmilter_actions_total{action="accept"}']) == 3
+    assert float(m['spfmilter_actions_total{action="reject"}']) == 1
+    assert float(m['spfmilter_spf_results_total{identity="mailfrom",result="fail"}']) == 1
