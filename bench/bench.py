@@ -18,7 +18,9 @@ Load: bench/loadgen.py, a Postfix-like MTA side of the milter protocol, in one
 contender in turn (A B C A B C ...), ``--rounds`` times; the tables show the
 median over the rounds.  Then: 500 connections held open at once (RSS), and
 smtp-source through a private Postfix with no milter / spfmilter /
-pyspf-milter.  Results go to bench/results/latest.{md,json} and
+pyspf-milter; and Postfix's policy protocol without Postfix: ``spfmilter
+policy`` against python policyd-spf on stdin/stdout (bench/policy_bench.py;
+``--only-policy`` runs just that part, into policy.{md,json}).  Results go to bench/results/latest.{md,json} and
 bench/results/README-section.rst.
 """
 
@@ -42,7 +44,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench import loadgen, zones
+from bench import loadgen, policy_bench, zones
 from tests.kit.mta import PostfixLab
 from tests.kit.wait import WaitTimeout
 
@@ -759,7 +761,7 @@ def evaluate_targets(med: list[dict], pf: list[dict], held: list[dict],
 
 
 def render_md(info: dict, med: list[dict], pfmed: list[dict], held: list[dict], targets: list[dict],
-              dnscap: dict, params: dict) -> str:
+              dnscap: dict, params: dict, polmed: list[dict] | None = None) -> str:
     L = []
     L.append("# spfmilter benchmark results\n")
     L.append(f"Run {info['date']} on {info['nproc']} CPUs ({info['cpu']}), {info['memory_gb']} GB, "
@@ -814,6 +816,7 @@ def render_md(info: dict, med: list[dict], pfmed: list[dict], held: list[dict], 
                     L.append(f"| {label} | {s} | {fmt(r['msgs_per_s'], 1)} | {fmt(r['mean_ms'], 2)} | "
                              f"{fmt(r['delivered'], 0)}/{fmt(r['messages'], 0)} |")
         L.append("")
+    L.extend(policy_bench.render_md(polmed or []))
     if dnscap:
         L.append("## DNS server capacity (2 client processes, 8 queries in flight each)\n")
         for k, v in dnscap.items():
@@ -828,7 +831,7 @@ def render_md(info: dict, med: list[dict], pfmed: list[dict], held: list[dict], 
         L.append(f"- {cost['lookups']:,} lookups each")
         L.append("")
     L.append("## How it is measured\n")
-    L.append(params["method"])
+    L.append(params["method"] + (policy_bench.METHOD if polmed else ""))
     return "\n".join(L) + "\n"
 
 
@@ -874,7 +877,7 @@ METHOD = """\
 
 
 def render_rst(info: dict, targets: list[dict], med: list[dict], pfmed: list[dict], held: list[dict],
-               params: dict) -> str:
+               params: dict, polmed: list[dict] | None = None) -> str:
     def cell(milter: str, sock: str, mode: str, conc: int) -> dict:
         return next((r for r in med if (r["milter"], r["socket"], r["mode"], r["concurrency"])
                      == (milter, sock, mode, conc)), {})
@@ -914,6 +917,8 @@ def render_rst(info: dict, targets: list[dict], med: list[dict], pfmed: list[dic
             if a and b:
                 L += [f"   * - {label}", f"     - {a['msgs_per_s']:.0f}", f"     - {a['mean_ms']:.2f}",
                       f"     - {b['msgs_per_s']:.0f}"]
+    L += policy_bench.render_rst(polmed or [])
+
     def pf(label: str) -> dict:
         return next((x for x in pfmed if x["setup"] == label and x["sessions"] == 1), {})
 
@@ -937,6 +942,29 @@ def render_rst(info: dict, targets: list[dict], med: list[dict], pfmed: list[dic
 
 # --- main ---------------------------------------------------------------------------------
 
+def only_policy(args: argparse.Namespace, nsd: NSD, started: float) -> int:
+    """`--only-policy`: NSD and the policy protocol run, into policy.{md,json} (latest.* untouched)."""
+    try:
+        nsd.start(0)
+        rows = policy_bench.run_policy(RUN, sys.executable, PYSPF_VENV, args.rounds, args.seconds, log)
+    finally:
+        nsd.stop()
+    med = policy_bench.medians(rows)
+    targets = policy_bench.targets(med)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "policy.json").write_text(json.dumps({"machine": machine(), "targets": targets,
+                                                 "medians": med, "runs": rows}, indent=1) + "\n")
+    lines = ["# spfmilter policy against policyd-spf\n", "| target | measured | met |", "|---|---|---|"]
+    lines += [f"| {t['target']} | {t['measured']} | {'yes' if t['met'] else '**no**'} |" for t in targets]
+    (out / "policy.md").write_text("\n".join(lines + [""] + policy_bench.render_md(med)
+                                             + [policy_bench.METHOD]))
+    log(f"done in {time.monotonic() - started:.0f} s; results in {out}/policy.md")
+    for t in targets:
+        log(f"{'MET ' if t['met'] else 'MISS'} {t['target']}: {t['measured']}")
+    return 0
+
+
 def inner(args: argparse.Namespace) -> int:
     started = time.monotonic()
     sh("ip", "link", "set", "lo", "up")
@@ -948,9 +976,11 @@ def inner(args: argparse.Namespace) -> int:
     resolv = RUN / "resolv.conf"
     resolv.write_text("nameserver 127.0.0.1\noptions attempts:1\n")
     sh("mount", "--bind", str(resolv), "/etc/resolv.conf")  # this mount namespace only
+    nsd = NSD()
+    if args.only_policy:
+        return only_policy(args, nsd, started)
     info = machine()
     log(f"machine: {info}")
-    nsd = NSD()
     milters: list[Milter] = []
     try:
         n = nsd.start(args.cold_domains)
@@ -995,13 +1025,18 @@ def inner(args: argparse.Namespace) -> int:
                     log(f"held {h['connections_held']} connections on {m.key}: RSS {h['rss_mb']:.1f} MB, "
                         f"{h['threads']} threads; {h['completed']} completed afterwards")
         pf_rows = [] if args.no_postfix else run_postfix(milters, args.rounds, args.postfix_seconds)
+        for m in milters:  # the policy run has both CPUs to itself, as every other part
+            m.stop()
+        pol_rows = [] if args.no_policy else policy_bench.run_policy(
+            RUN, sys.executable, PYSPF_VENV, args.rounds, args.seconds, log)
     finally:
         for m in milters:
             m.stop()
         nsd.stop()
     med = median_rows(rows, ("milter", "socket", "mode", "concurrency"))
     pfmed = median_rows(pf_rows, ("setup", "sessions")) if pf_rows else []
-    targets = evaluate_targets(med, pfmed, held, dnscost)
+    polmed = policy_bench.medians(pol_rows)
+    targets = evaluate_targets(med, pfmed, held, dnscost) + policy_bench.targets(polmed)
     params["elapsed_s"] = round(time.monotonic() - started)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -1009,9 +1044,11 @@ def inner(args: argparse.Namespace) -> int:
         {"machine": info, "params": {k: v for k, v in params.items() if k != "method"},
          "targets": targets, "medians": med, "postfix_medians": pfmed, "held": held,
          "dns_capacity": dnscap, "dnspython_lookup_cost": dnscost, "runs": rows,
-         "postfix_runs": pf_rows}, indent=1, default=str) + "\n")
-    (out / "latest.md").write_text(render_md(info, med, pfmed, held, targets, dnscap, params))
-    (out / "README-section.rst").write_text(render_rst(info, targets, med, pfmed, held, params))
+         "postfix_runs": pf_rows, "policy_medians": polmed, "policy_runs": pol_rows},
+        indent=1, default=str) + "\n")
+    (out / "latest.md").write_text(render_md(info, med, pfmed, held, targets, dnscap, params, polmed))
+    (out / "README-section.rst").write_text(render_rst(info, targets, med, pfmed, held, params,
+                                                       polmed))
     log(f"done in {params['elapsed_s']} s; results in {out}/latest.md")
     for t in targets:
         log(f"{'MET ' if t['met'] else 'MISS'} {t['target']}: {t['measured']}")
@@ -1022,11 +1059,13 @@ def render_only(out: Path) -> int:
     """Write latest.md and README-section.rst again from latest.json (no measuring)."""
     d = json.loads((out / "latest.json").read_text())
     params = {**d["params"], "method": METHOD}
-    targets = evaluate_targets(d["medians"], d["postfix_medians"], d["held"], d.get("dnspython_lookup_cost"))
+    polmed = d.get("policy_medians", [])
+    targets = evaluate_targets(d["medians"], d["postfix_medians"], d["held"],
+                               d.get("dnspython_lookup_cost")) + policy_bench.targets(polmed)
     (out / "latest.md").write_text(render_md(d["machine"], d["medians"], d["postfix_medians"], d["held"],
-                                             targets, d["dns_capacity"], params))
+                                             targets, d["dns_capacity"], params, polmed))
     (out / "README-section.rst").write_text(render_rst(d["machine"], targets, d["medians"],
-                                                       d["postfix_medians"], d["held"], params))
+                                                       d["postfix_medians"], d["held"], params, polmed))
     return 0
 
 
@@ -1043,6 +1082,9 @@ def main() -> int:
     p.add_argument("--no-hold", action="store_true")
     p.add_argument("--no-dns-capacity", action="store_true")
     p.add_argument("--no-matrix", action="store_true", help="skip the milter-protocol runs")
+    p.add_argument("--no-policy", action="store_true", help="skip the policy-protocol runs")
+    p.add_argument("--only-policy", action="store_true",
+                   help="run only NSD and the policy-protocol runs (results in policy.md/json)")
     p.add_argument("--out", default=str(RESULTS))
     p.add_argument("--render-only", action="store_true",
                    help="rewrite latest.md and README-section.rst from latest.json")

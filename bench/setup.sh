@@ -6,7 +6,9 @@
 #     util-linux (private network and mount namespaces);
 #   * pyspf-milter: PyPI spf-engine==3.1.0 with pymilter, pyspf, authres and
 #     dnspython, in a venv of its own under $BENCH_WORK (default
-#     /var/tmp/spfmilter-bench), never in the project's .venv.
+#     /var/tmp/spfmilter-bench), never in the project's .venv; the same package
+#     provides python policyd-spf (the `policyd-spf` command), the policy-protocol
+#     contender.
 # Needs root (apt, namespaces).  Usage: bench/setup.sh [PYTHON]
 set -eu
 WORK="${BENCH_WORK:-/var/tmp/spfmilter-bench}"
@@ -31,7 +33,8 @@ fi
 
 VENV="$WORK/venv-pyspf-milter"
 mkdir -p "$WORK"
-if ! "$VENV/bin/python" -c 'import spf_engine, Milter, spf, authres, dns' 2>/dev/null; then
+if ! "$VENV/bin/python" -c 'import spf_engine, Milter, spf, authres, dns' 2>/dev/null \
+        || [ ! -x "$VENV/bin/policyd-spf" ]; then
     echo "bench/setup.sh: creating $VENV with spf-engine==3.1.0"
     rm -rf "$VENV"
     "$PY" -m venv "$VENV"

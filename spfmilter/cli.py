@@ -1,4 +1,5 @@
-"""The command line: run the daemon, validate a configuration, or check one transaction.
+"""The command line: run the daemon, validate a configuration, check one transaction, or
+serve Postfix's policy protocol on stdin/stdout (``spfmilter policy``).
 
 ``spfmilter check`` drives the real milter class through pymilter's test
 context, so what it prints is what the MTA would get, not a re-implementation.
@@ -50,6 +51,14 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--trace", action="store_true",
                    help="show each DNS lookup, the deciding mechanism and the RFC 7208 "
                         "lookup counts")
+    pol = sub.add_parser("policy", help="serve Postfix's policy delegation protocol on stdin and "
+                                         "stdout (for a master.cf spawn service)")
+    pol.add_argument("-c", "--config", dest="policy_config_file", metavar="FILE",
+                     help="configuration file; policyd-spf.conf key names work (default: the "
+                          "top-level -c, else " + cfg.DEFAULT_PATH + " if it exists)")
+    pol.add_argument("--log-file", metavar="FILE",
+                     help="append log lines to FILE (default: syslog when /dev/log exists; "
+                          "never the protocol's own socket)")
     return p
 
 
@@ -73,10 +82,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     path = args.config
     if args.command == "check" and args.check_config_file:
         path = args.check_config_file
+    if args.command == "policy" and args.policy_config_file:
+        path = args.policy_config_file
     try:
         settings = cfg.load(path, args.socket)
     except cfg.ConfigError as exc:
         print(f"spfmilter: {exc}", file=sys.stderr)
+        if args.command == "policy" and (args.log_file or logmod.stderr_is_stdout()):
+            # under spawn stderr goes to Postfix, not to the administrator: log it too
+            logmod.setup(1, file=args.log_file, protocol_on_stdout=True)
+            logmod.log.error("%s", logmod.kv(action="config-error", error=str(exc)))
         return 1
     if args.check_config:
         print(f"spfmilter: {path or 'built-in defaults'}: OK")
@@ -85,6 +100,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "check":
         logmod.setup(settings.debug_level, stderr=True)
         return run_check(settings, args)
+    if args.command == "policy":
+        from spfmilter.frontends import policy
+
+        logmod.setup(settings.debug_level, file=args.log_file, protocol_on_stdout=True,
+                     stderr={"auto": None, "syslog": False, "stderr": True}[args.log])
+        return policy.serve_stdio(settings)
     logmod.setup(settings.debug_level,
                  stderr={"auto": None, "syslog": False, "stderr": True}[args.log])
     return daemon.run(settings, lambda: cfg.load(path, args.socket))

@@ -135,6 +135,10 @@ class Settings:
     dkim_rescue: bool = False
     dkim_max_bytes: int = 4 * 1024 * 1024
     trusted_relays: tuple[IPNetwork, ...] = ()
+    policy_socket: str = ""
+    policy_idle_timeout: float = 330.0
+    helo_pass_restriction: str = ""
+    mail_from_pass_restriction: str = ""
     recipient_policies: tuple[RecipientPolicy, ...] = ()
 
     def section_for(self, recipient: str) -> int | None:
@@ -290,6 +294,22 @@ def parse_socket(text: str) -> str:
     raise ValueError(f"unknown socket type {kind!r}: use inet:, inet6: or unix:")
 
 
+def parse_policy_socket(text: str) -> str:
+    """Policy_Socket: empty (off), ``unix:/path`` or ``inet:PORT@HOST``, as for Socket."""
+    return parse_socket(text) if text.strip() else ""
+
+
+_RESTRICTION = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+def _restriction(text: str) -> str:
+    """A Postfix restriction class name (smtpd_restriction_classes), as policyd-spf takes."""
+    value = text.strip()
+    if value and not _RESTRICTION.match(value):
+        raise ValueError(f"expected the name of a Postfix restriction class (one word), got {text!r}")
+    return value
+
+
 def _nameservers(text: str) -> tuple[tuple[str, int], ...]:
     out = []
     for item in _items(text):
@@ -422,16 +442,16 @@ _KEYS: dict[str, tuple[str, str, Callable[[str], object]]] = {
         ("DKIM_Rescue", "dkim_rescue", _bool),
         ("DKIM_Max_Bytes", "dkim_max_bytes", _byte_count),
         ("Trusted_Relays", "trusted_relays", _networks),
+        ("Policy_Socket", "policy_socket", parse_policy_socket),
+        ("Policy_Idle_Timeout", "policy_idle_timeout", _positive_float),
+        ("HELO_pass_restriction", "helo_pass_restriction", _restriction),
+        ("Mail_From_pass_restriction", "mail_from_pass_restriction", _restriction),
     ]
 }
 
 # Keys of python policyd-spf / pyspf-milter that spfmilter does not take, and what
 # to use instead: a migrating administrator gets a pointer, not just "unknown".
 REFUSED_KEYS: dict[str, str] = {k.lower(): v for k, v in {
-    "HELO_pass_restriction": "it names a Postfix access(5) action, which a milter cannot apply; "
-                             "remove it (a HELO pass is reported in the headers)",
-    "Mail_From_pass_restriction": "it names a Postfix access(5) action, which a milter cannot "
-                                  "apply; remove it (a pass is reported in the headers)",
     "No_Mail": "use Mail_From_reject = Fail, which also refuses domains that publish 'v=spf1 -all'",
     "Domain_Whitelist_PTR": "use Whitelist with the forwarder's addresses, or Domain_Whitelist",
     "Mock": "to try a transaction use 'spfmilter check --ip ... --helo ... --from ...'",
@@ -512,6 +532,10 @@ def parse_text(text: str, path: str = "<string>") -> Settings:
         if section is not None:
             sections[-1] = dataclasses.replace(sections[-1], changes=tuple(section.items()))
     values["recipient_policies"] = tuple(sections)
+    policy_socket = values.get("policy_socket")
+    if policy_socket and policy_socket == values.get("socket", DEFAULT_SOCKET):
+        raise ConfigError("must differ from Socket (the milter listens there)", path,
+                          seen["policy_socket"], "Policy_Socket")
     return Settings(**values)  # type: ignore[arg-type]
 
 

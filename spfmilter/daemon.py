@@ -131,7 +131,7 @@ def _control_loop(fd: int, drain: Callable[[], None]) -> None:
 
 def serve_worker(settings: cfg.Settings, control: int) -> int:
     """Serve the inherited listening socket until told to stop; never returns normally."""
-    from spfmilter.frontends import listener, milter
+    from spfmilter.frontends import listener, milter, policy
 
     runtime.install(runtime.Runtime.create(settings))
     # pymilter reports exceptions raised before our code runs (a HELO or header
@@ -146,6 +146,7 @@ def serve_worker(settings: cfg.Settings, control: int) -> int:
             listener.retire(fds)  # accept no more; libmilter keeps serving what it has
         else:
             log.warning("%s", kv(action="stop", note="listening socket not found", socket=spec))
+        policy.drain(STOP_GRACE)  # Policy_Socket: stop accepting, wait for its clients
         idle = milter.connections.wait_idle(STOP_GRACE)
         log.info("%s", kv(action="stop", in_flight=0 if idle else milter.connections.count,
                           pid=os.getpid()))
@@ -160,6 +161,7 @@ def serve_worker(settings: cfg.Settings, control: int) -> int:
                                            **runtime.current().resolver.stats()})
     log.info("%s", kv(action="start", version=__version__, socket=spec, pid=os.getpid(),
                       uid=os.getuid(), gid=os.getgid()))
+    policy.serve_in_background()  # Policy_Socket, if set: a thread pool beside libmilter
     milter.serve()
     # libmilter stopped by itself (it gave up on its socket): the supervisor decides what next.
     log.error("%s", kv(action="stop", reason="libmilter stopped", pid=os.getpid()))
@@ -298,7 +300,7 @@ class _Supervisor:
 
 def run(settings: cfg.Settings, reload_settings: Callable[[], cfg.Settings]) -> int:
     """Open the socket, start the workers and supervise them; returns the exit status."""
-    from spfmilter.frontends import milter
+    from spfmilter.frontends import milter, policy
 
     # Block the signals before anything else: one that comes early is never lost.
     signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
@@ -317,6 +319,11 @@ def run(settings: cfg.Settings, reload_settings: Callable[[], cfg.Settings]) -> 
             milter.open_listener(settings)
         except Exception as exc:  # libmilter errors (socket in use, bad path) are one line
             raise cfg.ConfigError(f"cannot listen: {exc}", key="Socket") from None
+        # Policy_Socket (if set): opened here too, so that it outlives the workers
+        policy_listener = policy.open_listener(
+            settings, make_dir=lambda folder: make_runtime_dir(folder, settings.user_id),
+            owner=_user_ids(settings.user_id)[:2] if settings.user_id and os.geteuid() == 0
+            else None)
         ours = path.stat().st_ino if path is not None else None
         if settings.user_id:
             if path is not None and os.geteuid() == 0:
@@ -337,6 +344,7 @@ def run(settings: cfg.Settings, reload_settings: Callable[[], cfg.Settings]) -> 
                 path.unlink()
         except OSError:
             pass
+    policy.close_listener(policy_listener)
     _remove(settings.pid_file)
     return supervisor.exit_code
 

@@ -11,6 +11,7 @@ import logging
 import logging.handlers
 import os
 import re
+import stat
 import sys
 
 from spfmilter.core.headers import clean
@@ -22,8 +23,11 @@ log = logging.getLogger(LOGGER_NAME)
 
 
 def setup(debug_level: int = 1, *, stderr: bool | None = None,
-          syslog_socket: str = "/dev/log") -> None:
-    """Send our records to syslog (mail facility) when it exists, else to stderr."""
+          syslog_socket: str = "/dev/log", file: str | None = None,
+          protocol_on_stdout: bool = False) -> None:
+    """Send our records to syslog (mail facility) when it exists, else to stderr
+    (or to ``file``; a policy service under Postfix's spawn has its stderr on the
+    protocol's socket, so there auto never means stderr)."""
     # The line names only the process: skip what logging would otherwise gather
     # for every record (the caller's frame and file, the thread object -- which
     # libmilter's threads would each get created as a dummy -- and the
@@ -37,7 +41,12 @@ def setup(debug_level: int = 1, *, stderr: bool | None = None,
         old.close()
     use_stderr = stderr if stderr is not None else not os.path.exists(syslog_socket)
     handler: logging.Handler
-    if use_stderr:
+    if file:
+        handler = logging.handlers.WatchedFileHandler(file)
+        handler.setFormatter(logging.Formatter("%(asctime)s spfmilter[%(process)d]: %(message)s"))
+    elif use_stderr and stderr is None and protocol_on_stdout and stderr_is_stdout():
+        handler = logging.NullHandler()  # only syslog or a file can take them here
+    elif use_stderr:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(asctime)s spfmilter[%(process)d]: %(message)s"))
     else:
@@ -47,6 +56,15 @@ def setup(debug_level: int = 1, *, stderr: bool | None = None,
     root.addHandler(handler)
     root.setLevel(logging.DEBUG if debug_level >= 2 else logging.INFO)
     root.propagate = False
+
+
+def stderr_is_stdout() -> bool:
+    """True under Postfix's spawn: stdout and stderr are the one client socket."""
+    try:
+        out, err = os.fstat(1), os.fstat(2)
+    except OSError:
+        return False
+    return stat.S_ISSOCK(err.st_mode) and (out.st_dev, out.st_ino) == (err.st_dev, err.st_ino)
 
 
 def set_level(debug_level: int) -> None:

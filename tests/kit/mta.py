@@ -629,11 +629,31 @@ mkdir -p /srv/lab /srv/milter
 mount --rbind "$LAB_WORK" /srv/lab
 if [ -n "$LAB_MILTER_DIR" ]; then mount --bind "$LAB_MILTER_DIR" /srv/milter; fi
 mount --bind /srv/lab/default-main.cf /etc/postfix/main.cf
+i=0
+for pair in $LAB_EXPOSE; do  # ANCESTOR=FOLDER: FOLDER reachable, ANCESTOR's other content hidden
+    i=$((i + 1)); top="${pair%%=*}"; folder="${pair#*=}"
+    mkdir -p "/srv/expose/$i" && mount --rbind "$folder" "/srv/expose/$i"
+    mount -t tmpfs -o mode=0755 spfmlab-expose "$top"
+    mkdir -p "$folder" && mount --rbind "/srv/expose/$i" "$folder"
+done
 postfix -c /srv/lab/config check
 exec postfix -c /srv/lab/config start
 """
 
 _NS_REBIND_MILTER = 'umount -l /srv/milter 2>/dev/null || true; mount --bind "$1" /srv/milter'
+
+
+def _blocked(folders: Sequence[str]) -> list[str]:
+    """``ANCESTOR=FOLDER`` for each folder that user nobody cannot reach: the
+    highest ancestor without o+x (folders that are reachable are left alone)."""
+    out = []
+    for folder in folders:
+        path = Path(folder).resolve()
+        top = next((p for p in reversed(path.parents) if p != Path("/")
+                    and not p.stat().st_mode & stat.S_IXOTH), None)
+        if top is not None:
+            out.append(f"{top}={path}")
+    return out
 
 
 def _make_socket_dir_reachable(folder: Path) -> None:
@@ -730,13 +750,24 @@ class PostfixLab(_LogFile):
     def __init__(self, workdir, milter_socket_spec: str | None, relay_port: int | None, *,
                  port: int | None = None, myhostname: str = "mx.test",
                  extra_settings: dict[str, str] | None = None, start_timeout: float = 30,
-                 services: dict[str, tuple[int, str]] | None = None, queue_tmpfs: bool = False):
+                 services: dict[str, tuple[int, str]] | None = None, queue_tmpfs: bool = False,
+                 master_entries: dict[str, str] | None = None,
+                 master_params: dict[str, str] | None = None, expose: Sequence[str] = ()):
         """``milter_socket_spec`` None: no milter on the main port.  ``relay_port``
         None: every message goes to the ``discard`` transport.  ``services``:
         more smtpd listeners, name -> (port, their smtpd_milters value as
         Postfix reads it).  ``queue_tmpfs``: the queue on a tmpfs mounted in the
         caller's mount namespace (the benchmark's, which is private) -- no fsync
-        in the figures."""
+        in the figures.  ``master_entries``: more master.cf services, "name/type" ->
+        the whole line (``postconf -M``); ``master_params``: "name/type/parameter"
+        -> value (``postconf -P``, a service's -o), applied after them.  ``expose``:
+        folders a command Postfix runs as an unprivileged user (spawn, pipe) must
+        reach although an ancestor is private (a Python under /root): inside the
+        namespace only, that ancestor is covered by an empty tmpfs with the folder
+        bound back at its own path."""
+        self.expose = [str(p) for p in _blocked(expose)]
+        self.master_entries = dict(master_entries or {})
+        self.master_params = dict(master_params or {})
         self.services = dict(services or {})
         self.queue_tmpfs = queue_tmpfs
         self.workdir = Path(workdir).resolve()
@@ -922,10 +953,15 @@ class PostfixLab(_LogFile):
             svc = f"127.0.0.1:{port}"
             self.postconf("-M", f"{svc}/inet = {svc} inet n - n - - smtpd")
             self.postconf("-P", f"{svc}/inet/smtpd_milters={milters}")
+        for service, line in self.master_entries.items():
+            self.postconf("-M", f"{service} = {line}")
+        for where, value in self.master_params.items():
+            self.postconf("-P", f"{where}={value}")
         self.postconf("-F", "*/*/chroot = n")
         milter_dir = self._socket_dir(self.milter_socket_spec)
         env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C",
-               "LAB_WORK": str(self.workdir), "LAB_MILTER_DIR": str(milter_dir or "")}
+               "LAB_WORK": str(self.workdir), "LAB_MILTER_DIR": str(milter_dir or ""),
+               "LAB_EXPOSE": " ".join(self.expose)}
         proc = _run(["unshare", "-m", "--propagation", "private", "--",
                      "sh", "-c", _POSTFIX_NS_START, "lab-postfix"],
                     check=False, timeout=60, env=env)

@@ -134,8 +134,6 @@ def test_daemon_refuses_bad_config_in_one_line(tmp_path):
 
 
 @pytest.mark.parametrize("key,fragment", [
-    ("HELO_pass_restriction = helo_passed_spf", "Postfix access(5) action"),
-    ("Mail_From_pass_restriction = x", "Postfix access(5) action"),
     ("No_Mail = True", "use Mail_From_reject = Fail"),
     ("Domain_Whitelist_PTR = example.com", "use Whitelist"),
     ("Mock = True", "spfmilter check"),

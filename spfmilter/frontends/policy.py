@@ -1,0 +1,497 @@
+"""Postfix's SMTPD policy delegation protocol: the second thin front end over the core.
+
+Why a second front end: most Postfix sites check SPF as a policy service
+(python policyd-spf, postfix-policyd-spf-perl), where the check sits at a
+chosen place in smtpd_recipient_restrictions.  This adapter gives them the
+milter's engine -- the same Transaction, decision, headers, resolver, log
+line and metrics -- behind Postfix's protocol: ``name=value`` lines, an empty
+line ends a request, one ``action=...`` line and an empty line answer it.
+
+Translation only, no policy: the verdict of ``Transaction.rcpt`` becomes
+
+* REJECT -> ``550 5.7.23 <text>`` (the milter's reply: code, status, text);
+* DEFER  -> ``DEFER_IF_PERMIT <status> <text>``;
+* ACCEPT -> ``PREPEND <one result header>`` for the first accepted recipient
+  of a message (Postfix's ``instance``), ``DUNNO`` for the others and when
+  nothing was checked; ``HELO_pass_restriction`` / ``Mail_From_pass_restriction``
+  (policyd-spf's keys) name a restriction class answered instead on a pass.
+
+The protocol allows one header per answer: ``Header_Type = both`` prepends
+Authentication-Results, the field that carries both identities.
+
+Bad input is bounded and answered (see ``_BAD_*`` and README "Policy
+service"): nothing a client sends can crash the process, hold an answer
+past Lookup_Time, or reach another connection (each has its own thread and
+state).  Two transports share the one loop: ``spfmilter policy`` on
+stdin/stdout (Postfix's ``spawn``) and ``Policy_Socket`` in the daemon's
+workers (a listener the supervisor opened before forking).
+"""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+import os
+import select
+import socket
+import stat
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from spfmilter import log as logmod
+from spfmilter import metrics, runtime
+from spfmilter.config import ConfigError, HeaderType, Settings
+from spfmilter.core.headers import AUTH_RESULTS, RECEIVED_SPF, clean
+from spfmilter.core.transaction import Connection, Transaction
+from spfmilter.core.values import Action, Verdict
+from spfmilter.log import kv, log
+
+MAX_LINE = 8192          # bytes in one name=value line (Postfix's longest are certificates)
+MAX_REQUEST = 65536      # bytes in one request
+MAX_ATTRIBUTES = 256     # lines in one request (Postfix 3.7 sends about 30)
+MAX_CONNECTIONS = 512    # policy clients per worker at once; more are closed at once
+REQUEST_TIMEOUT = 10.0   # seconds a started request may stall before the connection is closed
+POLL = 0.5               # seconds between checks for a stop while waiting for a client
+
+DUNNO = "DUNNO"
+_BAD_REQUEST = "DEFER_IF_PERMIT 4.3.0 spfmilter: malformed policy request"
+_TOO_LARGE = "DEFER_IF_PERMIT 4.3.0 spfmilter: policy request too large"
+_INCOMPLETE = "DEFER_IF_PERMIT 4.3.0 spfmilter: policy request without {}"
+_INTERNAL = "DEFER_IF_PERMIT 4.3.0 spfmilter: internal error, try again later"
+
+
+@functools.lru_cache(maxsize=4)
+def _without_the_message(settings: Settings) -> Settings:
+    """The settings as the policy service applies them: it never sees the message,
+    so what needs it -- DKIM_Rescue (a held refusal would be lost) and
+    Trusted_Relays (the hop is in the Received headers) -- is off."""
+    if not (settings.dkim_rescue or settings.trusted_relays):
+        return settings
+    return settings.with_overrides(dkim_rescue=False, trusted_relays=())
+
+
+class Session:
+    """One policy client (a Postfix smtpd process, or the stdin of ``spfmilter policy``).
+
+    The runtime is taken for each new message, so a reload applies to the
+    next message of a long-lived policy connection (Postfix keeps one for up
+    to 1000 s).
+    """
+
+    def __init__(self, via: str = "policy") -> None:
+        self.via = via
+        self.txn: Transaction | None = None
+        self.key: tuple[str, ...] | None = None
+        self.prepended = False
+        self._runtime: runtime.Runtime | None = None
+
+    def answer(self, attrs: dict[str, str]) -> str:
+        """The action for one complete request; never raises."""
+        try:
+            return self._answer(attrs)
+        except Exception as exc:
+            metrics.ERRORS.inc()
+            log.error("%s", kv(action="tempfail", error=f"{type(exc).__name__}: {exc}",
+                               callback="policy", queue_id=attrs.get("queue_id") or None))
+            log.debug("traceback", exc_info=True)
+            return _INTERNAL
+
+    def _answer(self, attrs: dict[str, str]) -> str:
+        request = attrs.get("request", "")
+        if request != "smtpd_access_policy":
+            log.info("%s", kv(action="bad-input", error="unknown request type", request=request,
+                              via=self.via, answer=DUNNO))
+            return DUNNO
+        if attrs.get("protocol_state", "").upper() != "RCPT":
+            return DUNNO  # evaluated at RCPT only, as policyd-spf does
+        for name in ("client_address", "sender"):
+            if name not in attrs:
+                log.info("%s", kv(action="bad-input", error=f"no {name}", via=self.via))
+                return _INCOMPLETE.format(name)
+        try:
+            client = str(ipaddress.ip_address(attrs["client_address"]))
+        except ValueError:
+            log.info("%s", kv(action="bad-input", error="client_address is not an IP address",
+                              client_ip=attrs["client_address"], via=self.via))
+            return _BAD_REQUEST
+        txn = self._transaction(attrs, client)
+        if txn.plan is None:
+            assert self._runtime is not None
+            txn.evaluate(self._runtime.spf)
+            metrics.record_evaluation(txn)
+        recipient = attrs.get("recipient", "")
+        verdict = txn.rcpt(recipient)
+        logmod.decision(txn, verdict, recipient, via=self.via)
+        metrics.record_verdict(verdict)
+        return self._translate(txn, verdict)
+
+    def _transaction(self, attrs: dict[str, str], client: str) -> Transaction:
+        """The message's transaction: the same for every recipient of one ``instance``."""
+        key = (attrs.get("instance", ""), client, attrs.get("helo_name", ""), attrs["sender"],
+               attrs.get("sasl_username", ""))
+        if self.txn is None or not key[0] or key != self.key:
+            self._runtime = runtime.current()
+            connection = Connection(client)
+            connection.hello(attrs.get("helo_name", ""))
+            self.txn = Transaction(connection, _without_the_message(self._runtime.settings),
+                                   attrs["sender"],
+                                   auth_user=attrs.get("sasl_username", ""),
+                                   queue_id=attrs.get("queue_id", ""))
+            self.key, self.prepended = key, False
+        return self.txn
+
+    def _translate(self, txn: Transaction, verdict: Verdict) -> str:
+        if verdict.action is not Action.ACCEPT:
+            assert verdict.reply is not None
+            r = verdict.reply
+            if verdict.action is Action.REJECT:
+                return f"{r.code} {r.status} {r.text}"
+            return f"DEFER_IF_PERMIT {r.status} {r.text}"
+        s = txn.settings
+        if not txn.skipped:
+            m, h = txn.mailfrom_result, txn.helo_result
+            if s.mail_from_pass_restriction and m is not None and m.result == "pass":
+                return s.mail_from_pass_restriction
+            if s.helo_pass_restriction and h is not None and h.result == "pass":
+                return s.helo_pass_restriction
+        if self.prepended:
+            return DUNNO  # one header per message, on its first accepted recipient
+        header = result_header(txn)
+        if header is None:
+            return DUNNO
+        self.prepended = True
+        return f"PREPEND {header[0]}: {header[1]}"
+
+
+def result_header(txn: Transaction) -> tuple[str, str] | None:
+    """The one header a policy answer can prepend: Received-SPF for Header_Type SPF
+    (MAIL FROM's, else HELO's), Authentication-Results for AR and for both (it
+    reports both identities in one field); folded lines joined into one."""
+    wanted = RECEIVED_SPF if txn.settings.header_type is HeaderType.SPF else AUTH_RESULTS
+    for name, value in txn.result_headers():
+        if name == wanted:
+            return name, " ".join(part.strip() for part in value.splitlines())
+    return None
+
+
+# --- the wire: bounded requests over any byte stream ---------------------------------------
+
+class _Idle(Exception):
+    """The client sent nothing for too long."""
+
+
+# recv(seconds, between_requests): the next bytes within that many seconds, b"" at end of
+# input (or, between requests, when the server stops); _Idle when nothing came.
+Recv = Callable[[float, bool], bytes]
+
+
+def _decode(raw: bytes) -> str:
+    # undecodable bytes survive as lone surrogates, which clean() turns into '?'
+    return raw.decode("utf-8", "surrogateescape")
+
+
+def _reply(action: str) -> bytes:
+    return ("action=" + clean(action, 900) + "\n\n").encode("utf-8", "replace")
+
+
+def converse(session: Session, recv: Recv, send: Callable[[bytes], None], *,
+             idle_timeout: float, stopping: Callable[[], bool] = lambda: False) -> str:
+    """Serve requests until end of input, a stop between requests, an idle client or
+    bad framing; returns why it ended (for the log line)."""
+    buf = bytearray()
+    attrs: dict[str, str] = {}
+    size = lines = 0
+    bad: str | None = None
+    began = 0.0  # when the request being read started: it must be complete within the limit
+    limit = min(REQUEST_TIMEOUT, idle_timeout)
+    while True:
+        nl = buf.find(b"\n")
+        if nl < 0:
+            if len(buf) > MAX_LINE:
+                return _refuse(send, "line too long", len(buf), session.via)
+            started = bool(buf or attrs or bad)
+            if not started and stopping():
+                return "stop"
+            try:
+                if started and time.monotonic() - began >= limit:
+                    raise _Idle
+                chunk = recv(began + limit - time.monotonic() if started else idle_timeout,
+                             not started)
+            except _Idle:
+                log.info("%s", kv(action="policy-close", reason="idle" if not started else
+                                  "request stalled", via=session.via))
+                return "idle"
+            if not chunk:
+                if started:
+                    log.info("%s", kv(action="bad-input", error="end of input inside a request",
+                                      via=session.via))
+                return "end of input"
+            if not started:
+                began = time.monotonic()
+            buf += chunk
+            continue
+        line = bytes(buf[:nl])
+        del buf[:nl + 1]
+        size += nl + 1
+        lines += 1
+        if size > MAX_REQUEST or lines > MAX_ATTRIBUTES:
+            return _refuse(send, "request too large", size, session.via)
+        if line.endswith(b"\r"):
+            line = line[:-1]
+        if line:
+            name, sep, value = line.partition(b"=")
+            if not sep or not name:
+                bad = bad or "line without '='"
+            else:
+                attrs[_decode(name)] = _decode(value)
+            continue
+        if bad:
+            log.info("%s", kv(action="bad-input", error=bad, via=session.via,
+                              answer=_BAD_REQUEST))
+            action = _BAD_REQUEST
+        else:
+            action = session.answer(attrs)
+        send(_reply(action))
+        attrs, size, lines, bad = {}, 0, 0, None
+        began = time.monotonic()  # for what is already buffered of the next request
+
+
+def _refuse(send: Callable[[bytes], None], why: str, size: int, via: str) -> str:
+    """Answer a request we will not read to its end, then close: the rest of it
+    cannot be told apart from the next request."""
+    log.info("%s", kv(action="bad-input", error=why, size=size, via=via, answer=_TOO_LARGE))
+    send(_reply(_TOO_LARGE))
+    return why
+
+
+# --- stdin/stdout: `spfmilter policy`, for Postfix's spawn --------------------------------
+
+def serve_stdio(settings: Settings, stdin: int = 0, stdout: int = 1) -> int:
+    """Serve requests on stdin until end of input; 0 unless the output went away."""
+    runtime.install(runtime.Runtime.create(settings))
+
+    def recv(timeout: float, between_requests: bool) -> bytes:
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise _Idle
+            try:
+                ready, _, _ = select.select([stdin], [], [], left)
+            except InterruptedError:
+                continue
+            if ready:
+                try:
+                    return os.read(stdin, 65536)
+                except ConnectionResetError:
+                    return b""
+
+    def send(data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(stdout, view):]
+
+    try:
+        converse(Session("policy-stdin"), recv, send, idle_timeout=settings.policy_idle_timeout)
+    except (BrokenPipeError, ConnectionResetError):
+        log.info("%s", kv(action="policy-close", reason="client went away", via="policy-stdin"))
+        return 1
+    return 0
+
+
+# --- Policy_Socket: served by every daemon worker --------------------------------------------
+
+class InFlight:
+    """Policy connections open in this worker, so a stop can wait for them."""
+
+    def __init__(self) -> None:
+        self._count = 0
+        self._cond = threading.Condition()
+
+    def opened(self) -> bool:
+        with self._cond:
+            if self._count >= MAX_CONNECTIONS:
+                return False
+            self._count += 1
+            return True
+
+    def closed(self) -> None:
+        with self._cond:
+            self._count -= 1
+            self._cond.notify_all()
+
+    @property
+    def count(self) -> int:
+        with self._cond:
+            return self._count
+
+    def wait_idle(self, timeout: float) -> bool:
+        with self._cond:
+            return self._cond.wait_for(lambda: self._count <= 0, timeout)
+
+
+connections = InFlight()
+_listener: socket.socket | None = None   # opened by the supervisor, inherited by workers
+_stopping = threading.Event()
+
+
+def _unix_path(spec: str) -> Path | None:
+    return Path(spec[5:]) if spec.startswith("unix:") else None
+
+
+def open_listener(settings: Settings, *, owner: tuple[int, int] | None = None,
+                  make_dir: Callable[[Path], None] | None = None) -> socket.socket | None:
+    """Open Policy_Socket (under UMask, a unix socket owned by ``owner``) in the
+    supervisor, before the workers fork; None when it is not configured."""
+    global _listener
+    spec = settings.policy_socket
+    if not spec:
+        return None
+    kind, _, rest = spec.partition(":")
+    try:
+        path = _unix_path(spec)
+        if path is not None:
+            if make_dir is not None:
+                make_dir(path.parent)
+            if path.is_socket():  # a previous run's: nobody serves it any more
+                path.unlink()
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            old_umask = os.umask(settings.umask)
+            try:
+                sock.bind(str(path))
+            finally:
+                os.umask(old_umask)
+            if owner is not None:
+                os.chown(path, *owner)
+        else:
+            port, _, host = rest.partition("@")
+            family = socket.AF_INET6 if kind == "inet6" else socket.AF_INET
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # inherited by accept()
+            sock.bind((host.strip("[]") or ("::" if family == socket.AF_INET6 else "0.0.0.0"),
+                       int(port)))
+        sock.listen(128)
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on {spec}: {exc.strerror or exc}",
+                          key="Policy_Socket") from None
+    _listener = sock
+    return sock
+
+
+def close_listener(sock: socket.socket | None) -> None:
+    """At the supervisor's exit: close the socket and remove a unix socket's file
+    if it is still ours (a stale one would make Postfix wait, not fail fast)."""
+    if sock is None:
+        return
+    try:
+        name = sock.getsockname() if sock.family == socket.AF_UNIX else None
+        inode = os.stat(name).st_ino if isinstance(name, str) and name else None
+        sock.close()
+        if isinstance(name, str) and name and inode is not None:
+            st = os.stat(name)
+            if stat.S_ISSOCK(st.st_mode) and st.st_ino == inode:
+                os.unlink(name)
+    except OSError:
+        pass
+
+
+def serve_in_background() -> None:
+    """In a worker: accept policy clients on the inherited listener, one thread each."""
+    sock = _listener
+    if sock is None:
+        return
+    sock.setblocking(False)  # workers share the listener: another may take a connection first
+    threading.Thread(target=_accept_loop, args=(sock,), name="spfmilter-policy",
+                     daemon=True).start()
+    log.info("%s", kv(action="policy-start",
+                      policy_socket=runtime.current().settings.policy_socket, pid=os.getpid()))
+
+
+def _accept_loop(sock: socket.socket) -> None:
+    while not _stopping.is_set():
+        try:
+            ready, _, _ = select.select([sock], [], [], POLL)
+            if not ready:
+                continue
+            conn, _ = sock.accept()
+        except (BlockingIOError, InterruptedError):
+            continue
+        except OSError as exc:
+            if _stopping.is_set():
+                break
+            log.error("%s", kv(action="policy-accept-failed", error=exc.strerror or str(exc)))
+            time.sleep(POLL)  # e.g. out of descriptors: let connections close
+            continue
+        if not connections.opened():
+            log.warning("%s", kv(action="policy-close", reason="too many connections",
+                                 limit=MAX_CONNECTIONS))
+            conn.close()
+            continue
+        try:
+            threading.Thread(target=_serve_connection, args=(conn,), name="spfmilter-policy-conn",
+                             daemon=True).start()
+        except RuntimeError:  # no thread to be had: close, as above
+            connections.closed()
+            conn.close()
+    sock.close()  # this worker's descriptor only; the others keep serving
+
+
+def _serve_connection(conn: socket.socket) -> None:
+    try:
+        def recv(timeout: float, between_requests: bool) -> bytes:
+            waited = 0.0
+            while True:  # in slices, so a stop is noticed between requests
+                conn.settimeout(min(POLL, timeout - waited))
+                try:
+                    return conn.recv(65536)
+                except TimeoutError:
+                    waited += POLL
+                    if waited >= timeout:
+                        raise _Idle from None
+                    if between_requests and _stopping.is_set():
+                        return b""
+
+        def send(data: bytes) -> None:
+            conn.settimeout(REQUEST_TIMEOUT)
+            conn.sendall(data)
+
+        idle = runtime.current().settings.policy_idle_timeout
+        converse(Session(), recv, send, idle_timeout=idle, stopping=_stopping.is_set)
+        _linger(conn)
+    except OSError as exc:
+        log.info("%s", kv(action="policy-close", reason="client went away",
+                          error=exc.strerror or str(exc)))
+    except Exception as exc:  # never let a connection's fault reach the worker
+        metrics.ERRORS.inc()
+        log.error("%s", kv(action="policy-close", error=f"{type(exc).__name__}: {exc}"))
+    finally:
+        conn.close()
+        connections.closed()
+
+
+def _linger(conn: socket.socket) -> None:
+    """Close so the last answer arrives: unread input would make close() send a
+    reset that can discard it; read (briefly, boundedly) what the client still sends."""
+    try:
+        conn.shutdown(socket.SHUT_WR)
+        conn.settimeout(1.0)
+        for _ in range(64):
+            if not conn.recv(65536):
+                break
+    except OSError:
+        pass
+
+
+def drain(grace: float) -> bool:
+    """Stop accepting policy clients; wait for those in flight (a request being
+    answered finishes; an idle client is closed).  True if all closed in time."""
+    if _listener is None:
+        return True
+    _stopping.set()
+    idle = connections.wait_idle(grace)
+    log.info("%s", kv(action="stop", policy_in_flight=0 if idle else connections.count,
+                      pid=os.getpid()))
+    return idle
