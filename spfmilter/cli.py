@@ -47,6 +47,18 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--trace", action="store_true",
                    help="show each DNS lookup, the deciding mechanism and the RFC 7208 "
                         "lookup counts")
+    d = sub.add_parser("doctor", help="check spfmilter's set-up with the MTA on this host "
+                                      "(socket, MTA settings, DNS, privileges)")
+    d.add_argument("-c", "--config", dest="doctor_config_file", metavar="FILE",
+                   help="spfmilter's configuration file (default: the top-level -c, else "
+                        f"{cfg.DEFAULT_PATH})")
+    d.add_argument("-C", "--postfix-config", metavar="DIR",
+                   help="Postfix configuration folder (default: the system one); given "
+                        "alone, only Postfix is checked")
+    d.add_argument("--sendmail-cf", metavar="FILE",
+                   help="Sendmail's sendmail.cf (default /etc/mail/sendmail.cf, if it exists); "
+                        "given alone, only Sendmail is checked")
+    d.add_argument("--json", action="store_true", help="the findings as a JSON list")
     return p
 
 
@@ -63,6 +75,11 @@ def run_check(settings: cfg.Settings, args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "doctor":  # a bad configuration is one of its findings, not an exit
+        from spfmilter import doctor
+
+        return doctor.main(args.doctor_config_file or args.config, args.postfix_config,
+                           args.sendmail_cf, args.json)
     path = args.config
     if args.command == "check" and args.check_config_file:
         path = args.check_config_file

@@ -936,6 +936,15 @@ class PostfixLab(_LogFile):
         wait_for(lambda: not self.queue_files(), timeout, "Postfix queue to drain",
                    on_timeout=lambda: f"{self.queue_files()}\n{_tail(self.log_file)}")
 
+    def in_namespace(self, cmd: Sequence[str]) -> list[str]:
+        """``cmd`` run inside the lab's mount namespace (``nsenter -m``), where the
+        paths of main.cf/master.cf (``/srv/lab/...``, the milter socket under
+        ``/srv/milter``) are the ones smtpd uses; ``spfmilter doctor`` runs so."""
+        pid = self._master_pid or self.master_pid()
+        if not pid:
+            raise LabError("Postfix is not running")
+        return ["nsenter", "-t", str(pid), "-m", "--", *cmd]
+
     def master_pid(self) -> int | None:
         try:
             return int((self.queue_dir / "pid" / "master.pid").read_text().split()[0])
@@ -1181,6 +1190,13 @@ class SendmailLab(_LogFile):
         """Wait until every accepted message has left the queue (relayed)."""
         wait_for(lambda: not self.queue_files(), timeout, "Sendmail queue to drain",
                    on_timeout=lambda: f"{self.queue_files()}\n{_tail(self.log_file)}")
+
+    def in_namespace(self, cmd: Sequence[str]) -> list[str]:
+        """``cmd`` run inside Sendmail's mount namespace (``nsenter -m``; the network
+        namespace stays the caller's), where ``S=unix:/srv/milter/...`` resolves."""
+        if self.proc is None or self.proc.poll() is not None:
+            raise LabError("Sendmail is not running")
+        return ["nsenter", "-t", str(self.proc.pid), "-m", "--", *cmd]
 
     def set_milter(self, spec: str) -> None:
         """Point Sendmail at another milter unix socket.  Same file name: the
