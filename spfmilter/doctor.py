@@ -241,14 +241,6 @@ def _blocked_at(path: str) -> str | None:
     return None
 
 
-def _probe_here(endpoint: Endpoint) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    if endpoint.kind == "unix":
-        result["identity"] = _identity(endpoint.path)
-    result["blocked"] = None
-    return result
-
-
 def probe(endpoint: Endpoint, user: str | None = None, chroot: str | None = None,
           timeout: float = PROBE_TIMEOUT) -> dict[str, Any]:
     """Look at and connect to ``endpoint`` as ``user`` inside ``chroot``, as the MTA does.
@@ -259,9 +251,9 @@ def probe(endpoint: Endpoint, user: str | None = None, chroot: str | None = None
     without a user or chroot) it runs in this process as this user.
     """
     if os.geteuid() != 0 or (user is None and chroot is None):
-        result = _probe_here(endpoint)
-        result["as"] = pwd.getpwuid(os.geteuid()).pw_name
+        result: dict[str, Any] = {"as": pwd.getpwuid(os.geteuid()).pw_name, "blocked": None}
         if endpoint.kind == "unix":
+            result["identity"] = _identity(endpoint.path)
             result["blocked"] = _blocked_at(endpoint.path)
         result.update(negotiate(endpoint, timeout))
         return result
@@ -272,15 +264,16 @@ def probe(endpoint: Endpoint, user: str | None = None, chroot: str | None = None
         try:
             os.close(read_fd)
             result = {"as": user or "root"}
+            pw = pwd.getpwnam(user) if user else None
+            if pw is not None:  # as Postfix's chroot_uid(): groups first, from the real /etc
+                os.setgid(pw.pw_gid)
+                os.initgroups(pw.pw_name, pw.pw_gid)
             if chroot:
                 os.chroot(chroot)
                 os.chdir("/")
-            if endpoint.kind == "unix":
+            if endpoint.kind == "unix":  # still root: the socket's identity whatever the modes
                 result["identity"] = _identity(endpoint.path)
-            if user:
-                pw = pwd.getpwnam(user)
-                os.initgroups(pw.pw_name, pw.pw_gid)
-                os.setgid(pw.pw_gid)
+            if pw is not None:
                 os.setuid(pw.pw_uid)
             result["blocked"] = _blocked_at(endpoint.path) if endpoint.kind == "unix" else None
             result.update(negotiate(endpoint, timeout))
@@ -327,7 +320,8 @@ def check_config(ctx: Context) -> None:
     try:
         ctx.settings = cfg.load(path)
     except cfg.ConfigError as exc:
-        ctx.add(PROBLEM, "config", f"{exc}; correct that line",
+        ctx.add(PROBLEM, "config", f"{exc}" + ("; correct that line, then check it"
+                                                if exc.line is not None else ""),
                 f"spfmilter --check-config -c {shlex.quote(ctx.conf)}")
         return
     if path is not None or Path(cfg.DEFAULT_PATH).exists():
@@ -406,7 +400,7 @@ def check_reach(ctx: Context, area: str, who: str, mta_user: str, ep: Endpoint,
     assert ctx.settings is not None and ctx.endpoint is not None
     result = probe(ep, None, chroot) if ep.kind == "unix" and chroot else {
         "identity": _identity(ep.path) if ep.kind == "unix" else None}
-    seen = f"{ep} (inside the chroot {chroot})" if chroot else str(ep)
+    seen = f"{ep} inside the chroot {chroot}" if chroot else str(ep)
     inside = result.get("identity")
     if (chroot and inside is None) or not _same_endpoint(
             ep, ctx.endpoint, ctx.identity or _identity_or_none(ctx.endpoint), inside):
@@ -428,8 +422,10 @@ def check_reach(ctx: Context, area: str, who: str, mta_user: str, ep: Endpoint,
             ctx.add(PROBLEM, area, f"user {mta_user} ({who}) cannot talk to spfmilter at {seen}: "
                     f"{result.get('error')}", "systemctl restart spfmilter")
         return
-    ctx.add(OK, area, f"{who} names spfmilter's socket ({seen}), and user {result.get('as')} "
-            f"connects and negotiates milter protocol {result['version']}")
+    as_user = result.get("as")
+    ctx.add(OK, area, f"{who} names spfmilter's socket ({seen}), and user {as_user} "
+            f"connects and negotiates milter protocol {result['version']}"
+            + (f" (run doctor as root to connect as {mta_user})" if as_user != mta_user else ""))
 
 
 def _identity_or_none(ep: Endpoint) -> tuple[int, int, str] | None:
@@ -600,7 +596,7 @@ def _postfix_name_fix(ctx: Context, pf: Postfix, name: str, chrooted: bool,
     assert ctx.endpoint is not None
     if chrooted:
         inside = os.path.join(queue, "spfmilter", "spfmilter.sock")
-        return (f"{name} is chrooted in {queue} (master.cf chroot column): turn the chroot "
+        return (f"it runs chrooted in {queue} (master.cf chroot column y): turn the chroot "
                 f"off, or set Socket = unix:{inside} in {ctx.conf} and smtpd_milters = "
                 "unix:/spfmilter/spfmilter.sock", pf.cmd("-F", f"{name}/chroot=n"))
     return "point smtpd_milters at it", pf.cmd(
@@ -626,8 +622,11 @@ def check_sendmail(ctx: Context) -> None:
             ctx.add(OK, "sendmail", f"Sendmail not installed (no {cf})")
         return
     text = Path(cf).read_text(errors="replace")
-    rebuild = ("make -C /etc/mail && systemctl restart sendmail" if cf == DEFAULT_SENDMAIL_CF
-               else f"rebuild {cf} from its .mc with m4, then restart sendmail")
+    # the default file has Debian's Makefile; another one: its .mc is not known here
+    rebuild: str | None = "make -C /etc/mail && systemctl restart sendmail"
+    then = ""
+    if cf != DEFAULT_SENDMAIL_CF:
+        rebuild, then = None, f"; then rebuild {cf} from its .mc (m4) and restart sendmail"
     options = {m.group(1): m.group(2).strip() for m in
                re.finditer(r"(?m)^O\s*([\w.]+)\s*=(.*)$", text)}
     filters: dict[str, dict[str, str]] = {}
@@ -650,14 +649,14 @@ def check_sendmail(ctx: Context) -> None:
         ctx.add(PROBLEM, "sendmail", f"{cf} has no X (INPUT_MAIL_FILTER) line for spfmilter's "
                 f"Socket = {ctx.settings.socket}"
                 + (" (filters: " + ", ".join(f"{n} S={f.get('S')}" for n, f in filters.items())
-                   + ")" if filters else "") + f"; add {mc_line} to the .mc", rebuild)
+                   + ")" if filters else "") + f"; add {mc_line} to the .mc" + then, rebuild)
         return
     name, fields, ep = mine
     used = [f.strip() for f in options.get("InputMailFilters", "").split(",")]
     if name not in used:
         ctx.add(PROBLEM, "sendmail", f"{cf}: filter {name} is defined but not in "
                 f"InputMailFilters ({options.get('InputMailFilters', '')}); declare it with "
-                f"{mc_line} (not MAIL_FILTER)", rebuild)
+                f"{mc_line} (not MAIL_FILTER)" + then, rebuild)
     else:
         ctx.add(OK, "sendmail", f"{cf}: InputMailFilters uses {name}")
     flags = fields.get("F", "")
@@ -668,7 +667,7 @@ def check_sendmail(ctx: Context) -> None:
                   "lets mail through unchecked (Sendmail silently skips the filter)")
         ctx.add(PROBLEM, "sendmail", f"{cf}: filter {name} has F={flags or '(none)'}: Sendmail "
                 f"{effect} while spfmilter is down; write F=T in its INPUT_MAIL_FILTER: "
-                f"{mc_line}", rebuild)
+                f"{mc_line}" + then, rebuild)
     timeouts = dict(t.partition(":")[::2] for t in fields.get("T", "").split(";") if ":" in t)
     lookup = ctx.settings.lookup_time
     for key, default, what in (("R", "10s", "reading a reply"), ("E", "5m", "end of message")):
@@ -681,14 +680,16 @@ def check_sendmail(ctx: Context) -> None:
             ctx.add(PROBLEM, "sendmail", f"{name}: T={key}:{value} ({what}"
                     + (", Sendmail's default" if key not in timeouts else "")
                     + f") is not longer than Lookup_Time = {lookup:g}s: Sendmail gives up while "
-                    f"an SPF check waits for DNS; use T=S:30s;R:60s;E:5m: {mc_line}", rebuild)
+                    f"an SPF check waits for DNS; use T=S:30s;R:60s;E:5m: {mc_line}" + then,
+                    rebuild)
     macros = options.get("Milter.macros.envfrom")
     if macros is not None:
         have = [m.strip() for m in macros.split(",")]
         missing = [m for m in ("i", "{auth_authen}") if m not in have]
         if missing:
             ctx.add(PROBLEM, "sendmail", f"{cf}: Milter.macros.envfrom lacks "
-                    f"{' and '.join(missing)}; add them to confMILTER_MACROS_ENVFROM", rebuild)
+                    f"{' and '.join(missing)}; add them to confMILTER_MACROS_ENVFROM" + then,
+                    rebuild)
         else:
             ctx.add(OK, "sendmail", "Milter.macros.envfrom carries {auth_authen} and i")
     if ep.kind == "unix":
@@ -701,7 +702,7 @@ def check_sendmail(ctx: Context) -> None:
                         f"chmod go-w {shlex.quote(folder)}")
     _wrap(ctx, "sendmail", lambda: check_reach(
         ctx, "sendmail", f"Sendmail filter {name}", user, ep, None,
-        lambda: (f"point S= at it: {mc_line}", rebuild)))
+        lambda: (f"point S= at it: {mc_line}" + then, rebuild)))
 
 
 def _sendmail_endpoint(spec: str) -> Endpoint | None:
@@ -736,9 +737,7 @@ def check_dns(ctx: Context) -> None:
         ctx.add(PROBLEM, "dns", f"DNS: {servers} did not answer '{name} A' within Lookup_Time = "
                 f"{s.lookup_time:g}s ({exc}, after {took:.1f}s): every SPF check would "
                 f"temperror; set Nameservers in {ctx.conf} to a resolver that answers "
-                "(empty: /etc/resolv.conf)",
-                f"dig A {name} @{s.nameservers[0][0]} -p {s.nameservers[0][1]}"
-                if s.nameservers else f"dig A {name}")
+                "(empty: the servers of /etc/resolv.conf); try one with `dig A localhost @IP`")
         return
     took = (time.monotonic() - start) * 1000
     what = (", ".join(r.to_text() for r in answer.rrset) if answer is not None and answer.rrset

@@ -19,12 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.kit import ROOT
-from tests.kit import mta
+from tests.kit import ROOT, mta
 from tests.kit.daemon import SpfmilterProcess
+from tests.kit.dnsserver import TestDNSServer
 from tests.kit.net import free_port
-
-Doctor = Callable[..., tuple[int, list[str]]]
 
 
 def run_doctor(prefix: Sequence[str], *args: str) -> tuple[int, list[str]]:
@@ -190,3 +188,38 @@ def test_invalid_configuration_names_file_line_key(tmp_path: Path) -> None:
     assert rc == 1
     assert lines[0].startswith(f"problem: {conf}:2: Lookup_Time: expected a number of seconds")
     assert lines[0].endswith(f"run: spfmilter --check-config -c {conf}")
+
+
+def test_chrooted_smtpd_with_the_socket_inside_is_ok(dns_server: TestDNSServer,
+                                                     tmp_path: Path) -> None:
+    """The documented chroot set-up: spfmilter listens inside the queue folder, group postfix."""
+    mta.require_or_skip("postfix")
+    with mta.PostfixLab(tmp_path / "postfix", None, None) as lab:
+        milter = SpfmilterProcess(lab.queue_dir / "spfmilter", {
+            "Nameservers": dns_server.nameserver, "Lookup_Time": "3", "UMask": "007",
+            "UserID": "nobody:postfix", "PidFile": str(tmp_path / "run" / "spfmilter.pid")})
+        try:
+            milter.start()
+            service = f"127.0.0.1:{lab.port}/inet"
+            lab.postconf("-F", f"{service}/chroot=y")
+            lab.postconf("-e", "smtpd_milters = unix:/spfmilter/spfmilter.sock")
+            rc, lines = postfix_doctor(lab, milter)
+        finally:
+            milter.stop()
+    assert rc == 0, "\n".join(lines)
+    assert all(line.startswith("ok: ") for line in lines), "\n".join(lines)
+    assert (f"smtpd {service} names spfmilter's socket (unix:/spfmilter/spfmilter.sock "
+            f"inside the chroot {lab.ns(lab.queue_dir)}), and user postfix connects") in \
+        "\n".join(lines)
+
+
+def test_non_smtpd_milters_through_spfmilter_is_a_warning(postfix: mta.PostfixLab,
+                                                          milter: SpfmilterProcess) -> None:
+    postfix.postconf("-e", "non_smtpd_milters = $smtpd_milters")
+    rc, lines = postfix_doctor(postfix, milter)
+    assert rc == 0, "\n".join(lines)       # a warning is not a problem
+    [warning] = [line for line in lines if not line.startswith("ok: ")]
+    assert warning.startswith("warning: non_smtpd_milters = unix:/srv/lab/milter/milter.sock")
+    assert "sends local mail through spfmilter" in warning
+    assert warning.endswith(f"run: postconf -c {postfix.ns_config_dir} -e non_smtpd_milters= "
+                            f"&& postfix -c {postfix.ns_config_dir} reload")
