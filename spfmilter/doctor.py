@@ -772,62 +772,100 @@ def _children(pid: int) -> list[int]:
     return out
 
 
+def _listening_inodes(ep: Endpoint) -> set[int]:
+    """Inodes of the listening sockets at ``ep``, from /proc/net (this namespace's view)."""
+    found: set[int] = set()
+    if ep.kind == "unix":
+        with contextlib.suppress(OSError):
+            for line in Path("/proc/net/unix").read_text().splitlines()[1:]:
+                f = line.split(None, 7)
+                # Flags 00010000 = __SO_ACCEPTCON: listening
+                if len(f) == 8 and f[7] == ep.path and int(f[3], 16) & 0x10000:
+                    found.add(int(f[6]))
+        return found
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                f = line.split()
+                if len(f) > 9 and f[3] == "0A" and int(f[1].rsplit(":", 1)[1], 16) == ep.port:
+                    found.add(int(f[9]))
+    return found
+
+
+def _socket_holders(ep: Endpoint) -> list[int]:
+    """The processes that hold spfmilter's listening socket: the supervisor and its
+    workers, found without a PidFile (the shipped systemd unit sets none)."""
+    links = {f"socket:[{inode}]" for inode in _listening_inodes(ep)}
+    pids: list[int] = []
+    if not links:
+        return pids
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            for fd in (entry / "fd").iterdir():
+                with contextlib.suppress(OSError):
+                    if os.readlink(fd) in links:
+                        pids.append(int(entry.name))
+                        break
+    return sorted(pids)
+
+
+def _user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
 def check_privileges(ctx: Context) -> None:
-    assert ctx.settings is not None
+    assert ctx.settings is not None and ctx.endpoint is not None
     s = ctx.settings
-    if not s.pid_file:
-        ctx.add(NOTE, "privileges", f"no PidFile in {ctx.conf}: the daemon's user is not "
-                "checked (set PidFile = /run/spfmilter/spfmilter.pid)")
-        return
-    try:
-        pid = int(Path(s.pid_file).read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        if ctx.running:
-            ctx.add(WARNING, "privileges", f"PidFile {s.pid_file} is missing or unreadable, but "
-                    "spfmilter answers: is another instance running?")
-        else:
-            ctx.add(NOTE, "privileges", f"PidFile {s.pid_file} absent: spfmilter is not running")
-        return
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except OSError:
-        cmdline = ""
-    if "spfmilter" not in cmdline:
-        ctx.add(PROBLEM if ctx.running is not False else NOTE, "privileges",
-                f"PidFile {s.pid_file} names pid {pid}, which is not spfmilter: a stale file",
-                f"rm {shlex.quote(s.pid_file)} && systemctl restart spfmilter")
-        return
-    if s.user_id:
-        name, _, group = s.user_id.partition(":")
+    if s.pid_file:
         try:
-            pw = pwd.getpwnam(name)
-            want_uid = pw.pw_uid
+            pid = int(Path(s.pid_file).read_text().split()[0])
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except (OSError, ValueError, IndexError):
+            pid, cmdline = 0, ""
+        if "spfmilter" not in cmdline:
+            if ctx.running:
+                ctx.add(WARNING, "privileges", f"PidFile {s.pid_file} does not name a running "
+                        "spfmilter, but one answers on the socket: is another instance running, "
+                        "or did it start with another configuration?")
+            else:
+                ctx.add(NOTE, "privileges", f"PidFile {s.pid_file} names no running spfmilter")
+            return
+        pids, source = [pid, *_children(pid)], f"PidFile {s.pid_file}"
+    else:
+        pids, source = _socket_holders(ctx.endpoint), "the processes holding its socket"
+        if not pids:
+            ctx.add(NOTE, "privileges", "no process holds spfmilter's socket here"
+                    + (" (in another namespace or container?)" if ctx.running else "")
+                    + ": its user is not checked")
+            return
+    want_uid = -1
+    if s.user_id:
+        name = s.user_id.partition(":")[0]
+        try:
+            want_uid = pwd.getpwnam(name).pw_uid
         except KeyError:
             ctx.add(PROBLEM, "privileges", f"UserID = {s.user_id} in {ctx.conf}: no such user",
                     f"adduser --system --group {shlex.quote(name)}")
             return
-    else:
-        want_uid = -1
-    pids = [pid, *_children(pid)]
-    wrong = []
-    for p in pids:
-        ids = _status_ids(p)
-        if ids is None:
-            continue
-        uid = ids[0]
-        if uid == 0 or (want_uid >= 0 and uid != want_uid):
-            wrong.append(f"{p} uid {uid}")
+    uids = {p: ids[0] for p in pids if (ids := _status_ids(p)) is not None}
+    wrong = [f"pid {p} runs as {_user_name(u)}" for p, u in uids.items()
+             if u == 0 or (want_uid >= 0 and u != want_uid)]
     if wrong and not s.user_id:
         ctx.add(PROBLEM, "privileges", f"spfmilter runs as root ({', '.join(wrong)}): set "
-                f"UserID = spfmilter in {ctx.conf}, then restart it",
-                "adduser --system --group spfmilter")
+                f"UserID = spfmilter in {ctx.conf} (or User= in its systemd unit), create that "
+                "user and restart spfmilter", "adduser --system --group spfmilter")
     elif wrong:
-        ctx.add(PROBLEM, "privileges", f"spfmilter processes not running as UserID = "
-                f"{s.user_id}: {', '.join(wrong)}", "systemctl restart spfmilter")
+        ctx.add(PROBLEM, "privileges", f"spfmilter is not running as UserID = {s.user_id} "
+                f"({', '.join(wrong)}); restart it", "systemctl restart spfmilter")
     else:
-        who = s.user_id or pwd.getpwuid(os.geteuid()).pw_name
-        ctx.add(OK, "privileges", f"spfmilter (pid {pid} and {len(pids) - 1} worker(s)) runs as "
-                f"{who}, not root")
+        users = ", ".join(sorted({_user_name(u) for u in uids.values()}))
+        ctx.add(OK, "privileges", f"spfmilter ({len(uids)} process(es), from {source}) runs as "
+                f"{users}, not root")
 
 
 # --- driver -----------------------------------------------------------------------------

@@ -223,3 +223,19 @@ def test_non_smtpd_milters_through_spfmilter_is_a_warning(postfix: mta.PostfixLa
     assert "sends local mail through spfmilter" in warning
     assert warning.endswith(f"run: postconf -c {postfix.ns_config_dir} -e non_smtpd_milters= "
                             f"&& postfix -c {postfix.ns_config_dir} reload")
+
+
+def test_running_as_root_is_a_problem(spfmilter: Callable[..., SpfmilterProcess],
+                                      tmp_path: Path) -> None:
+    """No PidFile (the shipped unit sets none): the processes holding the socket are checked."""
+    mta.require_or_skip("postfix")
+    milter = spfmilter(fresh=True)
+    with mta.PostfixLab(tmp_path / "postfix", milter.socket_spec, None) as lab:
+        rc, lines = postfix_doctor(lab, milter)
+    assert rc == 1
+    [problem] = problems(lines)
+    assert problem.startswith(f"problem: spfmilter runs as root (pid {milter.proc.pid} runs as "
+                              "root, pid "), problem
+    assert problem.endswith("set UserID = spfmilter in "
+                            f"{milter.config_path} (or User= in its systemd unit), create that "
+                            "user and restart spfmilter; run: adduser --system --group spfmilter")
