@@ -49,6 +49,9 @@ gets o+x and :meth:`PostfixLab.grant_socket` adds o+rw to the socket itself
 (spfmilter's default UMask 007 leaves it to its group only).  ``set_milter``
 switches the bind mount inside the running namespace (``nsenter``), so one
 MTA instance serves many milter processes.
+``in_namespace(cmd)`` (both labs) prefixes a command with ``nsenter -m`` into
+the lab's mount namespace, where the MTA's own paths resolve: the
+``spfmilter doctor`` tests run the real command there.
 
 ``python -m tests.kit.mta syslog-wrap LOGFILE -- CMD...`` is the helper used
 inside Sendmail's mount namespace (syslog listener on /dev/log + CMD).
