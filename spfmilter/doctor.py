@@ -15,6 +15,7 @@ never a traceback.
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import grp
 import json
@@ -371,9 +372,12 @@ def check_socket(ctx: Context) -> None:
             f"{result['protocol']:x}) in {result['ms']:.0f} ms")
 
 
-def _user_fix(mta_user: str, result: dict[str, Any], ctx: Context) -> tuple[str, str | None]:
+def _user_fix(mta_user: str, result: dict[str, Any], ctx: Context,
+              chroot: str | None) -> tuple[str, str | None]:
     """What to change when ``mta_user`` is refused: the folder or the socket's group."""
     blocked = result.get("blocked")
+    if blocked and chroot:  # the child saw it inside the chroot; we look from outside
+        blocked = os.path.join(chroot, blocked.lstrip("/"))
     if blocked and os.path.isdir(blocked):
         with contextlib.suppress(OSError):
             st = os.stat(blocked)
@@ -414,8 +418,11 @@ def check_reach(ctx: Context, area: str, who: str, mta_user: str, ep: Endpoint,
         return
     result = probe(ep, mta_user, chroot)
     if not result.get("connected") or "version" not in result:
-        if result.get("errno") in (13, 1) or result.get("blocked"):
-            text, fix = _user_fix(mta_user, result, ctx)
+        tried = result.get("as", mta_user)
+        if tried != mta_user:
+            who += f"; tried as {tried}: run doctor as root to try as {mta_user}"
+        if result.get("errno") in (errno.EACCES, errno.EPERM) or result.get("blocked"):
+            text, fix = _user_fix(mta_user, result, ctx, chroot)
             ctx.add(PROBLEM, area, f"user {mta_user} ({who}) cannot connect to {seen}: "
                     f"{result.get('error')}; {text}", fix)
         else:
@@ -575,6 +582,11 @@ def _postfix_smtpds(ctx: Context, pf: Postfix, queue: str, owner: str, where: st
     for name, chrooted, overrides in services:
         milters = overrides.get("smtpd_milters", pf.values.get("smtpd_milters", ""))
         who = f"smtpd {name}"
+        action = overrides.get("milter_default_action")
+        if action is not None and action != "tempfail":
+            ctx.add(PROBLEM, "postfix", f"master.cf{where} overrides milter_default_action = "
+                    f"{action} for {who} (-o), so it does not tempfail while spfmilter is down",
+                    pf.cmd("-PX", f"{name}/milter_default_action"))
         entries = [e for e in (postfix_endpoint(m, queue) for m in postfix_milters(milters)) if e]
         ours = [e for e in entries if e.kind == ctx.endpoint.kind]
         chroot = queue if chrooted else None

@@ -59,6 +59,14 @@ def sendmail(milter: SpfmilterProcess, tmp_path: Path) -> Iterator[mta.SendmailL
         yield lab
 
 
+def apply_fix(lab: mta.PostfixLab, line: str) -> None:
+    """Run the command a finding names, as the administrator would (in the lab's namespace)."""
+    command = line.split("; run: ", 1)[1]
+    proc = subprocess.run(lab.in_namespace(["sh", "-c", command]), capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0, f"{command}: {proc.stdout}{proc.stderr}"
+
+
 def postfix_doctor(lab: mta.PostfixLab, milter: SpfmilterProcess,
                    *extra: str) -> tuple[int, list[str]]:
     return run_doctor(lab.in_namespace([]), "-c", str(milter.config_path),
@@ -125,6 +133,8 @@ def test_chrooted_smtpd_with_the_socket_outside(postfix: mta.PostfixLab,
     queue = postfix.ns(postfix.queue_dir)
     assert f"inside the chroot {queue}" in problem, problem
     assert f"run: postconf -c {postfix.ns_config_dir} -F {service}/chroot=n" in problem
+    apply_fix(postfix, problem)
+    assert postfix_doctor(postfix, milter)[0] == 0
 
 
 def test_milter_default_action_accept(postfix: mta.PostfixLab, milter: SpfmilterProcess) -> None:
@@ -136,6 +146,8 @@ def test_milter_default_action_accept(postfix: mta.PostfixLab, milter: Spfmilter
         "unchecked while spfmilter is down; run: postconf -c "
         f"{postfix.ns_config_dir} -e milter_default_action=tempfail && postfix -c "
         f"{postfix.ns_config_dir} reload"]
+    apply_fix(postfix, problems(lines)[0])
+    assert postfix_doctor(postfix, milter)[0] == 0
 
 
 def test_macros_without_auth_authen(postfix: mta.PostfixLab, milter: SpfmilterProcess) -> None:
@@ -145,6 +157,8 @@ def test_macros_without_auth_authen(postfix: mta.PostfixLab, milter: SpfmilterPr
     [problem] = problems(lines)
     assert "milter_mail_macros" in problem and "lacks {auth_authen}" in problem
     assert "-e 'milter_mail_macros=i {mail_addr} {auth_authen}'" in problem
+    apply_fix(postfix, problem)
+    assert postfix_doctor(postfix, milter)[0] == 0
 
 
 def test_sendmail_without_f_t(sendmail: mta.SendmailLab, milter: SpfmilterProcess) -> None:
@@ -223,6 +237,9 @@ def test_non_smtpd_milters_through_spfmilter_is_a_warning(postfix: mta.PostfixLa
     assert "sends local mail through spfmilter" in warning
     assert warning.endswith(f"run: postconf -c {postfix.ns_config_dir} -e non_smtpd_milters= "
                             f"&& postfix -c {postfix.ns_config_dir} reload")
+    apply_fix(postfix, warning)
+    rc, lines = postfix_doctor(postfix, milter)
+    assert rc == 0 and all(line.startswith("ok: ") for line in lines), "\n".join(lines)
 
 
 def test_running_as_root_is_a_problem(spfmilter: Callable[..., SpfmilterProcess],
@@ -239,3 +256,18 @@ def test_running_as_root_is_a_problem(spfmilter: Callable[..., SpfmilterProcess]
     assert problem.endswith("set UserID = spfmilter in "
                             f"{milter.config_path} (or User= in its systemd unit), create that "
                             "user and restart spfmilter; run: adduser --system --group spfmilter")
+
+
+def test_a_master_cf_override_of_the_default_action(postfix: mta.PostfixLab,
+                                                    milter: SpfmilterProcess) -> None:
+    service = f"127.0.0.1:{postfix.port}/inet"
+    postfix.postconf("-P", f"{service}/milter_default_action=accept")
+    rc, lines = postfix_doctor(postfix, milter)
+    assert rc == 1
+    [problem] = problems(lines)
+    assert f"overrides milter_default_action = accept for smtpd {service} (-o)" in problem
+    assert problem.endswith(f"run: postconf -c {postfix.ns_config_dir} -PX "
+                            f"{service}/milter_default_action && postfix -c "
+                            f"{postfix.ns_config_dir} reload")
+    apply_fix(postfix, problem)   # the fix it names works: doctor is clean again
+    assert postfix_doctor(postfix, milter)[0] == 0
