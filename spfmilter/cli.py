@@ -59,6 +59,18 @@ def _parser() -> argparse.ArgumentParser:
     pol.add_argument("--log-file", metavar="FILE",
                      help="append log lines to FILE (default: syslog when /dev/log exists; "
                           "never the protocol's own socket)")
+    d = sub.add_parser("doctor", help="check spfmilter's set-up with the MTA on this host "
+                                      "(socket, MTA settings, DNS, privileges)")
+    d.add_argument("-c", "--config", dest="doctor_config_file", metavar="FILE",
+                   help="spfmilter's configuration file (default: the top-level -c, else "
+                        f"{cfg.DEFAULT_PATH})")
+    d.add_argument("-C", "--postfix-config", metavar="DIR",
+                   help="Postfix configuration folder (default: the system one); given "
+                        "alone, only Postfix is checked")
+    d.add_argument("--sendmail-cf", metavar="FILE",
+                   help="Sendmail's sendmail.cf (default /etc/mail/sendmail.cf, if it exists); "
+                        "given alone, only Sendmail is checked")
+    d.add_argument("--json", action="store_true", help="the findings as a JSON list")
     return p
 
 
@@ -79,6 +91,11 @@ def run_check(settings: cfg.Settings, args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "doctor":  # a bad configuration is one of its findings, not an exit
+        from spfmilter import doctor
+
+        return doctor.main(args.doctor_config_file or args.config, args.postfix_config,
+                           args.sendmail_cf, args.json)
     path = args.config
     if args.command == "check" and args.check_config_file:
         path = args.check_config_file

@@ -49,6 +49,9 @@ gets o+x and :meth:`PostfixLab.grant_socket` adds o+rw to the socket itself
 (spfmilter's default UMask 007 leaves it to its group only).  ``set_milter``
 switches the bind mount inside the running namespace (``nsenter``), so one
 MTA instance serves many milter processes.
+``in_namespace(cmd)`` (both labs) prefixes a command with ``nsenter -m`` into
+the lab's mount namespace, where the MTA's own paths resolve: the
+``spfmilter doctor`` tests run the real command there.
 
 ``python -m tests.kit.mta syslog-wrap LOGFILE -- CMD...`` is the helper used
 inside Sendmail's mount namespace (syslog listener on /dev/log + CMD).
@@ -997,6 +1000,15 @@ class PostfixLab(_LogFile):
         wait_for(lambda: not self.queue_files(), timeout, "Postfix queue to drain",
                    on_timeout=lambda: f"{self.queue_files()}\n{_tail(self.log_file)}")
 
+    def in_namespace(self, cmd: Sequence[str]) -> list[str]:
+        """``cmd`` run inside the lab's mount namespace (``nsenter -m``), where the
+        paths of main.cf/master.cf (``/srv/lab/...``, the milter socket under
+        ``/srv/milter``) are the ones smtpd uses; ``spfmilter doctor`` runs so."""
+        pid = self._master_pid or self.master_pid()
+        if not pid:
+            raise LabError("Postfix is not running")
+        return ["nsenter", "-t", str(pid), "-m", "--", *cmd]
+
     def master_pid(self) -> int | None:
         try:
             return int((self.queue_dir / "pid" / "master.pid").read_text().split()[0])
@@ -1242,6 +1254,13 @@ class SendmailLab(_LogFile):
         """Wait until every accepted message has left the queue (relayed)."""
         wait_for(lambda: not self.queue_files(), timeout, "Sendmail queue to drain",
                    on_timeout=lambda: f"{self.queue_files()}\n{_tail(self.log_file)}")
+
+    def in_namespace(self, cmd: Sequence[str]) -> list[str]:
+        """``cmd`` run inside Sendmail's mount namespace (``nsenter -m``; the network
+        namespace stays the caller's), where ``S=unix:/srv/milter/...`` resolves."""
+        if self.proc is None or self.proc.poll() is not None:
+            raise LabError("Sendmail is not running")
+        return ["nsenter", "-t", str(self.proc.pid), "-m", "--", *cmd]
 
     def set_milter(self, spec: str) -> None:
         """Point Sendmail at another milter unix socket.  Same file name: the
