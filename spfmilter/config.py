@@ -132,6 +132,7 @@ class Settings:
     local_rules: str = ""
     best_guess: str = ""
     metrics: tuple[str, int] | None = None
+    workers: int = 0                  # 0: "auto", one per CPU this process may run on
     recipient_policies: tuple[RecipientPolicy, ...] = ()
 
     def for_recipient(self, recipient: str) -> Settings:
@@ -220,6 +221,23 @@ def _positive_float(text: str) -> float:
         raise ValueError(f"expected a number of seconds, got {text!r}") from None
     if not 0 < value <= 3600:
         raise ValueError(f"expected seconds between 0 and 3600, got {text!r}")
+    return value
+
+
+MAX_WORKERS = 256
+
+
+def _workers(text: str) -> int:
+    # "auto" is kept as 0 and resolved where the workers start (the daemon),
+    # so a config file means the same on every host it is copied to.
+    if text.strip().lower() == "auto":
+        return 0
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"expected a number of processes or auto, got {text!r}") from None
+    if not 1 <= value <= MAX_WORKERS:
+        raise ValueError(f"expected 1 to {MAX_WORKERS} processes or auto, got {text!r}")
     return value
 
 
@@ -400,6 +418,7 @@ _KEYS: dict[str, tuple[str, str, Callable[[str], object]]] = {
         ("Local_Rules", "local_rules", _mechanisms),
         ("Best_Guess", "best_guess", _record),
         ("Metrics", "metrics", _host_port),
+        ("Workers", "workers", _workers),
     ]
 }
 
