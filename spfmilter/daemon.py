@@ -33,6 +33,7 @@ starts a thread, so forking a worker at any time is safe.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import grp
 import os
@@ -236,6 +237,16 @@ def _fork_worker(settings: cfg.Settings, close: list[int]) -> _Worker:
         os._exit(code)
 
 
+def _set_name(name: bytes) -> None:
+    """Name this process (what ps and top show; at most 15 bytes), to tell the metrics
+    process from the workers.  prctl, because after a privilege drop /proc/self/comm
+    is no longer ours to write."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(15, ctypes.c_char_p(name), 0, 0, 0)  # PR_SET_NAME
+    except (OSError, AttributeError):
+        pass
+
+
 def _fork_metrics(server: WSGIServer, close: list[int]) -> _Worker:
     """The process that serves the metrics endpoint (bound by the supervisor)."""
     pid, fd = _fork(close)
@@ -243,10 +254,7 @@ def _fork_metrics(server: WSGIServer, close: list[int]) -> _Worker:
         return _Worker(pid, fd)
     from spfmilter import metrics
 
-    try:  # tell it apart from the workers in ps/top (the name is at most 15 bytes)
-        Path("/proc/self/comm").write_text("spfmilter-stats")
-    except OSError:
-        pass
+    _set_name(b"spfmilter-stats")
 
     def watch() -> None:  # "stop", or the supervisor gone: nothing left to report
         try:
@@ -281,6 +289,7 @@ class _Supervisor:
         self.metrics_child: _Worker | None = None
         self.metrics_started = 0.0
         self.metrics_restart_at: float | None = None
+        self.metrics_delay = 0.0
         self.stopping = False
         self.stop_deadline = 0.0
         self.exit_code = 0
@@ -363,8 +372,7 @@ class _Supervisor:
                 self._metrics_exited(status)
                 continue
             if self.metrics_server is not None:
-                from spfmilter import metrics
-                metrics.mark_dead(pid)
+                self._mark_dead(pid)
             retired = self.retiring.pop(pid, None)
             if retired is not None:
                 os.close(retired.control)
@@ -382,6 +390,13 @@ class _Supervisor:
                 continue
             self._crashed(-code)
 
+    def _mark_dead(self, pid: int) -> None:
+        from spfmilter import metrics
+        try:
+            metrics.mark_dead(pid)
+        except OSError as exc:  # a stale gauge is not worth stopping the mail for
+            log.error("%s", kv(action="metrics-cleanup-failed", pid=pid, error=exc.strerror))
+
     def _metrics_exited(self, status: int) -> None:
         assert self.metrics_child is not None
         os.close(self.metrics_child.control)
@@ -390,10 +405,11 @@ class _Supervisor:
             return
         # Scrapes are not mail: replace it, but not in a tight loop if it keeps dying.
         quick = time.monotonic() - self.metrics_started < 5.0
+        self.metrics_delay = min(300.0, max(5.0, self.metrics_delay * 2)) if quick else 0.0
         log.error("%s", kv(action="restart", reason="metrics process exited",
                            status=os.waitstatus_to_exitcode(status),
-                           delay="5.0s" if quick else "0.0s"))
-        self.metrics_restart_at = time.monotonic() + (5.0 if quick else 0.0)
+                           delay=f"{self.metrics_delay:.1f}s"))
+        self.metrics_restart_at = time.monotonic() + self.metrics_delay
 
     def _crashed(self, signum: int) -> None:
         # Killed by a signal nobody asked for (a crash inside libmilter, e.g. on a

@@ -25,6 +25,11 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
 
+# Imported now, not when first needed: the daemon's processes drop privileges and
+# may then be unable to read the library's files (and a supervisor that forks must
+# not take an import lock another thread might hold).
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+
 from spfmilter.core.transaction import Transaction
 from spfmilter.core.values import Verdict
 
@@ -130,8 +135,6 @@ def bind(host: str, port: int) -> WSGIServer:
 
 def serve_forever(server: WSGIServer) -> None:
     """Answer scrapes with the sum over every worker's multiprocess files."""
-    from prometheus_client.multiprocess import MultiProcessCollector
-
     registry = CollectorRegistry()
     MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
     server.set_app(make_wsgi_app(registry))
@@ -140,7 +143,5 @@ def serve_forever(server: WSGIServer) -> None:
 
 def mark_dead(pid: int) -> None:
     """A worker exited: drop its live gauges (its counters keep counting in the totals)."""
-    from prometheus_client.multiprocess import mark_process_dead
-
     if os.environ.get(MULTIPROC_ENV):
         mark_process_dead(pid)  # type: ignore[no-untyped-call]
