@@ -106,6 +106,16 @@ def test_connections_spread_over_every_worker(tmp_path, dns_server, workers):
         assert milter.stop() == 0
 
 
+def test_workers_auto_is_one_per_cpu_we_may_run_on(tmp_path, dns_server):
+    cpus = len(os.sched_getaffinity(0))   # the daemon inherits the test's CPU affinity
+    milter = _start(tmp_path, dns_server, cpus, Workers="auto")
+    try:
+        assert len(milter.worker_pids()) == cpus
+        assert f"workers={cpus}" in milter.log_text()
+    finally:
+        assert milter.stop() == 0
+
+
 def test_worker_crash_keeps_the_socket_and_refuses_nobody(tmp_path, dns_server):
     milter = _start(tmp_path, dns_server, 2)
     try:
