@@ -361,7 +361,7 @@ class _Supervisor:
             self.start_workers()
 
     def reap(self) -> None:
-        while self.workers:
+        while True:  # every child: workers, retiring ones, the metrics process
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
