@@ -180,6 +180,21 @@ zone:
                 raise RuntimeError("NSD did not start:\n" + (RUN / "nsd.log").read_text(errors="replace"))
             time.sleep(0.2)
         self.pid = int((RUN / "nsd.pid").read_text().split()[0])
+        # NSD answers SERVFAIL until the zone is loaded (seconds for a large one)
+        import dns.exception
+        import dns.message
+        import dns.query
+        import dns.rcode
+        probe = dns.message.make_query(f"c{max(cold_domains - 1, 0)}.cold.{zones.ZONE}", "TXT")
+        while True:
+            try:
+                if dns.query.udp(probe, "127.0.0.1", timeout=1.0).rcode() == dns.rcode.NOERROR:
+                    break
+            except dns.exception.Timeout:
+                pass
+            if time.monotonic() > deadline + 120:
+                raise RuntimeError("NSD did not load the zone:\n" + (RUN / "nsd.log").read_text(errors="replace"))
+            time.sleep(0.2)
         return records
 
     def queries(self) -> int:
@@ -1329,7 +1344,7 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--seconds", type=float, default=4.0, help="length of one milter-protocol run")
     p.add_argument("--postfix-seconds", type=float, default=3.0, help="target length of one Postfix run")
-    p.add_argument("--cold-domains", type=int, default=100000)
+    p.add_argument("--cold-domains", type=int, default=80000)
     p.add_argument("--cold-cap", type=int, default=4000, help="most cold domains one run may use")
     p.add_argument("--hold", type=int, default=500, help="connections held open for the RSS check")
     p.add_argument("--no-inet", action="store_true")
