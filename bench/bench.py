@@ -1344,7 +1344,8 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--seconds", type=float, default=4.0, help="length of one milter-protocol run")
     p.add_argument("--postfix-seconds", type=float, default=3.0, help="target length of one Postfix run")
-    p.add_argument("--cold-domains", type=int, default=80000)
+    p.add_argument("--cold-domains", type=int, default=65000,
+                   help="at most 65,536: each cold domain has an IPv6 group of its own")
     p.add_argument("--cold-cap", type=int, default=4000, help="most cold domains one run may use")
     p.add_argument("--hold", type=int, default=500, help="connections held open for the RSS check")
     p.add_argument("--no-inet", action="store_true")
