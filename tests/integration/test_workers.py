@@ -43,8 +43,12 @@ def _start(tmp_path: Path, dns_server, workers: int, workdir: Path | None = None
            **more: str) -> SpfmilterProcess:
     milter = SpfmilterProcess(workdir or tmp_path / f"milter-{uuid.uuid4().hex[:6]}",
                               _settings(dns_server, workers, **more)).start()
-    wait_for(lambda: milter.log_text().count("action=start") >= workers, 20, "every worker")
-    wait_for(lambda: len(milter.worker_pids()) == workers, 10, "the worker processes")
+    try:
+        wait_for(lambda: milter.log_text().count("action=start") >= workers, 20, "every worker")
+        wait_for(lambda: len(milter.worker_pids()) == workers, 10, "the worker processes")
+    except BaseException:
+        milter.stop()   # a daemon that did not come up right must not outlive the test
+        raise
     return milter
 
 
