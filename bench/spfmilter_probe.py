@@ -2,9 +2,9 @@
 
 The probe times ``Transaction.evaluate`` (the whole SPF decision of one
 message: plan, HELO and MAIL FROM evaluations) and every SPF evaluation,
-inside the worker process, and serves the samples as JSON on a unix socket
-named by $SPFMILTER_BENCH_STATS (each request returns the samples since the
-last one).  Everything else is the shipped daemon: ``spfmilter.cli.main`` with
+inside each worker process, and serves the samples as JSON on a unix socket
+named by $SPFMILTER_BENCH_STATS plus ``.PID`` (each request returns the samples
+since the last one).  Everything else is the shipped daemon: ``spfmilter.cli.main`` with
 the given arguments.  The probe costs two perf_counter() calls per decision.
 Run as ``python -m bench.spfmilter_probe ARGS`` from the repository root.
 """
@@ -80,8 +80,9 @@ _orig_serve = daemon.serve_worker
 
 def _serve(*args: Any, **kwargs: Any) -> int:
     path = os.environ.get("SPFMILTER_BENCH_STATS")
-    if path:
-        threading.Thread(target=_serve_stats, args=(path,), daemon=True).start()
+    if path:  # one socket per worker: the benchmark asks them all
+        threading.Thread(target=_serve_stats, args=(f"{path}.{os.getpid()}",),
+                         daemon=True).start()
     return _orig_serve(*args, **kwargs)
 
 

@@ -139,6 +139,7 @@ class Settings:
     policy_idle_timeout: float = 330.0
     helo_pass_restriction: str = ""
     mail_from_pass_restriction: str = ""
+    workers: int = 0                  # 0: "auto", one per CPU this process may run on
     recipient_policies: tuple[RecipientPolicy, ...] = ()
 
     def section_for(self, recipient: str) -> int | None:
@@ -236,6 +237,23 @@ def _positive_float(text: str) -> float:
         raise ValueError(f"expected a number of seconds, got {text!r}") from None
     if not 0 < value <= 3600:
         raise ValueError(f"expected seconds between 0 and 3600, got {text!r}")
+    return value
+
+
+MAX_WORKERS = 256
+
+
+def _workers(text: str) -> int:
+    # "auto" is kept as 0 and resolved where the workers start (the daemon),
+    # so a config file means the same on every host it is copied to.
+    if text.strip().lower() == "auto":
+        return 0
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"expected a number of processes or auto, got {text!r}") from None
+    if not 1 <= value <= MAX_WORKERS:
+        raise ValueError(f"expected 1 to {MAX_WORKERS} processes or auto, got {text!r}")
     return value
 
 
@@ -446,6 +464,7 @@ _KEYS: dict[str, tuple[str, str, Callable[[str], object]]] = {
         ("Policy_Idle_Timeout", "policy_idle_timeout", _positive_float),
         ("HELO_pass_restriction", "helo_pass_restriction", _restriction),
         ("Mail_From_pass_restriction", "mail_from_pass_restriction", _restriction),
+        ("Workers", "workers", _workers),
     ]
 }
 

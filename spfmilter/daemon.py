@@ -15,6 +15,13 @@ system sees) owns those signals and the socket; the workers run libmilter:
   its transactions in flight finish (within STOP_GRACE) and exits; then the
   socket is removed, once.  Workers ignore those signals themselves, so an
   init system that signals the whole group still gets a graceful stop.
+* ``Workers`` processes serve the one socket (``auto``: one per CPU this
+  process may run on); the kernel hands each connection to one of them.
+  Each has its own DNS cache and its own threads, so N workers use N cores
+  where one process is held to one by the interpreter lock.
+* With ``Metrics``, a small metrics process (forked once, replaced if it dies)
+  serves the endpoint from the workers' prometheus_client multiprocess
+  files; the supervisor itself serves nothing, so it never has a thread.
 * A worker killed by a signal nobody sent (a crash inside libmilter) is
   replaced at once on the same socket, backing off when crashes come fast,
   never giving up; a worker that exits by itself (it could not start) stops
@@ -26,28 +33,44 @@ starts a thread, so forking a worker at any time is safe.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import grp
 import os
 import pickle
 import pwd
+import shutil
 import signal
 import struct
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from spfmilter import __version__, runtime
 from spfmilter import config as cfg
 from spfmilter.log import kv, log, set_level
 
+if TYPE_CHECKING:
+    from wsgiref.simple_server import WSGIServer
+
 STOP_GRACE = 25.0  # seconds a stop waits for transactions in flight
 RESTARTS, RESTART_WINDOW = 5, 60.0  # crash restarts per window before backing off
 _SIGNALS = {signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGCHLD}
+
+
+def worker_count(workers: int) -> int:
+    """``Workers`` as a number of processes: 0 (``auto``) is one per CPU we may run on."""
+    if workers:
+        return workers
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # no affinity API: the CPUs the host has
+        return max(1, os.cpu_count() or 1)
 
 
 def _user_ids(user_id: str) -> tuple[int, int, str]:
@@ -126,7 +149,7 @@ def _control_loop(fd: int, drain: Callable[[], None]) -> None:
             return
         runtime.install(runtime.Runtime.create(value, runtime.current_or_none()))
         set_level(value.debug_level)
-        log.info("%s", kv(action="reload", result="ok"))
+        log.info("%s", kv(action="reload", result="ok", pid=os.getpid()))
 
 
 def serve_worker(settings: cfg.Settings, control: int) -> int:
@@ -154,11 +177,10 @@ def serve_worker(settings: cfg.Settings, control: int) -> int:
 
     threading.Thread(target=_control_loop, args=(control, drain), name="spfmilter-control",
                      daemon=True).start()
-    if settings.metrics:
+    if settings.metrics:  # counted into the multiprocess files the metrics process reads
         from spfmilter import metrics
-        host, port = settings.metrics
-        metrics.serve(host, port, lambda: {"connections": milter.connections.count,
-                                           **runtime.current().resolver.stats()})
+        metrics.WORKERS.set(1)
+        metrics.dns.source = lambda: runtime.current().resolver
     log.info("%s", kv(action="start", version=__version__, socket=spec, pid=os.getpid(),
                       uid=os.getuid(), gid=os.getgid()))
     policy.serve_in_background()  # Policy_Socket, if set: a thread pool beside libmilter
@@ -174,21 +196,38 @@ class _Worker:
     control: int   # write end of its control pipe
 
 
-def _fork_worker(settings: cfg.Settings) -> _Worker:
+def _fork(close: list[int]) -> tuple[int, int]:
+    """Fork a child with a control pipe: (pid, write end) in the supervisor,
+    (0, read end) in the child.  ``close``: descriptors the child must not keep
+    (the other children's pipes: a worker holding a sibling's write end would
+    keep that sibling from seeing its supervisor die)."""
     sys.stdout.flush()
     sys.stderr.flush()
     read, write = os.pipe()
     pid = os.fork()
     if pid:
         os.close(read)
-        return _Worker(pid, write)
+        return pid, write
     os.close(write)
+    for fd in close:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
     # The supervisor stops us over the pipe; libmilter's own sigwait thread must
     # not stop us on a signal meant for the whole process group.
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, signal.SIG_IGN)
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_SETMASK, set())
+    return 0, read
+
+
+def _fork_worker(settings: cfg.Settings, close: list[int]) -> _Worker:
+    pid, fd = _fork(close)
+    if pid:
+        return _Worker(pid, fd)
+    read = fd
     code = 1
     try:
         code = serve_worker(settings, read)
@@ -200,25 +239,86 @@ def _fork_worker(settings: cfg.Settings) -> _Worker:
         os._exit(code)
 
 
+def _set_name(name: bytes) -> None:
+    """Name this process (what ps and top show; at most 15 bytes), to tell the metrics
+    process from the workers.  prctl, because after a privilege drop /proc/self/comm
+    is no longer ours to write."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(15, ctypes.c_char_p(name), 0, 0, 0)  # PR_SET_NAME
+    except (OSError, AttributeError):
+        pass
+
+
+def _fork_metrics(server: WSGIServer, close: list[int]) -> _Worker:
+    """The process that serves the metrics endpoint (bound by the supervisor)."""
+    pid, fd = _fork(close)
+    if pid:
+        return _Worker(pid, fd)
+    from spfmilter import metrics
+
+    _set_name(b"spfmilter-stats")
+
+    def watch() -> None:  # "stop", or the supervisor gone: nothing left to report
+        try:
+            _receive(fd)
+        except (EOFError, OSError):
+            pass
+        os._exit(0)
+
+    threading.Thread(target=watch, name="spfmilter-control", daemon=True).start()
+    try:
+        metrics.serve_forever(server)
+    except Exception as exc:
+        print(f"spfmilter: metrics endpoint failed: {exc}", file=sys.stderr)
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(1)
+
+
 # --- the supervisor ---------------------------------------------------------------------
 
 class _Supervisor:
     def __init__(self, settings: cfg.Settings,
-                 reload_settings: Callable[[], cfg.Settings]) -> None:
+                 reload_settings: Callable[[], cfg.Settings],
+                 metrics_server: WSGIServer | None = None) -> None:
         self.settings = settings
         self.reload_settings = reload_settings
         self.workers: dict[int, _Worker] = {}
-        self.wanted = 1
+        self.retiring: dict[int, _Worker] = {}  # told to stop after Workers went down
+        self.wanted = worker_count(settings.workers)
+        self.metrics_server = metrics_server
+        self.metrics_child: _Worker | None = None
+        self.metrics_started = 0.0
+        self.metrics_restart_at: float | None = None
+        self.metrics_delay = 0.0
         self.stopping = False
         self.stop_deadline = 0.0
         self.exit_code = 0
         self.crashes: list[float] = []
         self.restart_at: float | None = None
 
+    def _inherited(self) -> list[int]:
+        """What a new child must close: its siblings' pipes, and the metrics socket
+        unless it is the metrics process."""
+        children = [*self.workers.values(), *self.retiring.values()]
+        if self.metrics_child is not None:
+            children.append(self.metrics_child)
+        return [c.control for c in children]
+
     def start_workers(self) -> None:
         while len(self.workers) < self.wanted:
-            w = _fork_worker(self.settings)
+            close = self._inherited()
+            if self.metrics_server is not None:
+                close.append(self.metrics_server.fileno())
+            w = _fork_worker(self.settings, close)
             self.workers[w.pid] = w
+
+    def start_metrics(self) -> None:
+        if self.metrics_server is None or self.metrics_child is not None:
+            return
+        self.metrics_child = _fork_metrics(self.metrics_server, self._inherited())
+        self.metrics_started = time.monotonic()
 
     def stop(self) -> None:
         if self.stopping:
@@ -227,6 +327,8 @@ class _Supervisor:
         self.stop_deadline = time.monotonic() + STOP_GRACE + 5.0
         for w in self.workers.values():
             _send(w.control, ("stop", None))
+        if self.metrics_child is not None:
+            _send(self.metrics_child.control, ("stop", None))
 
     def reload(self) -> None:
         try:
@@ -237,18 +339,46 @@ class _Supervisor:
         if new.socket != self.settings.socket:
             log.warning("%s", kv(action="reload", note="Socket changes need a restart",
                                  socket=self.settings.socket))
-        self.settings = new.with_overrides(socket=self.settings.socket)
+        if new.metrics != self.settings.metrics:
+            log.warning("%s", kv(action="reload", note="Metrics changes need a restart",
+                                 metrics=_host_port(self.settings.metrics)))
+        self.settings = new.with_overrides(socket=self.settings.socket,
+                                           metrics=self.settings.metrics)
         for w in self.workers.values():
             _send(w.control, ("settings", self.settings))
+        self._resize(worker_count(self.settings.workers))
+
+    def _resize(self, wanted: int) -> None:
+        """Workers changed: start the new ones now (with the new settings), or let the
+        extra ones drain and exit as on a stop; the socket stays as it is."""
+        if wanted == self.wanted:
+            return
+        log.info("%s", kv(action="workers", before=self.wanted, after=wanted))
+        self.wanted = wanted
+        while len(self.workers) > wanted:
+            pid = max(self.workers)  # any will do: the kernel spreads connections evenly
+            w = self.retiring[pid] = self.workers.pop(pid)
+            _send(w.control, ("stop", None))
+        if self.restart_at is None:
+            self.start_workers()
 
     def reap(self) -> None:
-        while self.workers:
+        while True:  # every child: workers, retiring ones, the metrics process
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
                 return
             if not pid:
                 return
+            if self.metrics_child is not None and pid == self.metrics_child.pid:
+                self._metrics_exited(status)
+                continue
+            if self.metrics_server is not None:
+                self._mark_dead(pid)
+            retired = self.retiring.pop(pid, None)
+            if retired is not None:
+                os.close(retired.control)
+                continue
             worker = self.workers.pop(pid, None)
             if worker is None:
                 continue
@@ -261,6 +391,27 @@ class _Supervisor:
                 self.stop()
                 continue
             self._crashed(-code)
+
+    def _mark_dead(self, pid: int) -> None:
+        from spfmilter import metrics
+        try:
+            metrics.mark_dead(pid)
+        except OSError as exc:  # a stale gauge is not worth stopping the mail for
+            log.error("%s", kv(action="metrics-cleanup-failed", pid=pid, error=exc.strerror))
+
+    def _metrics_exited(self, status: int) -> None:
+        assert self.metrics_child is not None
+        os.close(self.metrics_child.control)
+        self.metrics_child = None
+        if self.stopping:
+            return
+        # Scrapes are not mail: replace it, but not in a tight loop if it keeps dying.
+        quick = time.monotonic() - self.metrics_started < 5.0
+        self.metrics_delay = min(300.0, max(5.0, self.metrics_delay * 2)) if quick else 0.0
+        log.error("%s", kv(action="restart", reason="metrics process exited",
+                           status=os.waitstatus_to_exitcode(status),
+                           delay=f"{self.metrics_delay:.1f}s"))
+        self.metrics_restart_at = time.monotonic() + self.metrics_delay
 
     def _crashed(self, signum: int) -> None:
         # Killed by a signal nobody asked for (a crash inside libmilter, e.g. on a
@@ -281,14 +432,22 @@ class _Supervisor:
             if self.restart_at is not None and now >= self.restart_at and not self.stopping:
                 self.restart_at = None
                 self.start_workers()
-            if self.stopping and not self.workers:
+            if self.metrics_restart_at is not None and now >= self.metrics_restart_at \
+                    and not self.stopping:
+                self.metrics_restart_at = None
+                self.start_metrics()
+            if self.stopping and not self.workers and not self.retiring \
+                    and self.metrics_child is None:
                 return
             if self.stopping and now > self.stop_deadline:
-                for w in self.workers.values():
+                for w in [*self.workers.values(), *self.retiring.values()]:
                     _kill(w.pid, signal.SIGKILL)
+                if self.metrics_child is not None:
+                    _kill(self.metrics_child.pid, signal.SIGKILL)
             timeout = 1.0
-            if self.restart_at is not None:
-                timeout = max(0.0, min(timeout, self.restart_at - now))
+            for at in (self.restart_at, self.metrics_restart_at):
+                if at is not None:
+                    timeout = max(0.0, min(timeout, at - now))
             info = signal.sigtimedwait(_SIGNALS, timeout)
             if info is not None:
                 if info.si_signo in (signal.SIGTERM, signal.SIGINT):
@@ -300,13 +459,22 @@ class _Supervisor:
 
 def run(settings: cfg.Settings, reload_settings: Callable[[], cfg.Settings]) -> int:
     """Open the socket, start the workers and supervise them; returns the exit status."""
-    from spfmilter.frontends import milter, policy
-
     # Block the signals before anything else: one that comes early is never lost.
     signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
     spec = settings.socket
     path = Path(spec[5:]) if spec.startswith("unix:") else None
+    metrics_dir = metrics_server = None
+    ours: int | None = None
+    policy_listener = None
     try:
+        if settings.metrics:
+            # Before prometheus_client is imported (by the front end, below): it
+            # picks its multiprocess values at import, and the workers inherit them.
+            metrics_dir = tempfile.mkdtemp(prefix="spfmilter-metrics-")
+            os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+            if settings.user_id and os.geteuid() == 0:
+                uid, gid, _ = _user_ids(settings.user_id)
+                os.chown(metrics_dir, uid, gid)
         if settings.pid_file:
             make_runtime_dir(Path(settings.pid_file).parent, settings.user_id)
             Path(settings.pid_file).write_text(f"{os.getpid()}\n")
@@ -315,6 +483,7 @@ def run(settings: cfg.Settings, reload_settings: Callable[[], cfg.Settings]) -> 
                 os.chown(settings.pid_file, uid, gid)  # so it can be removed after the drop
         if path is not None:
             make_runtime_dir(path.parent, settings.user_id)
+        from spfmilter.frontends import milter, policy  # after PROMETHEUS_MULTIPROC_DIR
         try:
             milter.open_listener(settings)
         except Exception as exc:  # libmilter errors (socket in use, bad path) are one line
@@ -325,6 +494,13 @@ def run(settings: cfg.Settings, reload_settings: Callable[[], cfg.Settings]) -> 
             owner=_user_ids(settings.user_id)[:2] if settings.user_id and os.geteuid() == 0
             else None)
         ours = path.stat().st_ino if path is not None else None
+        if settings.metrics:
+            from spfmilter import metrics
+            try:
+                metrics_server = metrics.bind(*settings.metrics)
+            except OSError as exc:
+                raise cfg.ConfigError(f"cannot listen on {_host_port(settings.metrics)}: "
+                                      f"{exc.strerror or exc}", key="Metrics") from None
         if settings.user_id:
             if path is not None and os.geteuid() == 0:
                 uid, gid, _ = _user_ids(settings.user_id)
@@ -333,9 +509,17 @@ def run(settings: cfg.Settings, reload_settings: Callable[[], cfg.Settings]) -> 
     except cfg.ConfigError as exc:
         print(f"spfmilter: {exc}", file=sys.stderr)
         _remove(settings.pid_file)
+        if path is not None and ours is not None:
+            _remove(str(path))
+        if policy_listener is not None:
+            policy.close_listener(policy_listener)
+        if metrics_dir:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
         return 1
-    log.info("%s", kv(action="listen", socket=spec, pid=os.getpid(), version=__version__))
-    supervisor = _Supervisor(settings, reload_settings)
+    supervisor = _Supervisor(settings, reload_settings, metrics_server)
+    log.info("%s", kv(action="listen", socket=spec, pid=os.getpid(), version=__version__,
+                      workers=supervisor.wanted))
+    supervisor.start_metrics()
     supervisor.start_workers()
     supervisor.loop()
     if path is not None and ours is not None:
@@ -346,7 +530,13 @@ def run(settings: cfg.Settings, reload_settings: Callable[[], cfg.Settings]) -> 
             pass
     policy.close_listener(policy_listener)
     _remove(settings.pid_file)
+    if metrics_dir:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
     return supervisor.exit_code
+
+
+def _host_port(value: tuple[str, int] | None) -> str | None:
+    return None if value is None else f"{value[0]}:{value[1]}"
 
 
 def _remove(path: str | None) -> None:

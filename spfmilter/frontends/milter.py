@@ -38,11 +38,13 @@ class _Connections:
     def opened(self) -> None:
         with self._cond:
             self._count += 1
+        metrics.CONNECTIONS.inc()
 
     def closed(self) -> None:
         with self._cond:
             self._count -= 1
             self._cond.notify_all()
+        metrics.CONNECTIONS.dec()
 
     @property
     def count(self) -> int:

@@ -24,6 +24,9 @@ class SpfmilterProcess:
         self.socket_spec = f"unix:{self.socket_path}"
         self.config_path = workdir / "spfmilter.conf"
         self.log_path = workdir / "spfmilter.log"
+        # One worker unless a test asks for more (Workers = auto is the default): the
+        # tests that look at "the milter process" in /proc then find exactly one.
+        settings = {"Workers": "1", **settings}
         lines = [f"Socket = {self.socket_spec}"] + [f"{k} = {v}" for k, v in settings.items()]
         self.config_path.write_text("\n".join(lines) + "\n")
         self.proc: subprocess.Popen[bytes] | None = None
@@ -55,6 +58,30 @@ class SpfmilterProcess:
 
     def decisions(self) -> list[str]:
         return [line for line in self.log_text().splitlines() if " action=" in line]
+
+    def children(self) -> list[int]:
+        assert self.proc is not None
+        pid = self.proc.pid
+        try:
+            return [int(p) for p in
+                    Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+        except OSError:
+            return []
+
+    def worker_pids(self) -> list[int]:
+        """The milter workers: the supervisor's children but its metrics process."""
+        out = []
+        for pid in self.children():
+            try:
+                if Path(f"/proc/{pid}/comm").read_text().strip() != "spfmilter-stats":
+                    out.append(pid)
+            except OSError:
+                continue
+        return out
+
+    def metrics_pid(self) -> int | None:
+        others = set(self.children()) - set(self.worker_pids())
+        return others.pop() if others else None
 
     def kill(self) -> None:
         """SIGKILL the supervisor and its workers (the whole process group)."""

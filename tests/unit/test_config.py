@@ -175,3 +175,14 @@ def test_local_rules_best_guess_and_metrics_values():
     for bad in ("Local_Rules = frobnicate", "Best_Guess = a mx", "Metrics = 9095"):
         with pytest.raises(cfg.ConfigError):
             cfg.parse_text(bad + "\n")
+
+
+def test_workers_is_a_count_or_auto():
+    assert cfg.Settings().workers == 0                    # auto: one per CPU, decided at start
+    assert cfg.parse_text("Workers = auto\n", "x").workers == 0
+    assert cfg.parse_text("Workers = AUTO\n", "x").workers == 0
+    assert cfg.parse_text("Workers = 4\n", "x").workers == 4
+    for bad in ("0", "-1", "257", "two", "1.5"):
+        with pytest.raises(cfg.ConfigError,
+                           match=r"^x:1: Workers: expected (1 to 256|a number of) processes or auto"):
+            cfg.parse_text(f"Workers = {bad}\n", "x")
