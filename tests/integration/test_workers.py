@@ -443,7 +443,10 @@ def test_sigkill_of_one_worker_under_postfix_load_loses_nothing(tmp_path, dns_se
             assert len(outcomes) == MESSAGES
             assert not lost, [replies[i] for i in lost[:3]]
             assert killed_at < MESSAGES - 100          # the kill came in the middle of the load
-            assert refused, "the kill refused nothing: no session was cut"
+            # the kill hit a worker under load: the supervisor replaced it (whether a session
+            # was cut depends on where that worker was in its sessions; none may be lost)
+            milter.wait_for_log(rf"action=restart reason=\"worker killed by a signal\" signal=9")
+            assert victim not in milter.worker_pids()
             assert all(400 <= c < 500 for c in refusal_codes), refusal_codes
             # the other worker and the replacement served the rest: most of it went through
             assert len(delivered) > MESSAGES * 0.9, (len(delivered), replies.get(refused[-1])
