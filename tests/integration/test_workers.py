@@ -445,7 +445,7 @@ def test_sigkill_of_one_worker_under_postfix_load_loses_nothing(tmp_path, dns_se
             assert killed_at < MESSAGES - 100          # the kill came in the middle of the load
             # the kill hit a worker under load: the supervisor replaced it (whether a session
             # was cut depends on where that worker was in its sessions; none may be lost)
-            milter.wait_for_log(rf"action=restart reason=\"worker killed by a signal\" signal=9")
+            milter.wait_for_log(r"action=restart reason=\"worker killed by a signal\" signal=9")
             assert victim not in milter.worker_pids()
             assert all(400 <= c < 500 for c in refusal_codes), refusal_codes
             # the other worker and the replacement served the rest: most of it went through
