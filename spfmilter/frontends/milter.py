@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import os
-import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -24,40 +23,11 @@ from spfmilter.config import Settings
 from spfmilter.core.addresses import client_address, strip_brackets
 from spfmilter.core.transaction import Connection, Transaction
 from spfmilter.core.values import Action, Verdict
+from spfmilter.frontends.inflight import InFlight
 from spfmilter.frontends.listener import tune_listener
 from spfmilter.log import kv, log
 
-
-class _Connections:
-    """Connections in flight, so a stop can wait for them (and metrics can show them)."""
-
-    def __init__(self) -> None:
-        self._count = 0
-        self._cond = threading.Condition()
-
-    def opened(self) -> None:
-        with self._cond:
-            self._count += 1
-        metrics.CONNECTIONS.inc()
-
-    def closed(self) -> None:
-        with self._cond:
-            self._count -= 1
-            self._cond.notify_all()
-        metrics.CONNECTIONS.dec()
-
-    @property
-    def count(self) -> int:
-        with self._cond:
-            return self._count
-
-    def wait_idle(self, timeout: float) -> bool:
-        """True once no connection is open; False if ``timeout`` passed first."""
-        with self._cond:
-            return self._cond.wait_for(lambda: self._count <= 0, timeout)
-
-
-connections = _Connections()
+connections = InFlight(gauge=metrics.CONNECTIONS)
 
 _F = TypeVar("_F", bound=Callable[..., int])
 # pymilter's decorators (they mark a callback for protocol negotiation), with types

@@ -46,6 +46,7 @@ from spfmilter.config import ConfigError, HeaderType, Settings
 from spfmilter.core.headers import AUTH_RESULTS, RECEIVED_SPF, clean
 from spfmilter.core.transaction import Connection, Transaction
 from spfmilter.core.values import Action, Verdict
+from spfmilter.frontends.inflight import InFlight
 from spfmilter.log import kv, log
 
 MAX_LINE = 8192          # bytes in one name=value line (Postfix's longest are certificates)
@@ -303,36 +304,7 @@ def serve_stdio(settings: Settings, stdin: int = 0, stdout: int = 1) -> int:
 
 # --- Policy_Socket: served by every daemon worker --------------------------------------------
 
-class InFlight:
-    """Policy connections open in this worker, so a stop can wait for them."""
-
-    def __init__(self) -> None:
-        self._count = 0
-        self._cond = threading.Condition()
-
-    def opened(self) -> bool:
-        with self._cond:
-            if self._count >= MAX_CONNECTIONS:
-                return False
-            self._count += 1
-            return True
-
-    def closed(self) -> None:
-        with self._cond:
-            self._count -= 1
-            self._cond.notify_all()
-
-    @property
-    def count(self) -> int:
-        with self._cond:
-            return self._count
-
-    def wait_idle(self, timeout: float) -> bool:
-        with self._cond:
-            return self._cond.wait_for(lambda: self._count <= 0, timeout)
-
-
-connections = InFlight()
+connections = InFlight(limit=MAX_CONNECTIONS, gauge=metrics.CONNECTIONS)
 _listener: socket.socket | None = None   # opened by the supervisor, inherited by workers
 _stopping = threading.Event()
 

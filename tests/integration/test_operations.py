@@ -4,7 +4,6 @@ import re
 import subprocess
 import sys
 import tarfile
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -13,18 +12,9 @@ from spfmilter import config as cfg
 from tests.kit import ROOT
 from tests.kit.milterclient import MilterSession
 from tests.kit.net import free_port
+from tests.kit.net import scrape_metrics as scrape
 
 pytestmark = pytest.mark.e2e
-
-
-def scrape(port: int) -> dict[str, float]:
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    out = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, value = line.rsplit(" ", 1)
-            out[name] = float(value)
-    return out
 
 
 def test_metrics_endpoint_counts_what_happened(spfmilter):

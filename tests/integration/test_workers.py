@@ -16,7 +16,6 @@ import signal
 import tempfile
 import threading
 import time
-import urllib.request
 import uuid
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -26,7 +25,7 @@ import pytest
 
 from tests.kit.daemon import SpfmilterProcess
 from tests.kit.milterclient import MilterSession
-from tests.kit.net import free_port
+from tests.kit.net import free_port, scrape_metrics
 from tests.kit.wait import wait_for
 
 pytestmark = pytest.mark.e2e
@@ -86,13 +85,7 @@ def _load(milter: SpfmilterProcess, count: int, label: str, threads: int = 8) ->
 
 
 def _scrape(port: int) -> dict[str, float]:
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
-    out = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, value = line.rsplit(" ", 1)
-            out[name] = float(value)
-    return out
+    return scrape_metrics(port, timeout=2)
 
 
 @pytest.mark.parametrize("workers", [2, 4])

@@ -29,3 +29,16 @@ def is_listening(port: int, pid: int | None = None, v6: bool = False) -> bool:
     except (OSError, StopIteration):
         pass
     return False
+
+
+def scrape_metrics(port: int, timeout: float = 5.0) -> dict[str, float]:
+    """The Prometheus endpoint on 127.0.0.1:``port``: sample name (with labels) -> value."""
+    import urllib.request
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=timeout).read().decode()
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            out[name] = float(value)
+    return out
