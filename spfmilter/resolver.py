@@ -2,19 +2,18 @@
 
 pyspf's own dnspython driver builds no cache and ignores TTLs, so every
 transaction would pay every round trip again; here all connections share one
-scan-resistant cache that honours TTLs (and negative answers' SOA minimum).  dnspython
-does the network part and retries over TCP by itself when a UDP answer comes
-back truncated.
+scan-resistant cache that honours TTLs (and negative answers' SOA minimum).
 
 An uncached lookup is one query message sent straight to the configured
-servers (dnspython's ``dns.query.udp_with_fallback``: a fresh socket, so a
-fresh source port, per query; TCP when the answer comes back truncated), its
-answer's CNAME chain and TTL worked out by dnspython's ``Answer``, as its
-Resolver would: the same result for less CPU (the Resolver's per-query
-bookkeeping -- a Resolution, nameserver selection, retry state -- was a fifth
-of the CPU of a cold lookup), and a cold transaction makes nine of them.
-Servers that are not plain addresses (DNS over HTTPS or TLS in
-resolv.conf) keep dnspython's Resolver.
+servers from a fresh socket (so a fresh source port) per query, TCP when the
+answer comes back truncated; dnspython builds the name, parses the answer and
+works out its CNAME chain and TTL (its ``Answer``), as its Resolver would: the
+same result for less CPU.  The Resolver's per-query bookkeeping (a Resolution,
+nameserver selection, retry state) was a fifth of the CPU of a cold lookup, and
+``dns.query.udp``'s polling and parsing of every datagram most of the rest of
+what is not the answer's parse; a cold transaction makes nine lookups (see
+``_udp_exchange``).  Servers that are not plain addresses (DNS over HTTPS or
+TLS in resolv.conf) keep dnspython's Resolver.
 
 The cache keeps, per (name, type), just the record values pyspf needs and the
 expiration dnspython computed for the answer, instead of dnspython's own Answer
@@ -26,6 +25,9 @@ from __future__ import annotations
 
 import contextvars
 import ipaddress
+import secrets
+import socket
+import struct
 import threading
 import time
 from collections import OrderedDict
@@ -192,6 +194,67 @@ def _plain_servers(res: dns.resolver.Resolver) -> tuple[tuple[str, int], ...]:
     return tuple(out)
 
 
+_QHEAD = struct.Struct("!HHHHHH")   # id, flags, one question, no other records
+_QTAIL = struct.Struct("!HH")       # the question's type and class
+_TC = dns.flags.TC >> 8             # the truncation bit, in the third byte of the header
+_QR = dns.flags.QR >> 8
+
+
+# The receive timeout as the kernel's struct timeval, where its two fields are C longs
+# (every 64-bit Linux); elsewhere Python's own socket timeout, which polls first.
+_TIMEVAL = struct.Struct("@ll") if struct.calcsize("@l") == 8 and hasattr(socket, "SO_RCVTIMEO") \
+    else None
+
+
+def _wait_at_most(sock: socket.socket, left: float) -> None:
+    if _TIMEVAL is None:
+        sock.settimeout(left)
+        return
+    micro = max(int(left * 1e6), 1)  # 0 would mean "no timeout"
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _TIMEVAL.pack(*divmod(micro, 1_000_000)))
+
+
+def _udp_exchange(wire: bytes, question: bytes, host: str, port: int, deadline: float) -> bytes:
+    """Send one query over UDP from a fresh socket (so a fresh random source port) and
+    return the first datagram that answers it: from that server (the socket is
+    connected, so the kernel drops any other source and reports a closed port at
+    once), with the query's id, the response bit and the very question asked (DNS
+    names compare ASCII case-blind); anything else is ignored until the deadline,
+    as dnspython's ``udp(ignore_unexpected=True)`` does.  A server that answers a
+    failure (format error, ...) without repeating the question is taken as
+    answering, as dnspython's ``is_response`` does.
+
+    Why not ``dns.query.udp``: a cold transaction makes nine lookups, and under
+    load what they cost is mostly the interpreter lock -- every system call that
+    may block gives it up, and taking it back with other threads waiting costs a
+    switch.  dnspython polls before each send and each receive and parses every
+    datagram; here the socket blocks in the kernel (with a receive timeout), so a
+    lookup makes five such calls (socket, connect, send, recv, close) instead of
+    seven, the checks are on the header bytes, and dnspython parses only the answer.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    qid = wire[:2]
+    end = 12 + len(question)
+    with socket.socket(family, socket.SOCK_DGRAM) as sock:
+        _wait_at_most(sock, deadline - time.monotonic())
+        sock.connect((host, port))
+        sock.send(wire)
+        while True:
+            try:
+                data = sock.recv(65535)
+            except (BlockingIOError, TimeoutError):  # the receive timeout ran out
+                raise dns.exception.Timeout() from None  # type: ignore[no-untyped-call]
+            if len(data) >= 12 and data[:2] == qid and data[2] & _QR:
+                if data[4:6] == b"\0\1" and data[12:end].lower() == question:
+                    return data
+                if data[4:6] == b"\0\0" and data[3] & 0x0F:  # an error rcode, no question
+                    return data
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise dns.exception.Timeout()  # type: ignore[no-untyped-call]
+            _wait_at_most(sock, left)
+
+
 class Resolver:
     """The lookups pyspf needs, answered through one cached dnspython resolver."""
 
@@ -265,20 +328,26 @@ class Resolver:
         (recursion desired, no search list; each server may use the whole budget)."""
         qname = dns.name.from_text(name)
         rdtype = dns.rdatatype.from_text(qtype)
-        query = dns.message.make_query(qname, rdtype, dns.rdataclass.IN)
+        question = cast(bytes, qname.to_wire()) + _QTAIL.pack(rdtype, dns.rdataclass.IN)
+        qid = secrets.randbits(16)
+        wire = _QHEAD.pack(qid, dns.flags.RD, 1, 0, 0, 0) + question
         deadline = time.monotonic() + lifetime
         failures = []
         for host, port in self._servers:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise dns.exception.Timeout()  # type: ignore[no-untyped-call]
             try:
-                response, _ = dns.query.udp_with_fallback(query, host, timeout=left, port=port,
-                                                          ignore_unexpected=True)
+                data = _udp_exchange(wire, question.lower(), host, port, deadline)
+                if data[2] & _TC:  # too long for UDP: the same question over TCP
+                    query = dns.message.make_query(qname, rdtype, dns.rdataclass.IN)
+                    query.id = qid
+                    response = dns.query.tcp(query, host, timeout=deadline - time.monotonic(),
+                                             port=port)
+                else:
+                    response = dns.message.from_wire(data)
             except dns.exception.Timeout:
                 raise
-            except (OSError, EOFError, dns.exception.FormError) as exc:
-                failures.append(f"{host}: {exc}")
+            except (OSError, EOFError, ValueError, dns.exception.DNSException) as exc:
+                # refused (ICMP), reset, or an answer dnspython cannot parse: the next server
+                failures.append(f"{host}: {exc or type(exc).__name__}")
                 continue
             response = cast(dns.message.QueryMessage, response)
             rcode = response.rcode()

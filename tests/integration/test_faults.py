@@ -14,7 +14,6 @@ with a 4xx/5xx that the client saw.
 
 from __future__ import annotations
 
-import itertools
 import os
 import re
 import signal
@@ -232,10 +231,7 @@ def test_concurrent_slow_lookups_do_not_queue_behind_each_other(spfmilter, dns_s
 # --- spfmilter killed under load through a real Postfix ----------------------------
 
 MESSAGES = 2000
-THREADS = 4
-PER_SESSION = 5      # messages per SMTP session (one milter connection each)
 KILL_AFTER = 700     # messages finished before the kill
-RATE = 150           # messages per second offered: a steady load, so the restart is mid-load
 
 
 def _children(pid: int) -> list[int]:
@@ -267,124 +263,41 @@ def test_sigkill_under_postfix_load_loses_nothing_and_forges_nothing(tmp_path, d
     milter_dir = tmp_path / "milter"
     first = SpfmilterProcess(milter_dir, settings).start()
     procs = [first]
-    outcomes: dict[str, str] = {}           # message id -> "delivered" | "refused" | "lost"
-    refusal_codes: set[int] = set()
-    replies: dict[str, str] = {}
-    lock = threading.Lock()
-    done = threading.Condition(lock)
-    counter = itertools.count()
-    stop = threading.Event()
-    threads: list[threading.Thread] = []
-    with mta.CaptureSMTP() as capture, \
-            mta.PostfixLab(tmp_path / "postfix", first.socket_spec, capture.port,
-                           extra_settings={"default_process_limit": "20"}) as postfix:
-        try:
-            t0 = time.monotonic()
-
-            def worker() -> None:
-                deadline = t0 + 240
-                while time.monotonic() < deadline and not stop.is_set():
-                    with lock:
-                        start = next(counter) * PER_SESSION
-                    if start >= MESSAGES:
-                        return
-                    due = t0 + start / RATE   # pacing the offered load, not synchronisation
-                    if due > time.monotonic():
-                        time.sleep(due - time.monotonic())
-                    ids = [f"kill-{n:05d}" for n in range(start, min(start + PER_SESSION, MESSAGES))]
-                    msgs = [mta.make_message("user@allowed.test", ["rcpt@example.com"], subject=i)
-                            for i in ids]
-                    try:
-                        tr = postfix.send(AUTH_IP, "helo.test", "user@allowed.test",
-                                          ["rcpt@example.com"], msgs[0], timeout=30,
-                                          more=[("user@allowed.test", ["rcpt@example.com"], m)
-                                                for m in msgs[1:]])
-                    except OSError as exc:   # could not even connect: nothing was accepted
-                        tr = mta.Transcript([mta.Reply("CONNECT", 0, repr(exc))])
-                    verdicts = _classify(tr, len(ids))
-                    with done:
-                        refusal_codes.update(r.code for r in tr if r.code >= 400)
-                        for i, v in zip(ids, verdicts):
-                            outcomes[i] = v
-                        replies.update({i: str(tr) for i, v in zip(ids, verdicts) if v != "delivered"})
-                        done.notify_all()
-
-            threads += [threading.Thread(target=worker, name=f"load-{i}") for i in range(THREADS)]
-            for t in threads:
-                t.start()
-            with done:
-                assert done.wait_for(lambda: len(outcomes) >= KILL_AFTER, 120), len(outcomes)
+    try:
+        with mta.CaptureSMTP() as capture, \
+                mta.PostfixLab(tmp_path / "postfix", first.socket_spec, capture.port,
+                               extra_settings={"default_process_limit": "20"}) as postfix, \
+                mta.PacedLoad(postfix, MESSAGES, prefix="kill", client_ip=AUTH_IP,
+                              helo="helo.test", sender="user@allowed.test",
+                              rcpt="rcpt@example.com") as load:
+            load.wait_finished(KILL_AFTER, 120)
             _sigkill_daemon(first)
-            killed_at = len(outcomes)
+            killed_at = len(load.outcomes)
             second = SpfmilterProcess(milter_dir, settings).start()   # same socket path
             procs.append(second)
             # the log file is shared: start() saw the first daemon's line, wait for the new one
             wait_for(lambda: second.log_text().count("action=start") >= 2, 20, "restart")
             postfix.grant_socket()   # the lab's socket permissions for user postfix
-            for t in threads:
-                t.join(300)
-            assert not any(t.is_alive() for t in threads)
-            postfix.wait_idle(120)
+            load.join(300)
 
-            delivered = sorted(i for i, v in outcomes.items() if v == "delivered")
-            refused = sorted(i for i, v in outcomes.items() if v == "refused")
-            lost = sorted(i for i, v in outcomes.items() if v == "lost")
+            delivered, refused, lost = (load.fates(f) for f in ("delivered", "refused", "lost"))
             print(f"\nkill under load: {MESSAGES} sent, {len(delivered)} delivered with headers, "
                   f"{len(refused)} refused/deferred, {len(lost)} lost; killed after {killed_at}")
-            assert len(outcomes) == MESSAGES
-            assert not lost, [replies[i] for i in lost[:3]]
+            assert len(load.outcomes) == MESSAGES
+            assert not lost, [load.replies[i] for i in lost[:3]]
             assert len(delivered) + len(refused) == MESSAGES
             assert refused, "the kill refused nothing: it did not happen under load"
             # milter_default_action = tempfail: the client is told to come back, never bounced
-            assert refusal_codes and all(400 <= c < 500 for c in refusal_codes), refusal_codes
-            assert killed_at < len(outcomes)
-            assert len(delivered) > MESSAGES // 2, (killed_at, replies[refused[-1]])
+            codes = load.refusal_codes
+            assert codes and all(400 <= c < 500 for c in codes), codes
+            assert killed_at < MESSAGES
+            assert len(delivered) > MESSAGES // 2, (killed_at, load.replies[refused[-1]])
             # Each of them arrived exactly once, each with our verdict; nothing else arrived.
-            captured = capture.wait_for(len(delivered), timeout=60)
-            subjects = sorted(m.header("Subject") for m in captured)
-            assert subjects == delivered
-            for m in captured:
-                rspf = [v for v in m.headers("Received-SPF") if "identity=mailfrom" in v]
-                ar = [v for v in m.headers("Authentication-Results") if v.lower().startswith("mx.test;")]
-                assert len(rspf) == 1 and rspf[0].startswith("pass (mx.test: "), m.header("Subject")
-                assert len(ar) == 1 and "spf=pass smtp.mailfrom=allowed.test" in ar[0]
+            mta.assert_delivered_once_with_our_headers(capture, delivered, "mx.test", "allowed.test")
             assert postfix.queue_files() == []
             log = first.log_text()
             assert log.count("action=start") == 2
             assert "Traceback" not in log
-        finally:
-            stop.set()               # a failed assertion must not leave the load running
-            for t in threads:
-                t.join(60)
-            for p in procs:
-                p.stop()
-
-
-def _classify(tr, count: int) -> list[str]:
-    """Per message of one SMTP session (in the order sent): "delivered" (250 at end of data),
-    "refused" (a 4xx/5xx the client saw for it, or for the session before it got that far), or
-    "lost" (no verdict the client could see)."""
-    segments: list[list] = []
-    session_refused = False
-    for r in tr:
-        if r.command == "MAIL":
-            segments.append([r])
-        elif segments and r.command not in ("QUIT", "DISCONNECT"):
-            segments[-1].append(r)
-        elif r.code >= 400:          # greeting, EHLO, XCLIENT or QUIT refused
-            session_refused = True
-    out = []
-    for n in range(count):
-        if n < len(segments):
-            seg = segments[n]
-            if any(r.command == "DOT" and r.code == 250 for r in seg):
-                out.append("delivered")
-            elif any(r.code >= 400 for r in seg):
-                out.append("refused")
-            else:
-                out.append("lost")
-        else:  # the session ended before this message: refused if the client was told so
-            coded = [r for r in tr if r.code]
-            told = session_refused or (coded and coded[-1].code >= 400)
-            out.append("refused" if told else "lost")
-    return out
+    finally:
+        for p in procs:
+            p.stop()

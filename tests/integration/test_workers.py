@@ -15,7 +15,6 @@ import re
 import signal
 import tempfile
 import threading
-import time
 import uuid
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -355,112 +354,54 @@ def _sockets(pid: int) -> int:
 
 
 MESSAGES = 1000
-THREADS = 4
-PER_SESSION = 5
 KILL_AFTER = 300
-RATE = 150
 
 
 @pytest.mark.slow
 @pytest.mark.mta
 def test_sigkill_of_one_worker_under_postfix_load_loses_nothing(tmp_path, dns_server):
-    from tests.integration.test_faults import _classify
     from tests.kit import mta
 
     mta.require_or_skip("postfix")
     milter = _start(tmp_path, dns_server, 2, Lookup_Time="5")
     inode = os.stat(milter.socket_path).st_ino
     idle = {p: _sockets(p) for p in milter.worker_pids()}
-    outcomes: dict[str, str] = {}
-    refusal_codes: set[int] = set()
-    replies: dict[str, str] = {}
-    lock = threading.Lock()
-    done = threading.Condition(lock)
-    counter = itertools.count()
-    stop = threading.Event()
-    threads: list[threading.Thread] = []
-    with mta.CaptureSMTP() as capture, \
-            mta.PostfixLab(tmp_path / "postfix", milter.socket_spec, capture.port,
-                           extra_settings={"default_process_limit": "20"}) as postfix:
-        try:
-            t0 = time.monotonic()
-
-            def worker() -> None:
-                while time.monotonic() < t0 + 240 and not stop.is_set():
-                    with lock:
-                        start = next(counter) * PER_SESSION
-                    if start >= MESSAGES:
-                        return
-                    due = t0 + start / RATE   # pacing the offered load, not synchronisation
-                    if due > time.monotonic():
-                        time.sleep(due - time.monotonic())
-                    ids = [f"wkill-{n:05d}" for n in range(start, min(start + PER_SESSION,
-                                                                       MESSAGES))]
-                    msgs = [mta.make_message("user@allowed.test", ["rcpt@example.com"],
-                                             subject=i) for i in ids]
-                    try:
-                        tr = postfix.send(AUTH_IP, "helo.test", "user@allowed.test",
-                                          ["rcpt@example.com"], msgs[0], timeout=30,
-                                          more=[("user@allowed.test", ["rcpt@example.com"], m)
-                                                for m in msgs[1:]])
-                    except OSError as exc:
-                        tr = mta.Transcript([mta.Reply("CONNECT", 0, repr(exc))])
-                    verdicts = _classify(tr, len(ids))
-                    with done:
-                        refusal_codes.update(r.code for r in tr if r.code >= 400)
-                        outcomes.update(zip(ids, verdicts))
-                        replies.update({i: str(tr) for i, v in zip(ids, verdicts)
-                                        if v != "delivered"})
-                        done.notify_all()
-
-            threads += [threading.Thread(target=worker) for _ in range(THREADS)]
-            for t in threads:
-                t.start()
-            with done:
-                assert done.wait_for(lambda: len(outcomes) >= KILL_AFTER, 120), len(outcomes)
+    try:
+        with mta.CaptureSMTP() as capture, \
+                mta.PostfixLab(tmp_path / "postfix", milter.socket_spec, capture.port,
+                               extra_settings={"default_process_limit": "20"}) as postfix, \
+                mta.PacedLoad(postfix, MESSAGES, prefix="wkill", client_ip=AUTH_IP,
+                              helo="helo.test", sender="user@allowed.test",
+                              rcpt="rcpt@example.com") as load:
+            load.wait_finished(KILL_AFTER, 120)
             # kill a worker while it holds an MTA connection (more sockets than at rest)
             victim = wait_for(lambda: next((p for p in milter.worker_pids()
                                             if _sockets(p) > idle[p]), None), 20,
                               "a worker with a session in flight")
             os.kill(victim, signal.SIGKILL)
-            killed_at = len(outcomes)
-            for t in threads:
-                t.join(300)
-            assert not any(t.is_alive() for t in threads)
-            postfix.wait_idle(120)
+            killed_at = len(load.outcomes)
+            load.join(300)
 
-            delivered = sorted(i for i, v in outcomes.items() if v == "delivered")
-            refused = [i for i, v in outcomes.items() if v == "refused"]
-            lost = [i for i, v in outcomes.items() if v == "lost"]
+            delivered, refused, lost = (load.fates(f) for f in ("delivered", "refused", "lost"))
             print(f"\none worker killed under load: {MESSAGES} sent, {len(delivered)} delivered "
                   f"with headers, {len(refused)} refused/deferred, {len(lost)} lost; "
                   f"killed after {killed_at}")
-            assert len(outcomes) == MESSAGES
-            assert not lost, [replies[i] for i in lost[:3]]
+            assert len(load.outcomes) == MESSAGES
+            assert not lost, [load.replies[i] for i in lost[:3]]
             assert killed_at < MESSAGES - 100          # the kill came in the middle of the load
             # the kill hit a worker under load: the supervisor replaced it (whether a session
             # was cut depends on where that worker was in its sessions; none may be lost)
             milter.wait_for_log(r"action=restart reason=\"worker killed by a signal\" signal=9")
             assert victim not in milter.worker_pids()
-            assert all(400 <= c < 500 for c in refusal_codes), refusal_codes
+            assert all(400 <= c < 500 for c in load.refusal_codes), load.refusal_codes
             # the other worker and the replacement served the rest: most of it went through
-            assert len(delivered) > MESSAGES * 0.9, (len(delivered), replies.get(refused[-1])
+            assert len(delivered) > MESSAGES * 0.9, (len(delivered), load.replies.get(refused[-1])
                                                      if refused else None)
-            captured = capture.wait_for(len(delivered), timeout=60)
-            assert sorted(m.header("Subject") for m in captured) == delivered
-            for m in captured:
-                rspf = [v for v in m.headers("Received-SPF") if "identity=mailfrom" in v]
-                ar = [v for v in m.headers("Authentication-Results")
-                      if v.lower().startswith("mx.test;")]
-                assert len(rspf) == 1 and rspf[0].startswith("pass (mx.test: "), m.header("Subject")
-                assert len(ar) == 1 and "spf=pass smtp.mailfrom=allowed.test" in ar[0]
+            mta.assert_delivered_once_with_our_headers(capture, delivered, "mx.test", "allowed.test")
             assert postfix.queue_files() == []
             assert os.stat(milter.socket_path).st_ino == inode
             log = milter.log_text()
             assert log.count("action=restart") == 1 and log.count("action=start") == 3
             assert "Traceback" not in log
-        finally:
-            stop.set()
-            for t in threads:
-                t.join(60)
-            milter.stop()
+    finally:
+        milter.stop()

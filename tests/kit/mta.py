@@ -76,6 +76,7 @@ import stat
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -1363,6 +1364,136 @@ def _syslog_wrap(argv: list[str]) -> int:
     draining.set()  # pump exits once no datagram came for 0.2 s
     t.join(5)
     return rc
+
+
+
+# --- a steady load of messages through a lab, each message's fate recorded ---------
+
+def classify_session(tr: Transcript, count: int) -> list[str]:
+    """Per message of one SMTP session (in the order sent): "delivered" (250 at end of data),
+    "refused" (a 4xx/5xx the client saw for it, or for the session before it got that far), or
+    "lost" (no verdict the client could see)."""
+    segments: list[list[Reply]] = []
+    session_refused = False
+    for r in tr:
+        if r.command == "MAIL":
+            segments.append([r])
+        elif segments and r.command not in ("QUIT", "DISCONNECT"):
+            segments[-1].append(r)
+        elif r.code >= 400:          # greeting, EHLO, XCLIENT or QUIT refused
+            session_refused = True
+    out = []
+    for n in range(count):
+        if n < len(segments):
+            seg = segments[n]
+            if any(r.command == "DOT" and r.code == 250 for r in seg):
+                out.append("delivered")
+            elif any(r.code >= 400 for r in seg):
+                out.append("refused")
+            else:
+                out.append("lost")
+        else:  # the session ended before this message: refused if the client was told so
+            coded = [r for r in tr if r.code]
+            told = session_refused or bool(coded and coded[-1].code >= 400)
+            out.append("refused" if told else "lost")
+    return out
+
+
+class PacedLoad:
+    """``total`` messages through a PostfixLab, offered at a steady ``rate`` from
+    ``threads`` clients, ``per_session`` messages per SMTP session, each message's
+    fate recorded as ``classify_session`` says.  Why paced: the kill tests need the
+    load to be still running when the kill comes, whatever the machine's speed.
+
+    Use as a context manager: leaving it stops and joins the clients even when an
+    assertion failed, so no load outlives the test."""
+
+    def __init__(self, postfix: PostfixLab, total: int, *, prefix: str, client_ip: str,
+                 helo: str, sender: str, rcpt: str, threads: int = 4, per_session: int = 5,
+                 rate: float = 150, bound: float = 240) -> None:
+        self.postfix, self.total, self.prefix = postfix, total, prefix
+        self.envelope = (client_ip, helo, sender, rcpt)
+        self.per_session, self.rate, self.bound = per_session, rate, bound
+        self.outcomes: dict[str, str] = {}      # message id (its Subject) -> its fate
+        self.refusal_codes: set[int] = set()
+        self.replies: dict[str, str] = {}       # transcripts of what was not delivered
+        self._done = threading.Condition()
+        self._next = 0
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._client, name=f"{prefix}-{i}", daemon=True)
+                         for i in range(threads)]
+
+    def __enter__(self) -> PacedLoad:
+        self._t0 = time.monotonic()
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(60)
+
+    def _client(self) -> None:
+        client_ip, helo, sender, rcpt = self.envelope
+        while time.monotonic() < self._t0 + self.bound and not self._stop.is_set():
+            with self._done:
+                start = self._next * self.per_session
+                self._next += 1
+            if start >= self.total:
+                return
+            due = self._t0 + start / self.rate   # pacing the offered load, not synchronisation
+            if due > time.monotonic():
+                time.sleep(due - time.monotonic())
+            ids = [f"{self.prefix}-{n:05d}"
+                   for n in range(start, min(start + self.per_session, self.total))]
+            msgs = [make_message(sender, [rcpt], subject=i) for i in ids]
+            try:
+                tr = self.postfix.send(client_ip, helo, sender, [rcpt], msgs[0], timeout=30,
+                                       more=[(sender, [rcpt], m) for m in msgs[1:]])
+            except OSError as exc:   # could not even connect: nothing was accepted
+                tr = Transcript([Reply("CONNECT", 0, repr(exc))])
+            verdicts = classify_session(tr, len(ids))
+            with self._done:
+                self.refusal_codes.update(r.code for r in tr if r.code >= 400)
+                self.outcomes.update(zip(ids, verdicts))
+                self.replies.update({i: str(tr) for i, v in zip(ids, verdicts) if v != "delivered"})
+                self._done.notify_all()
+
+    def wait_finished(self, count: int, timeout: float) -> int:
+        """Wait (bounded) until ``count`` messages have a fate; returns how many have."""
+        with self._done:
+            if not self._done.wait_for(lambda: len(self.outcomes) >= count, timeout):
+                raise WaitTimeout(f"{len(self.outcomes)} of {count} messages finished "
+                                  f"in {timeout} s")
+            return len(self.outcomes)
+
+    def join(self, timeout: float) -> None:
+        """Wait for every client to finish; the lab's queue is then drained too."""
+        for t in self._threads:
+            t.join(timeout)
+        if any(t.is_alive() for t in self._threads):
+            raise WaitTimeout(f"load clients still running after {timeout} s")
+        self.postfix.wait_idle(120)
+
+    def fates(self, fate: str) -> list[str]:
+        """The ids of the messages that met ``fate``, sorted."""
+        with self._done:
+            return sorted(i for i, v in self.outcomes.items() if v == fate)
+
+
+def assert_delivered_once_with_our_headers(capture: CaptureSMTP, delivered: list[str],
+                                           authserv_id: str, domain: str) -> None:
+    """Each delivered message arrived exactly once, with one SPF pass header of ours of
+    each kind; nothing else arrived."""
+    captured = capture.wait_for(len(delivered), timeout=60)
+    assert sorted(m.header("Subject") for m in captured) == sorted(delivered)
+    for m in captured:
+        rspf = [v for v in m.headers("Received-SPF") if "identity=mailfrom" in v]
+        ar = [v for v in m.headers("Authentication-Results")
+              if v.lower().startswith(f"{authserv_id};")]
+        assert len(rspf) == 1 and rspf[0].startswith(f"pass ({authserv_id}: "), m.header("Subject")
+        assert len(ar) == 1 and f"spf=pass smtp.mailfrom={domain}" in ar[0], m.header("Subject")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,15 @@
 """The one resolver: answers in pyspf's shape, a TTL-respecting shared cache, TCP fallback."""
 
+import socket
+import threading
 import time
 
+import dns.message
+import dns.name
+import dns.rcode
+import dns.rdataclass
+import dns.rdatatype
+import dns.rrset
 import pytest
 
 from spfmilter.resolver import Resolver, TempFailure
@@ -101,3 +109,123 @@ def test_cache_segments_stay_within_the_size():
     assert cache.get(("n0", "A")) is None and cache.get(("x0", "A")) is None
     cache.put(("n5", "A"), _Cached(time.time() - 1, ()))  # an expired answer is not served
     assert cache.get(("n5", "A")) is None and ("n5", "A") not in cache.data
+
+
+# --- the UDP exchange: only the answer to the question asked is taken -------------
+
+class _Scripted:
+    """A UDP name server on loopback that answers each query with what ``script`` sends:
+    a list of (datagram, from_other_port) built from the query it got."""
+
+    def __init__(self, script) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.other = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.other.bind(("127.0.0.1", 0))
+        self.script = script
+        self.queries = 0
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return self.sock.getsockname()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                data, peer = self.sock.recvfrom(65535)
+            except OSError:
+                return
+            self.queries += 1
+            for wire, from_other in self.script(dns.message.from_wire(data)):
+                (self.other if from_other else self.sock).sendto(wire, peer)
+
+    def close(self) -> None:
+        self.sock.close()
+        self.other.close()
+        self._thread.join(5)
+
+
+def _txt_answer(query, text: str, qname: str | None = None, qid: int | None = None) -> bytes:
+    response = dns.message.make_response(query)
+    if qname is not None:  # an answer to some other question
+        response.question = [dns.rrset.RRset(dns.name.from_text(qname), dns.rdataclass.IN,
+                                             dns.rdatatype.TXT)]
+    response.answer.append(dns.rrset.from_text(response.question[0].name, 300, "IN", "TXT",
+                                               f'"{text}"'))
+    if qid is not None:
+        response.id = qid
+    return response.to_wire()
+
+
+@pytest.fixture
+def scripted():
+    made = []
+
+    def make(script) -> _Scripted:
+        made.append(_Scripted(script))
+        return made[-1]
+    yield make
+    for s in made:
+        s.close()
+
+
+def test_stray_datagrams_are_ignored_until_the_answer_to_the_question(scripted):
+    """Forged or late datagrams (wrong id, another question, another source port, not a
+    response) are dropped; the one that answers this query is taken."""
+    def script(q):
+        not_response = dns.message.from_wire(q.to_wire())  # the query itself, echoed
+        return [(_txt_answer(q, "v=spf1 +all wrong-id", qid=(q.id + 1) % 65536), False),
+                (_txt_answer(q, "v=spf1 +all other-question", qname="evil.test"), False),
+                (_txt_answer(q, "v=spf1 +all other-port"), True),
+                (not_response.to_wire(), False),
+                (b"\x00", False),
+                # the question in another case is the same question (DNS names are case-blind)
+                (_txt_answer(q, "v=spf1 -all the-answer", qname=q.question[0].name.to_text().lower()),
+                 False)]
+    server = scripted(script)
+    r = Resolver((server.address,), timeout=2.0)
+    assert r.spf_lookup("Case.Test", "TXT", 2) == [(("Case.Test", "TXT"), [b"v=spf1 -all the-answer"])]
+
+
+def test_only_stray_datagrams_is_a_timeout(scripted):
+    server = scripted(lambda q: [(_txt_answer(q, "v=spf1 +all", qname="evil.test"), False)])
+    r = Resolver((server.address,), timeout=0.5)
+    started = time.monotonic()
+    with pytest.raises(TempFailure, match="timeout"):
+        r.spf_lookup("case.test", "TXT", 0.5)
+    assert 0.4 < time.monotonic() - started < 2.0
+    assert r.stats()["timeouts"] == 1
+
+
+def test_a_refusing_server_hands_over_to_the_next_at_once(dns_server):
+    """A server whose port is closed (ICMP port unreachable) is not waited for."""
+    closed = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    closed.bind(("127.0.0.1", 0))
+    dead = closed.getsockname()
+    closed.close()
+    r = Resolver((dead, dns_server.address), timeout=5.0)
+    started = time.monotonic()
+    assert r.spf_lookup("none.test", "A", 5) == [(("none.test", "A"), "192.0.2.99")]
+    assert time.monotonic() - started < 1.0
+    only_dead = Resolver((dead,), timeout=5.0)
+    with pytest.raises(TempFailure, match="refused"):
+        only_dead.spf_lookup("none.test", "A", 5)
+
+
+@pytest.mark.parametrize("reply", ["formerr-without-question", "unparsable"])
+def test_a_broken_answer_moves_on_to_the_next_server(scripted, dns_server, reply):
+    def script(q):
+        wire = q.to_wire()
+        if reply == "formerr-without-question":  # id, QR + FORMERR, no sections
+            return [(wire[:2] + bytes([0x80, dns.rcode.FORMERR]) + bytes(8), False)]
+        header = wire[:2] + bytes([0x81, 0x80]) + b"\x00\x01\x00\x05\x00\x00\x00\x00"
+        return [(header + wire[12:] + b"\xc0\x0c\x00", False)]  # five answers promised, one cut
+    broken = scripted(script)
+    r = Resolver((broken.address, dns_server.address), timeout=2.0)
+    assert r.spf_lookup("none.test", "A", 2) == [(("none.test", "A"), "192.0.2.99")]
+    assert broken.queries == 1
+    alone = Resolver((broken.address,), timeout=2.0)
+    with pytest.raises(TempFailure, match="server failure"):
+        alone.spf_lookup("none.test", "A", 2)
