@@ -334,6 +334,8 @@ class Resolver:
         deadline = time.monotonic() + lifetime
         failures = []
         for host, port in self._servers:
+            if deadline <= time.monotonic():  # the budget went to the servers before
+                raise dns.exception.Timeout()  # type: ignore[no-untyped-call]
             try:
                 data = _udp_exchange(wire, question.lower(), host, port, deadline)
                 if data[2] & _TC:  # too long for UDP: the same question over TCP
