@@ -20,10 +20,7 @@ def pytest_generate_tests(metafunc):
 
 @pytest.fixture(scope="module")
 def lab(request, tmp_path_factory):
-    mta.require_or_skip(request.param)
-    work = tmp_path_factory.mktemp(f"dkim-{request.param}")
-    placeholder = tmp_path_factory.mktemp("no-milter") / "spfmilter.sock"
-    with mta.running_lab(request.param, work, f"unix:{placeholder}") as running:
+    with mta.lab_without_milter(request.param, tmp_path_factory, "dkim") as running:
         yield running
 
 

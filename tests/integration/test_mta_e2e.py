@@ -35,13 +35,7 @@ def pytest_generate_tests(metafunc):
 
 @pytest.fixture(scope="module")
 def lab(request, tmp_path_factory):
-    mta.require_or_skip(request.param)
-    work = tmp_path_factory.mktemp(f"e2e-{request.param}")
-    # Until a test points it at a running spfmilter, the MTA is configured for
-    # a socket nobody listens on (same file name as the fixture's, so Sendmail
-    # can be switched without a restart).
-    placeholder = tmp_path_factory.mktemp("no-milter") / "spfmilter.sock"
-    with mta.running_lab(request.param, work, f"unix:{placeholder}") as running:
+    with mta.lab_without_milter(request.param, tmp_path_factory, "e2e") as running:
         yield running
 
 

@@ -729,6 +729,17 @@ def running_lab(which: str, work: Path, milter_socket_spec: str):  # type: ignor
         yield Lab(which, server, cap)
 
 
+@contextlib.contextmanager
+def lab_without_milter(which: str, tmp_path_factory, tag: str):  # type: ignore[no-untyped-def]
+    """A module's lab (see ``parametrize_labs``) configured for a milter socket nobody
+    listens on yet, until a test points it at a running spfmilter (same file name as
+    the daemon fixture's, so Sendmail can be switched without a restart)."""
+    require_or_skip(which)
+    work = tmp_path_factory.mktemp(f"{tag}-{which}")
+    placeholder = tmp_path_factory.mktemp("no-milter") / "spfmilter.sock"
+    with running_lab(which, work, f"unix:{placeholder}") as running:
+        yield running
+
 class PostfixLab(_LogFile):
     """A private Postfix instance (own config folder, queue and log).
 
