@@ -75,6 +75,15 @@ class HeaderType(enum.Enum):
     NONE = "None"
 
 
+class UnreadableHop(enum.Enum):
+    """Trusted_Relays_Unreadable: what a relay's Received header that names no client
+    gives (the header may have been made unreadable on purpose, so never a pass)."""
+
+    DEFER = "Defer"
+    REJECT = "Reject"
+    ACCEPT = "Accept"    # labelled spf=none, "not checked"
+
+
 DEFAULT_SOCKET = "unix:/run/spfmilter/spfmilter.sock"
 DEFAULT_REASON = "Message {rejectdefer} due to SPF {result} for {identity} {sender}: {exp}"
 DEFAULT_URL = "https://www.open-spf.org/Why?s={0};id={1};ip={2};r={3}"
@@ -135,6 +144,7 @@ class Settings:
     dkim_rescue: bool = False
     dkim_max_bytes: int = 4 * 1024 * 1024
     trusted_relays: tuple[IPNetwork, ...] = ()
+    trusted_relays_unreadable: UnreadableHop = UnreadableHop.DEFER
     policy_socket: str = ""
     policy_idle_timeout: float = 330.0
     helo_pass_restriction: str = ""
@@ -460,6 +470,7 @@ _KEYS: dict[str, tuple[str, str, Callable[[str], object]]] = {
         ("DKIM_Rescue", "dkim_rescue", _bool),
         ("DKIM_Max_Bytes", "dkim_max_bytes", _byte_count),
         ("Trusted_Relays", "trusted_relays", _networks),
+        ("Trusted_Relays_Unreadable", "trusted_relays_unreadable", _enum(UnreadableHop)),
         ("Policy_Socket", "policy_socket", parse_policy_socket),
         ("Policy_Idle_Timeout", "policy_idle_timeout", _positive_float),
         ("HELO_pass_restriction", "helo_pass_restriction", _restriction),

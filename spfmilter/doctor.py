@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from spfmilter import config as cfg
+from spfmilter.core.transaction import longest_wait
 from spfmilter.resolver import Resolver, TempFailure
 
 OK, NOTE, WARNING, PROBLEM = "ok", "note", "warning", "problem"
@@ -514,7 +515,7 @@ def check_postfix(ctx: Context) -> None:
     where = f" in {ctx.postfix_dir}" if ctx.postfix_dir else ""
     queue = v.get("queue_directory", "/var/spool/postfix")
     owner = v.get("mail_owner", "postfix")
-    lookup = ctx.settings.lookup_time
+    lookup = longest_wait(ctx.settings)
 
     _wrap(ctx, "postfix", lambda: _postfix_smtpds(ctx, pf, queue, owner, where))
 
@@ -681,7 +682,7 @@ def check_sendmail(ctx: Context) -> None:
                 f"{effect} while spfmilter is down; write F=T in its INPUT_MAIL_FILTER: "
                 f"{mc_line}" + then, rebuild)
     timeouts = dict(t.partition(":")[::2] for t in fields.get("T", "").split(";") if ":" in t)
-    lookup = ctx.settings.lookup_time
+    lookup = longest_wait(ctx.settings)
     for key, default, what in (("R", "10s", "reading a reply"), ("E", "5m", "end of message")):
         value = timeouts.get(key, default)
         secs = seconds(value)

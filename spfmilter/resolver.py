@@ -64,8 +64,42 @@ CACHE_SIZE = 20_000
 trace: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("dns_trace", default=None)
 
 
+
+
+class CacheOnly:
+    """An attempt to evaluate on cached answers alone (set in ``cache_only``): a lookup
+    the cache cannot answer sets ``missed`` and raises NotCached instead of asking a
+    server.  The answers it used count as cache hits only once ``confirm`` says the
+    attempt stands, so an attempt that is abandoned and redone counts nothing twice."""
+
+    def __init__(self) -> None:
+        self.missed = False
+        self._used: list[tuple[_Cache, tuple[str, str]]] = []
+
+    def use(self, cache: _Cache, key: tuple[str, str]) -> _Cached | None:
+        entry = cache.entry(key)
+        if entry is None:
+            self.missed = True
+            raise NotCached(*key)
+        self._used.append((cache, key))
+        return entry
+
+    def confirm(self) -> None:
+        for cache, key in self._used:
+            cache.get(key)
+
+
+cache_only: contextvars.ContextVar[CacheOnly | None] = contextvars.ContextVar(
+    "dns_cache_only", default=None)
+
+
 class TempFailure(Exception):
     """A lookup that did not get a definitive answer (timeout, SERVFAIL, REFUSED)."""
+
+
+class NotCached(Exception):
+    """The cache cannot answer and ``cache_only`` forbids asking (not a TempFailure:
+    nothing failed, and no caller may report it as a result)."""
 
 
 class _Cached:
@@ -156,9 +190,13 @@ class _Cache:
 
     def peek(self, key: tuple[str, str]) -> bool:
         """Whether ``key`` would be answered from the cache (counts and moves nothing)."""
+        return self.entry(key) is not None
+
+    def entry(self, key: tuple[str, str]) -> _Cached | None:
+        """The live entry for ``key``, if any (counts and moves nothing)."""
         with self._lock:
             entry = self._protected.get(key) or self._probation.get(key)
-            return entry is not None and entry.expiration > time.time()
+            return entry if entry is not None and entry.expiration > time.time() else None
 
     def hits(self) -> int:
         return self._hits
@@ -370,8 +408,9 @@ class Resolver:
         if lines is not None:
             return self._traced(lines, name, qtype, lifetime)
         key = (name, qtype)
-        cached = self._cache.get(key)  # None when absent or expired
-        if cached is not None:
+        attempt = cache_only.get()
+        cached = self._cache.get(key) if attempt is None else attempt.use(self._cache, key)
+        if cached is not None:   # None when absent or expired
             return cached.pyspf(key)
         answer, negative_expiration = self._query(name, qtype, lifetime)
         if answer is None or answer.rrset is None:

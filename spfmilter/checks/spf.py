@@ -13,14 +13,17 @@ from __future__ import annotations
 import contextvars
 import ipaddress
 import re
+import threading
 import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor  # imported now: before a privilege drop
 from typing import Any
 
 import spf
 
 from spfmilter.core.addresses import domain_of, parse_ip
 from spfmilter.core.values import RESULTS, Identity, SPFResult
-from spfmilter.resolver import Resolver, TempFailure
+from spfmilter.resolver import CacheOnly, NotCached, Resolver, TempFailure, cache_only, trace
 
 _current: contextvars.ContextVar[Resolver] = contextvars.ContextVar("spfmilter_resolver")
 _void_limit: contextvars.ContextVar[int] = contextvars.ContextVar("spfmilter_void_limit",
@@ -326,6 +329,62 @@ def evaluate(identity: Identity, ip: str, sender: str, helo: str, *, resolver: R
                      published, mechanism, lookups, time.monotonic() - started, best, void)
 
 
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+# Threads are started only when none is idle, so this bounds a burst of slow lookups
+# without keeping that many threads; beyond it an evaluation waits for a thread.
+_POOL_THREADS = 256
+
+
+def _executor() -> ThreadPoolExecutor:
+    """The process's pool, made on first use: after the daemon forked its workers, so
+    each worker has its own and the supervisor none."""
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(_POOL_THREADS, thread_name_prefix="spf")
+        return _pool
+
+
+def _from_cache(call: Callable[[], SPFResult]) -> SPFResult | None:
+    """``call``'s result if the DNS cache answers every lookup it makes, else None."""
+    attempt = CacheOnly()
+    token = cache_only.set(attempt)
+    try:
+        result = call()
+    except NotCached:
+        return None
+    finally:
+        cache_only.reset(token)
+    if attempt.missed:      # pyspf swallows some errors (exp=): the attempt knows
+        return None
+    attempt.confirm()
+    return result
+
+
+def each(calls: Sequence[Callable[[], SPFResult]]) -> list[SPFResult]:
+    """The results of ``calls`` in order, evaluated concurrently: the first in the
+    calling thread, the others on the pool.  Why: each identity has its own
+    Lookup_Time, and a message must wait for the slowest of them, not their sum.
+
+    Evaluations the cache answers in full are done first, in this thread: handing
+    them to a thread would cost more than they do."""
+    done: list[SPFResult] = []
+    if trace.get() is None:       # a trace is read in order: it never uses the pool
+        for call in calls:
+            result = _from_cache(call)
+            if result is None:
+                break
+            done.append(result)
+    rest = calls[len(done):]
+    if len(rest) <= 1:
+        return done + [call() for call in rest]
+    pool = _executor()
+    others = [pool.submit(contextvars.copy_context().run, call) for call in rest[1:]]
+    first = rest[0]()
+    return [*done, first, *(f.result() for f in others)]
+
+
 class Checker:
     """The SPF checker a transaction runs: ``evaluate`` bound to one resolver and
     the settings that do not change per message (receiver, void limit)."""
@@ -341,3 +400,6 @@ class Checker:
                         receiver=self.receiver, lookup_time=lookup_time,
                         void_limit=self.void_limit, local_rules=local_rules,
                         best_guess=best_guess)
+
+    def each(self, calls: Sequence[Callable[[], SPFResult]]) -> list[SPFResult]:
+        return each(calls)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from spfmilter.config import HeloPolicy, MailFromPolicy, Settings
+from spfmilter.config import HeloPolicy, MailFromPolicy, Settings, UnreadableHop
 from spfmilter.core import headers
 from spfmilter.core.addresses import in_networks
 from spfmilter.core.values import Action, DKIMResult, Facts, Refusal, Reply, SPFResult, Verdict
@@ -191,3 +191,25 @@ def too_large(held: Refusal, limit: int) -> Verdict:
     """A held message larger than DKIM_Max_Bytes: not verified, refused as at RCPT."""
     return Verdict(Action.REJECT, f"{held.reason}, not rescued: message larger than "
                                   f"DKIM_Max_Bytes ({limit})", held.reply)
+
+
+def unreadable_hop(why: str, recipient: str, settings: Settings) -> Verdict:
+    """A trusted relay's Received header that names no client: Trusted_Relays_Unreadable
+    says what that gives; it is never a pass, since a sender who can make the
+    header unreadable must not gain by it.  Exempt recipients and TestOnly apply."""
+    settings = settings.for_recipient(recipient)
+    mode = settings.trusted_relays_unreadable
+    if mode is UnreadableHop.ACCEPT:
+        return Verdict(Action.ACCEPT, f"not checked: {why}")
+    action = Action.DEFER if mode is UnreadableHop.DEFER else Action.REJECT
+    if settings.exempt(recipient):
+        return Verdict(Action.ACCEPT, f"{why}, exempt recipient")
+    if settings.test_only:
+        return Verdict(Action.ACCEPT, f"{why}, TestOnly: would {action.value}")
+    if action is Action.DEFER:
+        code, status = defer_status(settings)
+    else:
+        code, status = "550", "5.7.24" if settings.enhanced_status_codes else "5.7.1"
+    text = headers.clean(f"Message {'deferred' if action is Action.DEFER else 'rejected'}: "
+                         f"SPF could not be checked ({why})", 450)
+    return Verdict(action, why, Reply(code, status, text))

@@ -12,8 +12,19 @@ use:
 * Microsoft Exchange: ``from HELO (192.0.2.1)``, ``from HELO (2001:db8::1)``.
 
 When that address is itself a trusted relay the walk goes one header down.
-Everything here is hostile input: a header that does not parse is no hop,
-and the walk is bounded.
+
+Everything here is hostile input, and so is most of the header itself: the
+relay copies the client's HELO into it verbatim (Postfix and Exchange even
+keep spaces and parentheses), and the envelope addresses (``for <...>``,
+Exim's ``envelope-from``).  A HELO of ``x (y [192.0.2.10])`` makes Postfix
+write ``from x (y [192.0.2.10]) (evil.example [203.0.113.66]) by relay ...``.
+So the address is read only from the part the relay itself wrote: the
+*last* address comment of the from clause, which is the one followed --
+after nothing but ordinary comments (TLS details) -- by the relay's
+``by`` clause.  Whatever a HELO contains, it stands before that comment;
+the envelope addresses, which come after it, are blanked first (the caller
+knows them exactly).  A header that still does not read is no hop: the
+transaction then decides with Relay_Unreadable, never as if it were clean.
 """
 
 from __future__ import annotations
@@ -26,12 +37,25 @@ from spfmilter.core.addresses import IPNetwork, client_address, in_networks
 
 #: Received headers examined, top down; a relay chain longer than this is not walked.
 MAX_HOPS = 20
-_MAX_LEN = 2000  # characters of one header read
+#: Characters of one header read: more than any HELO line an MTA accepts (Postfix's
+#: line_length_limit is 2048) plus everything the relay adds around it.
+MAX_LEN = 16384
 
-_FROM = re.compile(r"^\s*from\s+(\S+)\s*(?:\((.*?)\))?", re.I | re.S)
-_BRACKETED = re.compile(r"\[((?:IPv6:)?[0-9A-Fa-f:.]+)\]", re.I)
-_BARE = re.compile(r"^\s*((?:IPv6:)?[0-9A-Fa-f:.]+)\s*$", re.I)
-_EXIM_HELO = re.compile(r"\bhelo=([^\s)\]]+)", re.I)
+_IP = r"(?:IPv6:)?[0-9A-Fa-f:.]+"
+# The comments a relay writes about the client: Postfix/Sendmail "(rdns [ip])" with an
+# ident user and Sendmail's "(may be forged)"; Exim "([ip] helo=name)"; Exchange "(ip)".
+_ADDRESS_COMMENT = re.compile(
+    r"\(\s*(?:(?:[^\s()\[\]@]+@)?[^\s()\[\]]+\s+)?\[(?P<bracketed>" + _IP + r")\]"
+    r"(?::\d+)?(?:\s+helo=(?P<exim_helo>[^\s()]*))?(?:\s*\(may be forged\))?\s*\)"
+    r"|\(\s*(?P<bare>" + _IP + r")\s*\)", re.I)
+# Exim when the client has no reverse name: "from [ip] (helo=name)" or "from [ip]:port".
+_EXIM_BARE = re.compile(r"\[(?P<ip>" + _IP + r")\](?::\d+)?\s+\(helo=(?P<helo>[^\s()]*)\)\s*",
+                        re.I)
+_BY = re.compile(r"by\s", re.I)
+_FROM = re.compile(r"\s*from\s", re.I)
+# What a relay writes for mail it originated itself (no client): Postfix's
+# "by host (Postfix, from userid N)", Sendmail's "(from user@localhost) by host".
+_LOCAL = re.compile(r"\s*(?:\(from [^()]*\)\s*)?by\s", re.I)
 
 
 @dataclass(frozen=True)
@@ -42,40 +66,111 @@ class Hop:
     helo: str
 
 
-def parse(value: str) -> Hop | None:
-    """The (address, HELO) a Received header names as where it came from, or None."""
-    text = re.sub(r"\s+", " ", value[:_MAX_LEN])
-    m = _FROM.match(text)
-    if not m:
-        return None
-    name, comment = m.group(1), m.group(2) or ""
-    helo = name
-    ip = ""
-    if name.startswith("[") and name.endswith("]"):  # Exim without a PTR: from [IP] (helo=...)
-        ip, helo = client_address(name), ""
-    found = _BRACKETED.search(comment)
-    if found:
-        ip = client_address(found.group(1))
-    else:
-        bare = _BARE.match(comment)
-        if bare:  # Exchange: from HELO (192.0.2.1)
-            ip = client_address(bare.group(1))
-    exim = _EXIM_HELO.search(comment)
-    if exim:  # Exim's "from" is the reverse name; the HELO is in the comment
-        helo = exim.group(1)
+@dataclass(frozen=True)
+class Unreadable:
+    """A header the relay wrote that names no client (``reason`` says what is wrong),
+    or ``local``: the relay originated the message itself."""
+
+    reason: str
+    local: bool = False
+
+
+def _skip_comment(text: str, pos: int) -> int | None:
+    """The end of the balanced comment starting at ``pos`` (which is '('), or None."""
+    depth = 0
+    for i in range(pos, len(text)):
+        c = text[i]
+        if c == "(":
+            depth += 1
+        elif c == ")":
+            depth -= 1
+            if depth == 0:
+                return i + 1
+    return None
+
+
+def _followed_by_by(text: str, pos: int) -> bool:
+    """Whether only ordinary comments (no address in them) and white space stand
+    between ``pos`` and a ``by`` keyword: true of the relay's own comment."""
+    while True:
+        while pos < len(text) and text[pos] == " ":
+            pos += 1
+        if pos < len(text) and text[pos] == "(":
+            end = _skip_comment(text, pos)
+            if end is None or _ADDRESS_COMMENT.match(text, pos):
+                return False
+            pos = end
+            continue
+        return bool(_BY.match(text, pos))
+
+
+def _blank(text: str, envelope: Iterable[str]) -> str:
+    """``text`` with every occurrence of the envelope addresses replaced by spaces."""
+    for address in sorted({a for a in envelope if a}, key=len, reverse=True):
+        text = re.sub(re.escape(address), lambda m: " " * len(m.group()), text, flags=re.I)
+    return text
+
+
+def read(value: str, envelope: Iterable[str] = ()) -> Hop | Unreadable:
+    """The (address, HELO) the relay that wrote ``value`` names as its client.
+
+    ``envelope``: the message's envelope addresses, which the relay may have
+    copied into the header after its own comment and which the sender chose.
+    """
+    text = re.sub(r"\s+", " ", value[:MAX_LEN])
+    if _LOCAL.match(text):
+        return Unreadable("the relay originated the message", local=True)
+    start = _FROM.match(text)
+    if not start:
+        return Unreadable("its Received header has no from clause")
+    text = _blank(text, envelope)
+    clause = text[:text.rfind(";")] if ";" in text else text   # the date is the relay's
+    chosen: re.Match[str] | None = None
+    for m in _ADDRESS_COMMENT.finditer(clause, start.end()):
+        if _followed_by_by(clause, m.end()):
+            chosen = m
+    name_end = chosen.start() if chosen else len(clause)
+    exim = _EXIM_BARE.match(clause, start.end())
+    if exim and (chosen is None or exim.end() > chosen.start()) and \
+            _followed_by_by(clause, exim.end()):
+        ip = client_address(exim.group("ip"))
+        return Hop(ip, exim.group("helo")) if ip else Unreadable("its Received header names no valid address")
+    if chosen is None:
+        if len(value) > MAX_LEN:
+            return Unreadable(f"its Received header is longer than {MAX_LEN} characters")
+        return Unreadable("its Received header names no client address")
+    ip = client_address(chosen.group("bracketed") or chosen.group("bare"))
     if not ip:
-        return None
-    return Hop(ip, helo.strip("[]") if not client_address(helo) else "")
+        return Unreadable("its Received header names no valid address")
+    if chosen.group("exim_helo") is not None:   # Exim: the reverse name comes first
+        return Hop(ip, chosen.group("exim_helo"))
+    helo = clause[start.end():name_end].strip()
+    if helo.startswith("[") and helo.endswith("]") and client_address(helo):
+        helo = ""                                  # an address literal names no domain
+    return Hop(ip, helo)
 
 
-def client_behind(received: Sequence[str], trusted: Iterable[IPNetwork]) -> Hop | None:
-    """The first hop, top down, whose address is not a trusted relay (None if the
-    relays left none that parses)."""
+def parse(value: str, envelope: Iterable[str] = ()) -> Hop | None:
+    """The hop ``value`` names, or None when it names none."""
+    found = read(value, envelope)
+    return found if isinstance(found, Hop) else None
+
+
+def client_behind(received: Sequence[str], trusted: Iterable[IPNetwork],
+                  envelope: Iterable[str] = ()) -> Hop | Unreadable:
+    """The first hop, top down, whose address is not a trusted relay; Unreadable
+    when the relays left none that reads (the first header that does not read
+    decides, so a forged header further down is never reached)."""
     nets = tuple(trusted)
+    addresses = tuple(envelope)
     for value in received[:MAX_HOPS]:
-        hop = parse(value)
-        if hop is None:
-            return None
+        hop = read(value, addresses)
+        if isinstance(hop, Unreadable):
+            return hop
         if not in_networks(hop.client_ip, nets):
             return hop
-    return None
+    if not received:
+        return Unreadable("it wrote no Received header")
+    return Unreadable(f"the first {MAX_HOPS} Received headers name only trusted relays"
+                      if len(received) >= MAX_HOPS else "its Received headers name only "
+                      "trusted relays")

@@ -7,8 +7,11 @@ that tie them together are policy, and every front end needs the same ones --
   (unless the client says HELO again with another name);
 * the null sender's MAIL FROM identity is postmaster@HELO (RFC 7208 §2.4),
   which is exactly the HELO evaluation: it is reused, never looked up twice;
-* all of a message's checks (HELO, MAIL FROM, Domain_Whitelist) share one
-  Lookup_Time budget, so a message never waits longer than that for DNS;
+* each identity gets its own full Lookup_Time (each Domain_Whitelist domain
+  its Whitelist_Lookup_Time), and they are evaluated concurrently: a HELO
+  whose DNS never answers cannot spend MAIL FROM's budget (which would turn
+  a forger's fail into temperror), and a message still waits no longer than
+  the longest of those budgets for DNS -- within the MTA's milter timeouts;
 * evaluation happens once per message, at its first recipient, and every
   recipient is then decided on the same results.
 
@@ -40,7 +43,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from spfmilter.config import Settings
@@ -57,6 +60,10 @@ class SPFChecker(Protocol):
                  lookup_time: float, local_rules: str = "",
                  best_guess: str = "") -> SPFResult: ...
 
+    def each(self, calls: Sequence[Callable[[], SPFResult]]) -> list[SPFResult]:
+        """The results of ``calls``, in order, run concurrently (their waits overlap)."""
+        ...
+
 
 class DKIMChecker(Protocol):
     """Verifies a message's DKIM signatures (spfmilter.checks.dkim.Checker is the real one)."""
@@ -67,6 +74,14 @@ class DKIMChecker(Protocol):
 
 _SPLIT = Reply("452", "4.5.3", "Recipients with another policy than the first: send this one "
                                "in a transaction of its own")
+
+
+def longest_wait(settings: Settings) -> float:
+    """The longest a message's SPF evaluation waits for DNS: its identities and
+    Domain_Whitelist domains are evaluated concurrently, each within its own budget.
+    An MTA's milter timeouts must be longer than this (``spfmilter doctor`` checks)."""
+    return max(settings.lookup_time,
+               settings.whitelist_lookup_time if settings.domain_whitelist else 0.0)
 
 
 class Connection:
@@ -147,32 +162,41 @@ class Transaction:
         if plan.skip:
             return
         started = time.monotonic()
-        deadline = started + s.lookup_time
 
         def run(identity: Identity, sender: str, limit: float = s.lookup_time,
-                local: bool = True) -> SPFResult:
-            return check(identity, facts.client_ip, sender, facts.helo,
-                         lookup_time=min(limit, deadline - time.monotonic()),
-                         local_rules=s.local_rules if local else "",
-                         best_guess=s.best_guess if local and identity == "mailfrom" else "")
+                local: bool = True) -> Callable[[], SPFResult]:
+            return lambda: check(identity, facts.client_ip, sender, facts.helo,
+                                 lookup_time=limit,
+                                 local_rules=s.local_rules if local else "",
+                                 best_guess=s.best_guess if local and identity == "mailfrom"
+                                 else "")
 
-        if plan.check_helo and facts.helo:  # no HELO at all: nothing to check or report
-            if conn is None:
-                self.helo_result = run("helo", "")
-            else:
-                if conn.helo_result is None:
-                    conn.helo_result = run("helo", "")
-                self.helo_result = conn.helo_result
-        if plan.check_mailfrom:
-            if not self.sender and self.helo_result is not None:
-                self.mailfrom_result = dataclasses.replace(self.helo_result, identity="mailfrom")
-            else:
-                self.mailfrom_result = run("mailfrom", self.sender)
+        helo_known = conn.helo_result if conn is not None else None
+        want_helo = plan.check_helo and bool(facts.helo)  # no HELO at all: nothing to report
+        # the null sender's MAIL FROM identity is postmaster@HELO: the HELO evaluation itself
+        reuse_helo = plan.check_mailfrom and not self.sender and (want_helo or
+                                                                  helo_known is not None)
+        calls: list[tuple[tuple[str, str], Callable[[], SPFResult]]] = []
+        if (want_helo or reuse_helo) and helo_known is None:
+            calls.append((("id", "helo"), run("helo", "")))
+        if plan.check_mailfrom and not reuse_helo:
+            calls.append((("id", "mailfrom"), run("mailfrom", self.sender)))
         for domain in plan.whitelist_domains:
-            if run("mailfrom", f"postmaster@{domain}", s.whitelist_lookup_time,
-                   local=False).result == "pass":
-                self.whitelisted_by = domain
-                break
+            calls.append((("whitelist", domain), run("mailfrom", f"postmaster@{domain}",
+                                      s.whitelist_lookup_time, local=False)))
+        results = dict(zip([name for name, _ in calls],
+                           check.each([call for _, call in calls]), strict=True))
+        helo = results.get(("id", "helo"), helo_known)
+        if conn is not None and helo is not None:
+            conn.helo_result = helo
+        if want_helo:
+            self.helo_result = helo
+        if reuse_helo and helo is not None:
+            self.mailfrom_result = dataclasses.replace(helo, identity="mailfrom")
+        elif plan.check_mailfrom:
+            self.mailfrom_result = results.get(("id", "mailfrom"))
+        self.whitelisted_by = next((d for d in plan.whitelist_domains
+                                    if results[("whitelist", d)].result == "pass"), None)
         self.seconds = time.monotonic() - started
 
     def _decide(self, recipient: str) -> Verdict:
@@ -207,26 +231,32 @@ class Transaction:
         self.forged.saw(name, value)
         if self.via_relay and len(self.received) < received.MAX_HOPS and \
                 name.lower() == "received":
-            self.received.append(value)
+            self.received.append(value[:received.MAX_LEN + 1])
 
     def end_of_headers(self, check: SPFChecker) -> bool:
         """Behind a trusted relay: evaluate for the host behind it.  True when this
         evaluated something (the front end counts it then)."""
         if not self.via_relay or self.plan is not None:
             return False
-        hop = received.client_behind(self.received, self.settings.trusted_relays)
-        if hop is None:
-            relay = self.connection.client_ip
-            self.no_hop = f"trusted relay {relay} left no parseable Received header"
+        relay = self.connection.client_ip
+        first = self.recipients[0] if self.recipients else ""
+        found = received.client_behind(self.received, self.settings.trusted_relays,
+                                       (self.sender, *self.recipients))
+        if isinstance(found, received.Unreadable) and found.local:
+            # mail the relay originated itself: the relay is the client, as without
+            # Trusted_Relays (a relay writes this form only for its own submissions)
+            found = received.Hop(relay, self.connection.helo)
+        if isinstance(found, received.Unreadable):
+            self.no_hop = f"trusted relay {relay}: {found.reason}"
             self.plan = decision.Plan()
             self.mailfrom_result = SPFResult("mailfrom", "none", self.sender,
                                              self.sender.rpartition("@")[2], self.no_hop, False,
                                              note=self.no_hop)
+            self._relay_verdict = decision.unreadable_hop(self.no_hop, first, self.settings)
             return False
-        self.hop = Facts(client_ip=hop.client_ip, helo=hop.helo, sender=self.sender,
+        self.hop = Facts(client_ip=found.client_ip, helo=found.helo, sender=self.sender,
                          auth_user=self.auth_user, queue_id=self.queue_id)
         self._run(self.hop, check, None)
-        first = self.recipients[0] if self.recipients else ""
         self._relay_verdict = verdict = self._decide(first)
         self.held = verdict.held
         return True
@@ -236,8 +266,6 @@ class Transaction:
         """The message's verdict when end of message decides it (a held refusal, a
         relayed message), else None (the RCPT verdicts stand).  ``message`` is the
         whole message as received, None when it was larger than DKIM_Max_Bytes."""
-        if self.no_hop is not None:
-            return Verdict(Action.ACCEPT, f"not checked: {self.no_hop}")
         held = self.held
         if held is None:
             return self._relay_verdict

@@ -1,9 +1,12 @@
 """The real spfmilter process over the milter protocol, DNS from a real server on 127.0.0.1."""
 
 import re
+import subprocess
+import sys
 
 import pytest
 
+from tests.kit import ROOT
 from tests.kit.milterclient import MilterSession
 
 pytestmark = pytest.mark.e2e
@@ -185,7 +188,8 @@ def test_shipped_configuration_serves(tmp_path):
 
 
 def test_lookup_time_bounds_the_whole_message(spfmilter):
-    """HELO and MAIL FROM both time out: one Lookup_Time for both, not one each."""
+    """HELO and MAIL FROM both time out: each has its own Lookup_Time, and they are
+    evaluated concurrently, so the message waits one Lookup_Time, not two."""
     import time
     milter = spfmilter(Lookup_Time="1", TempError_Defer="True")
     with MilterSession(milter.socket_path) as s:
@@ -197,3 +201,35 @@ def test_lookup_time_bounds_the_whole_message(spfmilter):
         elapsed = time.monotonic() - started
     assert reply.code == "451" and reply.text.startswith("4.7.24")
     assert elapsed < 1.6, elapsed
+
+
+def test_a_helo_whose_dns_never_answers_does_not_save_a_forged_sender(spfmilter):
+    """Shipped defaults (TempError_Defer off): the HELO's lookups time out, and the
+    forged sender is still refused -- its evaluation had its own Lookup_Time."""
+    milter = spfmilter()
+    with MilterSession(milter.socket_path) as s:
+        s.connect("198.51.100.7")
+        s.helo("dead.test")
+        s.mail("ceo@plain.test")
+        reply = s.rcpt("rcpt@mx.test")
+    assert reply.code == "550" and reply.text.startswith("5.7.23"), reply
+    milter.wait_for_log(r"action=reject reason=\"mailfrom fail\"")
+
+
+def test_a_helo_whose_dns_never_answers_does_not_spoil_a_legitimate_pass(spfmilter):
+    milter = spfmilter()
+    replies, eom = one(milter, "192.0.2.10", "dead.test", "user@allowed.test")
+    assert replies[0].kind == "continue"
+    assert received_spf(eom).startswith("pass ")
+    assert received_spf(eom, "helo").startswith("temperror ")
+    assert "spf=pass smtp.mailfrom=allowed.test" in ar(eom)
+
+
+def test_check_refuses_a_forged_sender_behind_a_helo_that_times_out(tmp_path, dns_server):
+    conf = tmp_path / "c.conf"
+    conf.write_text(f"Nameservers = {dns_server.nameserver}\nAuthserv_Id = mx.test\n"
+                    "Lookup_Time = 3\n")
+    res = subprocess.run([sys.executable, "-m", "spfmilter", "check", "-c", str(conf),
+                          "--ip", "198.51.100.9", "--helo", "dead.test", "--from",
+                          "ceo@plain.test"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert re.search(r"RCPT TO:<[^>]*>: reject -> 550 5\.7\.23 ", res.stdout), res.stdout + res.stderr

@@ -113,16 +113,53 @@ def test_two_trusted_hops_are_walked(hops, mx):
     assert spf(m).startswith("pass ") and "client-ip=192.0.2.10;" in spf(m)
 
 
-def test_no_parseable_hop_gets_a_header_that_says_so(hops, mx):
+def test_a_relay_that_wrote_no_hop_defers_the_message(hops, mx):
     milter = mx()
-    # straight to the MX from 127.0.0.1, a trusted relay that wrote nothing
+    # straight to the MX from 127.0.0.1, a trusted relay that wrote nothing (the MX does not
+    # show milters its own Received header)
+    msg = mta.make_message("user@allowed.test", "rcpt@example.com")
+    tr = mta.smtp_transaction(hops.mx.host, hops.mx.port, "relay.test", "user@allowed.test",
+                              ["rcpt@example.com"], msg)
+    assert tr.final.code == 451 and tr.final.text.startswith("4.7.24 "), str(tr)
+    assert "trusted relay 127.0.0.1: it wrote no Received header" in tr.final.text
+    wait_for(lambda: "action=not-checked" in milter.log_text(), 10, "the warning")
+    milter.wait_for_log(r"action=defer ")
+
+
+def test_no_readable_hop_gets_a_header_that_says_so_when_accepted(hops, mx):
+    milter = mx(Trusted_Relays_Unreadable="Accept")
     msg = mta.make_message("user@allowed.test", "rcpt@example.com")
     tr = mta.smtp_transaction(hops.mx.host, hops.mx.port, "relay.test", "user@allowed.test",
                               ["rcpt@example.com"], msg)
     assert tr.final.code == 250, str(tr)
     m = delivered(hops, "user@allowed.test")
-    assert spf(m).startswith("none (mx.test: trusted relay 127.0.0.1 left no parseable Received "
+    assert spf(m).startswith("none (mx.test: trusted relay 127.0.0.1: it wrote no Received "
                              "header; not checked)")
-    assert "spf=none (trusted relay 127.0.0.1 left no parseable Received header)" in \
+    assert "spf=none (trusted relay 127.0.0.1: it wrote no Received header)" in \
         re.sub(r"\s+", " ", m.header("Authentication-Results"))
     wait_for(lambda: "action=not-checked" in milter.log_text(), 10, "the warning")
+
+
+# --- attacks: the client's HELO is copied into the relay's Received header ------------
+
+@pytest.mark.parametrize("helo", [
+    "x (y [192.0.2.10])",                    # Postfix/Sendmail's comment, an allowed address
+    "mail.allowed.test (192.0.2.10)",        # Exchange's form
+    "x (y [192.0.2.10]) by relay.test (Postfix) with ESMTP id Q",
+    "x ()",                                  # an empty first comment
+    "h" * 1990,                              # the relay's address far into the header
+], ids=["postfix-comment", "exchange-form", "with-by-clause", "empty-comment", "long"])
+def test_a_helo_written_into_the_relays_header_cannot_save_a_forged_sender(hops, mx, helo):
+    milter = mx()
+    sender = f"forged-{len(helo)}-{helo[:2].strip()}@allowed.test"
+    tr = send(hops.relay, "198.51.100.7", helo, sender)
+    assert tr.final.code == 250, str(tr)          # the relay took it; the MX must refuse it
+    qid = hops.relay.wait_for_log(rf"(\w+): from=<{re.escape(sender)}>", timeout=30).group(1)
+    bounce = hops.relay.wait_for_log(rf"{qid}: to=<[^>]*>.* status=bounced \(host 127\.0\.0\.1"
+                                     r"\[127\.0\.0\.1\] said: 550 5\.7\.23 ", timeout=30)
+    assert "198.51.100.7 is not one of allowed.test's designated mail servers" in \
+        hops.relay.log_text()[bounce.start():bounce.start() + 600]
+    milter.wait_for_log(r"action=reject reason=\"mailfrom fail\" .*client_ip=198\.51\.100\.7 "
+                        rf".*envelope_from={re.escape(sender)}")
+    hops.relay.wait_idle(30)
+    assert all(m.mail_from != sender for m in hops.capture.messages)

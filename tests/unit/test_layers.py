@@ -24,8 +24,8 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "spfmilter.frontends": ("spfmilter.core", "spfmilter.config", "spfmilter.checks",
                             "spfmilter.resolver", "spfmilter.runtime", "spfmilter.log",
                             "spfmilter.metrics", "spfmilter.frontends"),
-    "spfmilter.doctor": ("spfmilter.config", "spfmilter.resolver", "spfmilter.frontends",
-                         "spfmilter.log"),
+    "spfmilter.doctor": ("spfmilter.core", "spfmilter.config", "spfmilter.resolver",
+                         "spfmilter.frontends", "spfmilter.log"),
     "spfmilter.daemon": ("spfmilter.core", "spfmilter.config", "spfmilter.runtime",
                          "spfmilter.log", "spfmilter.metrics", "spfmilter.frontends"),
 }

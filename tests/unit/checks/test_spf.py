@@ -136,3 +136,47 @@ def test_an_evaluation_without_the_dns_hook_is_refused(monkeypatch, dns_server):
         evaluate("mailfrom", "192.0.2.10", "u@allowed.test", "helo.test", resolver=resolver,
                  receiver="mx.test", lookup_time=2.0, void_limit=2)
     assert dns_server.query_count() == 0
+
+
+def _calls(resolver, ip="198.51.100.7"):
+    def call(identity, sender, helo="helo.test"):
+        return lambda: evaluate(identity, ip, sender, helo, resolver=resolver,
+                                receiver="mx.test", lookup_time=2.0, void_limit=2)
+    return [call("helo", ""), call("mailfrom", "u@allowed.test"),
+            call("mailfrom", "postmaster@plain.test")]
+
+
+def test_each_gives_what_one_by_one_gives_and_counts_each_lookup_once(dns_server):
+    """Cold, then warm (answered in this thread from the cache), then half warm: the
+    results, the explanation (exp=, whose lookup pyspf makes inside a bare except)
+    and the cache's hit and miss counts are those of evaluating one by one."""
+    plain, concurrent = (Resolver((dns_server.address,), timeout=2.0) for _ in range(2))
+    for _ in range(2):
+        one_by_one = [call() for call in _calls(plain)]
+        together = spf_check.each(_calls(concurrent))
+        assert [(r.result, r.explanation, r.mechanism) for r in together] == \
+            [(r.result, r.explanation, r.mechanism) for r in one_by_one]
+        assert (concurrent._cache.hits(), concurrent._cache.misses()) == \
+            (plain._cache.hits(), plain._cache.misses())
+    assert together[1].explanation.startswith("198.51.100.7 is not one of allowed.test")
+    for resolver in (plain, concurrent):   # the explanation expires first: half warm
+        resolver._cache.entry(("explain.allowed.test", "TXT")).expiration = 0
+    one_by_one = [call() for call in _calls(plain)]
+    together = spf_check.each(_calls(concurrent))
+    assert [(r.result, r.explanation) for r in together] == \
+        [(r.result, r.explanation) for r in one_by_one]
+    assert (concurrent._cache.hits(), concurrent._cache.misses()) == \
+        (plain._cache.hits(), plain._cache.misses())
+
+
+def test_each_waits_for_the_slowest_not_the_sum(dns_server):
+    """Two identities whose DNS never answers: one Lookup_Time, not two."""
+    import time
+    resolver = Resolver((dns_server.address,), timeout=1.0)
+    calls = [lambda: evaluate(identity, "198.51.100.7", "u@dead.test", "slow.test",
+                              resolver=resolver, receiver="mx.test", lookup_time=1.0,
+                              void_limit=2) for identity in ("helo", "mailfrom")]
+    started = time.monotonic()
+    results = spf_check.each(calls)
+    assert [r.result for r in results] == ["temperror", "temperror"]
+    assert time.monotonic() - started < 1.8

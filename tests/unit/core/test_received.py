@@ -1,9 +1,12 @@
-"""The client behind a trusted relay, from the Received headers the common MTAs write."""
+"""The client behind a trusted relay, from the Received headers the common MTAs write --
+and never from what the client put into them."""
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from spfmilter.config import _networks
-from spfmilter.core.received import MAX_HOPS, Hop, client_behind, parse
+from spfmilter.core.received import MAX_HOPS, MAX_LEN, Hop, Unreadable, client_behind, parse, read
 
 TRUSTED = _networks("10.0.0.0/8, 2001:db8:ffff::/48")
 
@@ -53,8 +56,92 @@ def test_the_walk_skips_trusted_hops_and_stops_at_the_first_other():
 
 
 def test_no_hop_when_the_relays_left_none_that_parses():
-    assert client_behind([], TRUSTED) is None
-    assert client_behind(["from r (r [10.0.0.1]) by mx"], TRUSTED) is None     # only relays
-    assert client_behind(["from r (r [10.0.0.1]) by mx", "garbage"], TRUSTED) is None
+    assert client_behind([], TRUSTED) == Unreadable("it wrote no Received header")
+    only = client_behind(["from r (r [10.0.0.1]) by mx"], TRUSTED)
+    assert isinstance(only, Unreadable) and "only trusted relays" in only.reason
+    garbage = client_behind(["from r (r [10.0.0.1]) by mx", "garbage"], TRUSTED)
+    assert garbage == Unreadable("its Received header has no from clause")
     many = ["from r (r [10.0.0.1]) by mx"] * (MAX_HOPS + 5000) + ["from h (h [192.0.2.1]) by r"]
-    assert client_behind(many, TRUSTED) is None                                  # bounded walk
+    assert isinstance(client_behind(many, TRUSTED), Unreadable)                  # bounded walk
+
+
+# --- attacks: the client chooses its HELO (and its envelope), the relay copies them in ---
+
+REAL = "203.0.113.66"
+
+
+def postfix(helo: str, rcpt: str = "r@mx.test", tls: bool = False) -> str:
+    """What Postfix's smtpd writes: ``from %s (%s [%s])`` with the HELO as given."""
+    using = ("\n\t(using TLSv1.3 with cipher TLS_AES_256_GCM_SHA384 (256/256 bits)\n\t key-exchange "
+             "X25519 server-signature RSA-PSS (2048 bits) server-digest SHA256)\n\t"
+             "(No client certificate requested)" if tls else "")
+    return (f"from {helo} (evil.example [{REAL}]){using}\n\tby relay.test (Postfix) with ESMTP "
+            f"id 4XyZ1\n\tfor <{rcpt}>; Fri,  4 Dec 2026 17:00:00 +0000 (UTC)")
+
+
+def sendmail(helo: str, rcpt: str = "r@mx.test") -> str:
+    return (f"from {helo} (evil.example [{REAL}] (may be forged))\n\tby relay.test "
+            f"(8.17.1/8.17.1/Debian-2) with ESMTP id 4B4H0\n\tfor <{rcpt}>; Fri, 4 Dec 2026")
+
+
+def exchange(helo: str) -> str:
+    return (f"from {helo} ({REAL}) by EXCH02.contoso.test (10.0.0.2) with Microsoft SMTP "
+            "Server (version=TLS1_2, cipher=TLS_ECDHE_RSA) id 15.20.1; Fri, 4 Dec 2026")
+
+
+@pytest.mark.parametrize("write", [postfix, sendmail, exchange], ids=["postfix", "sendmail",
+                                                                       "exchange"])
+@pytest.mark.parametrize("helo", [
+    "x (y [192.0.2.10])",                          # a Postfix/Sendmail comment
+    "mail.bank.example (192.0.2.10)",              # the Exchange form
+    "x (y [192.0.2.10]) by z",                     # ... followed by a by clause
+    "x (y [192.0.2.10]) by z (Postfix) with ESMTP id Q; Fri, 4 Dec 2026",
+    "x ([192.0.2.10] helo=a) by z",                # the Exim form
+    "x (y [192.0.2.10] (may be forged)) (u@y [192.0.2.11]) by z",
+    "x ()", "x (", "x )", "((((", "x (y [192.0.2.10]",
+    "a" * 1990, "b" * 12000 + " (y [192.0.2.10]) by z",
+])
+def test_a_helo_that_imitates_the_relays_comment_is_never_read_as_the_client(write, helo):
+    hop = parse(write(helo), ["r@mx.test"])
+    assert hop is not None and hop.client_ip == REAL
+
+
+def test_the_helo_is_reported_as_given_but_never_as_an_address():
+    assert parse(postfix("x (y [192.0.2.10])")) == Hop(REAL, "x (y [192.0.2.10])")
+    assert parse(postfix("[192.0.2.10]")) == Hop(REAL, "")
+
+
+@pytest.mark.parametrize("rcpt", ['"(y [192.0.2.10]) by z"@mx.test',
+                                  '"x (y [192.0.2.10])"@mx.test', '"a;b(c [192.0.2.10]) by"@mx.test'])
+def test_an_envelope_address_that_imitates_the_relays_comment_is_never_read(rcpt):
+    for value in (postfix("helo.test", rcpt), sendmail("helo.test", rcpt)):
+        assert parse(value, ["u@bank.example", rcpt]) == Hop(REAL, "helo.test")
+        # and beside a HELO that does the same
+        assert parse(postfix("x (y [192.0.2.11]) by q", rcpt), [rcpt]).client_ip == REAL
+
+
+def test_a_header_too_long_to_read_is_unreadable_not_a_guess():
+    found = read(postfix("c" * (MAX_LEN + 10)))
+    assert isinstance(found, Unreadable) and "longer than" in found.reason
+
+
+@pytest.mark.parametrize("value", [
+    "by relay.test (Postfix, from userid 0)\n\tid 4XyZ1; Fri,  4 Dec 2026 17:00:00 +0000 (UTC)",
+    "(from root@localhost)\n\tby relay.test (8.17.1/8.17.1/Submit) id 4B4H0; Fri, 4 Dec 2026",
+])
+def test_mail_the_relay_originated_itself_is_told_apart(value):
+    assert read(value) == Unreadable("the relay originated the message", local=True)
+
+
+_TRICKY = st.sampled_from(["(", ")", "[", "]", " ", "by ", " by ", "from ", ";", "<", ">", '"',
+                           "@", "192.0.2.10", "IPv6:2001:db8::1", "helo=", "(may be forged)",
+                           "unknown", "x.example", "\\", ":", ".", "for <"])
+
+
+@given(helo=st.lists(_TRICKY, max_size=30).map("".join).filter(lambda h: h.strip()),
+       write=st.sampled_from([postfix, sendmail, exchange]), tls=st.booleans())
+@settings(max_examples=400, deadline=None)
+def test_whatever_the_helo_the_address_is_the_one_the_relay_wrote(helo, write, tls):
+    value = postfix(helo, tls=tls) if write is postfix else write(helo)
+    hop = parse(value, ["r@mx.test"])
+    assert hop is not None and hop.client_ip == REAL

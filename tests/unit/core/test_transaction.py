@@ -1,6 +1,9 @@
-"""The transaction: what is evaluated, in which order, within one budget (a recording checker)."""
+"""The transaction: what is evaluated, in which order, within which budgets (a recording checker)."""
 
+import concurrent.futures
 import time
+
+import pytest
 
 from spfmilter import config as cfg
 from spfmilter.core.transaction import Connection, Transaction
@@ -21,6 +24,17 @@ class Recorder:
         checked = sender or f"postmaster@{helo}"
         return SPFResult(identity, self.results.get(checked, "pass"), checked,
                          checked.rpartition("@")[2], "", False)
+
+    def each(self, calls):
+        return [call() for call in calls]
+
+
+class Concurrent(Recorder):
+    """Runs a message's evaluations on threads of their own, as the real checker does."""
+
+    def each(self, calls):
+        with concurrent.futures.ThreadPoolExecutor(len(calls) or 1) as pool:
+            return list(pool.map(lambda call: call(), calls))
 
 
 def settings(**kw):
@@ -51,16 +65,43 @@ def test_null_sender_reuses_the_helo_evaluation():
     assert txn.rcpt("r@mx.test").action is Action.REJECT
 
 
-def test_one_budget_for_all_checks_of_a_message():
-    conn, check = Connection("192.0.2.10"), Recorder(cost=0.3)
+def test_each_identity_has_its_own_full_budget_and_the_waits_overlap():
+    conn, check = Connection("192.0.2.10"), Concurrent(cost=0.3)
     conn.hello("h.test")
     txn = Transaction(conn, settings(Lookup_Time="1", Domain_Whitelist="fwd.test",
                                      Whitelist_Lookup_Time="5"), "u@x.test")
     check.results["postmaster@fwd.test"] = "fail"
+    started = time.monotonic()
     txn.evaluate(check)
-    budgets = [c[2] for c in check.calls]
-    assert budgets[0] == 1.0 and budgets[1] <= 0.7 and budgets[2] <= 0.4, budgets
+    took = time.monotonic() - started
+    assert sorted(c[2] for c in check.calls) == [1.0, 1.0, 5.0]
+    assert took < 0.3 * 2, took            # concurrently: the slowest, not the sum
     assert txn.whitelisted_by is None
+
+
+def test_a_helo_that_spends_its_budget_leaves_mail_froms_intact():
+    """The HELO's DNS never answers (temperror after its Lookup_Time): the forged
+    sender's fail still refuses the mail (a fail beats another identity's temperror)."""
+    class SlowHelo(Concurrent):
+        def __call__(self, identity, ip, sender, helo, *, lookup_time, **kw):
+            if identity == "helo":
+                time.sleep(lookup_time)
+                self.calls.append((identity, sender, lookup_time))
+                return SPFResult("helo", "temperror", f"postmaster@{helo}", helo,
+                                 "SPF Temporary Error: DNS timeout", False)
+            return super().__call__(identity, ip, sender, helo, lookup_time=lookup_time, **kw)
+
+    conn, check = Connection("198.51.100.9"), SlowHelo({"ceo@bank.example": "fail"})
+    conn.hello("h-temp.test")
+    txn = Transaction(conn, settings(Lookup_Time="0.5"), "ceo@bank.example")
+    txn.evaluate(check)
+    assert txn.helo_result.result == "temperror" and txn.mailfrom_result.result == "fail"
+    verdict = txn.rcpt("r@mx.test")
+    assert verdict.action is Action.REJECT and verdict.reply.status == "5.7.23"
+    deferring = Transaction(conn, settings(Lookup_Time="0.5", TempError_Defer="yes"),
+                            "ceo@bank.example")
+    deferring.evaluate(check)          # a certain fail is not turned into a deferral either
+    assert deferring.rcpt("r@mx.test").action is Action.REJECT
 
 
 def test_not_checked_identities_and_skips():
@@ -107,20 +148,56 @@ def test_behind_a_trusted_relay_spf_is_for_the_hop_at_end_of_headers():
     assert "client-ip=192.0.2.10;" in dict(txn.result_headers())["Received-SPF"]
 
 
-def test_a_relay_that_left_no_hop_gets_a_header_that_says_so_and_no_refusal():
+def test_a_relay_header_that_does_not_read_is_deferred_by_default():
     conn = Connection("10.0.0.1")
-    txn = Transaction(conn, settings(Trusted_Relays="10.0.0.0/8", Mail_From_reject="Strict"),
-                      "u@x.test")
+    txn = Transaction(conn, settings(Trusted_Relays="10.0.0.0/8"), "u@x.test")
     txn.rcpt("a@mx.test")
     txn.header("Received", "from relay.internal (relay [10.0.0.1]) by mx.test")
     assert not txn.end_of_headers(Recorder())
     verdict = txn.end_of_message(lambda *a, **k: [], lambda d: d, None)
-    assert verdict.action is Action.ACCEPT and "no parseable Received header" in verdict.reason
+    assert verdict.action is Action.DEFER and (verdict.reply.code, verdict.reply.status) == \
+        ("451", "4.7.24")
+    assert "trusted relay 10.0.0.1: its Received headers name only trusted relays" in \
+        verdict.reply.text
+
+
+@pytest.mark.parametrize("mode,action,code", [("Reject", Action.REJECT, "550"),
+                                              ("Defer", Action.DEFER, "451")])
+def test_an_unreadable_relay_header_is_never_better_than_a_check(mode, action, code):
+    txn = Transaction(Connection("10.0.0.1"), settings(Trusted_Relays="10.0.0.0/8",
+                                                       Trusted_Relays_Unreadable=mode), "u@x.test")
+    txn.rcpt("a@mx.test")
+    txn.header("Received", "from x (" + "y" * 20000 + " [192.0.2.1]) by relay.internal")
+    txn.end_of_headers(Recorder())
+    verdict = txn.end_of_message(lambda *a, **k: [], lambda d: d, None)
+    assert verdict.action is action and verdict.reply.code == code
+    assert "longer than" in verdict.reason
+
+
+def test_an_unreadable_relay_header_can_be_accepted_with_a_header_that_says_so():
+    conn = Connection("10.0.0.1")
+    txn = Transaction(conn, settings(Trusted_Relays="10.0.0.0/8", Mail_From_reject="Strict",
+                                     Trusted_Relays_Unreadable="Accept"), "u@x.test")
+    txn.rcpt("a@mx.test")
+    assert not txn.end_of_headers(Recorder())
+    verdict = txn.end_of_message(lambda *a, **k: [], lambda d: d, None)
+    assert verdict.action is Action.ACCEPT and "wrote no Received header" in verdict.reason
     hdrs = dict(txn.result_headers())
-    assert hdrs["Received-SPF"].startswith("none (mx.test: trusted relay 10.0.0.1 left no parseable "
+    assert hdrs["Received-SPF"].startswith("none (mx.test: trusted relay 10.0.0.1: it wrote no "
                                            "Received header; not checked) client-ip=10.0.0.1;")
-    assert ("spf=none (trusted relay 10.0.0.1 left no parseable Received header) "
+    assert ("spf=none (trusted relay 10.0.0.1: it wrote no Received header) "
             "smtp.mailfrom=x.test") in hdrs["Authentication-Results"]
+
+
+def test_mail_the_relay_originated_is_checked_for_the_relay_itself():
+    conn, check = Connection("10.0.0.1"), Recorder({"u@x.test": "fail"})
+    conn.hello("relay.internal")
+    txn = Transaction(conn, settings(Trusted_Relays="10.0.0.0/8"), "u@x.test")
+    txn.rcpt("a@mx.test")
+    txn.header("Received", "by relay.internal (Postfix, from userid 0) id 4X; Fri, 4 Dec 2026")
+    assert txn.end_of_headers(check)
+    assert (txn.facts.client_ip, txn.facts.helo) == ("10.0.0.1", "relay.internal")
+    assert txn.end_of_message(lambda *a, **k: [], lambda d: d, None).action is Action.REJECT
 
 
 def test_recipients_of_another_policy_wait_for_their_own_transaction_behind_a_relay():
