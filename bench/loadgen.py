@@ -34,16 +34,31 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench import zones
-
-# protocol flags (libmilter's mfdef.h)
-NOCONNECT, NOHELO, NOMAIL, NORCPT, NOBODY, NOHDRS, NOEOH = (1 << i for i in range(7))
-NR_HDR, NOUNKNOWN, NODATA = 1 << 7, 1 << 8, 1 << 9
-NR_CONN, NR_HELO, NR_MAIL, NR_RCPT, NR_DATA, NR_UNKN, NR_EOH, NR_BODY = (1 << i for i in range(12, 20))
-ALL_ACTIONS = 0x1FF
-ALL_PROTOCOL = 0x1FFFFF
-FINAL = frozenset(b"acrtyd")       # accept, continue, reject, tempfail, replycode, discard
-REFUSALS = frozenset(b"rtyd")
-MODS = {ord("h"): "add", ord("i"): "ins", ord("m"): "chg"}
+from spfmilter.milter_protocol import (
+    FINAL,
+    MODS,
+    NOBODY,
+    NOCONNECT,
+    NODATA,
+    NOEOH,
+    NOHDRS,
+    NOHELO,
+    NOMAIL,
+    NORCPT,
+    NR_BODY,
+    NR_CONN,
+    NR_DATA,
+    NR_EOH,
+    NR_HDR,
+    NR_HELO,
+    NR_MAIL,
+    NR_RCPT,
+    REFUSALS,
+    connect,
+    optneg,
+    packet,
+)
+from spfmilter.milter_protocol import macros as stage_macros
 
 HEADERS = [
     ("Received", "from out.example.net (out.example.net [198.19.1.2])\n\tby mx.example.org "
@@ -63,15 +78,11 @@ HEADERS = [
 BODY = (b"Hello,\r\n\r\n" + b"The figures are attached below; nothing in here matters.\r\n" * 34)[:2048]
 
 
-def pkt(cmd: bytes, data: bytes = b"") -> bytes:
-    return struct.pack(">I", len(data) + 1) + cmd + data
-
-
 def macros(stage: bytes, pairs: list[tuple[str, str]]) -> bytes:
-    return pkt(b"D", stage + b"".join(k.encode() + b"\0" + v.encode() + b"\0" for k, v in pairs))
+    return stage_macros(stage, [(k.encode(), v.encode()) for k, v in pairs])
 
 
-OPTNEG = pkt(b"O", struct.pack(">III", 6, ALL_ACTIONS, ALL_PROTOCOL))
+OPTNEG = optneg()
 FLUSH = b"flush"
 
 
@@ -90,34 +101,32 @@ class Plan:
 def build(tx: zones.Tx, qid: str, protocol: int) -> Plan:
     """The writes a Postfix-like MTA makes for ``tx`` under the negotiated ``protocol``."""
     ip = tx.client_ip
-    v6 = ":" in ip
     sender, rcpt = f"<{tx.sender}>", "<postmaster@mx.bench.test>"
     events: list[tuple[bytes, int, int]] = []  # (bytes, skip flag, no-reply flag)
     events.append((macros(b"C", [("j", "mx.bench.test"), ("{daemon_name}", "mx.bench.test"),
                                  ("{daemon_addr}", "127.0.0.1"), ("v", "Postfix 3.7.11"),
                                  ("_", f"unknown [{ip}]")]) , 0, 0))
-    events.append((pkt(b"C", f"[{ip}]\0".encode() + (b"6" if v6 else b"4") + struct.pack(">H", 25123)
-                       + ip.encode() + b"\0"), NOCONNECT, NR_CONN))
+    events.append((connect(f"[{ip}]".encode(), ip.encode(), 25123), NOCONNECT, NR_CONN))
     events.append((macros(b"H", []), 0, 0))
-    events.append((pkt(b"H", tx.helo.encode() + b"\0"), NOHELO, NR_HELO))
+    events.append((packet(b"H", tx.helo.encode() + b"\0"), NOHELO, NR_HELO))
     events.append((macros(b"M", [("{mail_addr}", tx.sender), ("{mail_host}", tx.sender.rpartition("@")[2]),
                                  ("{mail_mailer}", "smtp")]), 0, 0))
-    events.append((pkt(b"M", sender.encode() + b"\0"), NOMAIL, NR_MAIL))
+    events.append((packet(b"M", sender.encode() + b"\0"), NOMAIL, NR_MAIL))
     events.append((macros(b"R", [("i", qid), ("{rcpt_addr}", rcpt[1:-1]), ("{rcpt_host}", "mx.bench.test"),
                                  ("{rcpt_mailer}", "smtp")]), 0, 0))
-    events.append((pkt(b"R", rcpt.encode() + b"\0"), NORCPT, NR_RCPT))
+    events.append((packet(b"R", rcpt.encode() + b"\0"), NORCPT, NR_RCPT))
     events.append((macros(b"T", [("i", qid)]), 0, 0))
-    events.append((pkt(b"T"), NODATA, NR_DATA))
+    events.append((packet(b"T"), NODATA, NR_DATA))
     events.append((FLUSH, 0, 0))  # smtpd hands the milter to cleanup: what is buffered goes out
     eoh_macros = macros(b"L", [("i", qid)])
     for name, value in HEADERS:
         events.append((eoh_macros, 0, 0))
-        events.append((pkt(b"L", name.encode() + b"\0" + value.encode() + b"\0"), NOHDRS, NR_HDR))
+        events.append((packet(b"L", name.encode() + b"\0" + value.encode() + b"\0"), NOHDRS, NR_HDR))
     events.append((macros(b"N", [("i", qid)]), 0, 0))
-    events.append((pkt(b"N"), NOEOH, NR_EOH))
-    events.append((pkt(b"B", BODY), NOBODY, NR_BODY))
+    events.append((packet(b"N"), NOEOH, NR_EOH))
+    events.append((packet(b"B", BODY), NOBODY, NR_BODY))
     events.append((macros(b"E", [("i", qid)]), 0, 0))
-    events.append((pkt(b"E"), 0, 0))
+    events.append((packet(b"E"), 0, 0))
     chunks, cur = [], b""
     for data, skip, noreply in events:
         if data is FLUSH:
@@ -234,7 +243,7 @@ def run_worker(address: str, conc: int, txs: list[zones.Tx], start_at: float, du
             errors += 1
         start(c)
 
-    plans_tail = pkt(b"A") + pkt(b"Q")
+    plans_tail = packet(b"A") + packet(b"Q")
     # Holding many connections: open them a few dozen at a time, each next one
     # once an earlier one is held, so the listen backlog never overflows.
     waiting = list(conns[32:]) if hold_after_rcpt else []

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from spfmilter import config as cfg
+from spfmilter import milter_protocol
 from spfmilter.core.transaction import longest_wait
 from spfmilter.resolver import Resolver, TempFailure
 
@@ -46,13 +47,6 @@ DEFAULT_SENDMAIL_CF = "/etc/mail/sendmail.cf"
 PROBE_TIMEOUT = 10.0
 SBIN_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 
-# The milter protocol's option negotiation (libmilter's mfdef.h): what Postfix 3
-# offers, so spfmilter answers exactly as it answers the MTA.
-SMFIC_OPTNEG = b"O"
-SMFIC_QUIT = b"Q"
-MTA_VERSION = 6
-MTA_ACTIONS = 0x1FF
-MTA_PROTOCOL = 0x1FFFFF
 
 
 @dataclass
@@ -186,16 +180,6 @@ def _owner(st: os.stat_result) -> str:
 
 # --- a connection and a milter negotiation, possibly as another user in a chroot ---------
 
-def _read_exactly(sock: socket.socket, n: int) -> bytes:
-    data = b""
-    while len(data) < n:
-        chunk = sock.recv(n - len(data))
-        if not chunk:
-            raise ConnectionError("the milter closed the connection")
-        data += chunk
-    return data
-
-
 def negotiate(endpoint: Endpoint, timeout: float = PROBE_TIMEOUT) -> dict[str, Any]:
     """Connect and send SMFIC_OPTNEG as an MTA does; the milter's version, actions, flags."""
     family = socket.AF_UNIX if endpoint.kind == "unix" else (
@@ -210,18 +194,13 @@ def negotiate(endpoint: Endpoint, timeout: float = PROBE_TIMEOUT) -> dict[str, A
             return {"connected": False, "errno": exc.errno or 0,
                     "error": exc.strerror or str(exc) or type(exc).__name__}
         try:
-            sock.sendall(struct.pack("!Ic3I", 13, SMFIC_OPTNEG, MTA_VERSION, MTA_ACTIONS,
-                                     MTA_PROTOCOL))
-            (length,) = struct.unpack("!I", _read_exactly(sock, 4))
-            if not 13 <= length <= 65536:
-                raise ConnectionError(f"unexpected reply length {length}")
-            reply = _read_exactly(sock, length)
-            if reply[:1] != SMFIC_OPTNEG:
-                raise ConnectionError(f"unexpected reply command {reply[:1]!r}")
-            version, actions, protocol = struct.unpack("!3I", reply[1:13])
+            # what Postfix 3 offers, so spfmilter answers exactly as it answers the MTA
+            sock.sendall(milter_protocol.optneg())
+            version, actions, protocol = milter_protocol.parse_optneg(
+                *milter_protocol.read_packet(sock, 65536))
             with contextlib.suppress(OSError):
-                sock.sendall(struct.pack("!Ic", 1, SMFIC_QUIT))
-        except (OSError, ConnectionError, struct.error) as exc:
+                sock.sendall(milter_protocol.packet(b"Q"))
+        except (OSError, milter_protocol.ProtocolError, struct.error) as exc:
             text = "no answer" if isinstance(exc, TimeoutError) else str(exc)
             return {"connected": True, "error": text or type(exc).__name__}
         return {"connected": True, "version": version, "actions": actions,

@@ -16,7 +16,6 @@ import re
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor  # imported now: before a privilege drop
 from typing import Any
 
 import spf
@@ -329,21 +328,31 @@ def evaluate(identity: Identity, ip: str, sender: str, helo: str, *, resolver: R
                      published, mechanism, lookups, time.monotonic() - started, best, void)
 
 
-_pool: ThreadPoolExecutor | None = None
-_pool_lock = threading.Lock()
-# Threads are started only when none is idle, so this bounds a burst of slow lookups
-# without keeping that many threads; beyond it an evaluation waits for a thread.
-_POOL_THREADS = 256
+class _Beside(threading.Thread):
+    """One evaluation on a thread of its own, beside the calling thread's.  A thread
+    per evaluation, not a pool: only evaluations that wait for DNS get one, and
+    none is left behind after a burst of them."""
 
+    def __init__(self, call: Callable[[], SPFResult]) -> None:
+        super().__init__(name="spf-evaluation", daemon=True)
+        self._call = call
+        self._context = contextvars.copy_context()
+        self._result: SPFResult | None = None
+        self._error: BaseException | None = None
+        self.start()
 
-def _executor() -> ThreadPoolExecutor:
-    """The process's pool, made on first use: after the daemon forked its workers, so
-    each worker has its own and the supervisor none."""
-    global _pool
-    with _pool_lock:
-        if _pool is None:
-            _pool = ThreadPoolExecutor(_POOL_THREADS, thread_name_prefix="spf")
-        return _pool
+    def run(self) -> None:
+        try:
+            self._result = self._context.run(self._call)
+        except BaseException as exc:  # handed to the caller, who decides
+            self._error = exc
+
+    def result(self) -> SPFResult:
+        self.join()
+        if self._error is not None:
+            raise self._error
+        assert self._result is not None
+        return self._result
 
 
 def _from_cache(call: Callable[[], SPFResult]) -> SPFResult | None:
@@ -364,7 +373,7 @@ def _from_cache(call: Callable[[], SPFResult]) -> SPFResult | None:
 
 def each(calls: Sequence[Callable[[], SPFResult]]) -> list[SPFResult]:
     """The results of ``calls`` in order, evaluated concurrently: the first in the
-    calling thread, the others on the pool.  Why: each identity has its own
+    calling thread, each other one on a thread of its own.  Why: each identity has its own
     Lookup_Time, and a message must wait for the slowest of them, not their sum.
 
     Evaluations the cache answers in full are done first, in this thread: handing
@@ -379,10 +388,9 @@ def each(calls: Sequence[Callable[[], SPFResult]]) -> list[SPFResult]:
     rest = calls[len(done):]
     if len(rest) <= 1:
         return done + [call() for call in rest]
-    pool = _executor()
-    others = [pool.submit(contextvars.copy_context().run, call) for call in rest[1:]]
+    others = [_Beside(call) for call in rest[1:]]
     first = rest[0]()
-    return [*done, first, *(f.result() for f in others)]
+    return [*done, first, *(other.result() for other in others)]
 
 
 class Checker:

@@ -17,16 +17,16 @@ import socket
 import struct
 import time
 
+from spfmilter.milter_protocol import connect, optneg, packet, z
 from tests.fuzz.invariants import Broken, check_header
-from tests.kit.rawmilter import packet, z
 
 
 def valid_session(rng: random.Random) -> list[bytes]:
     helo = rng.choice([b"helo.test", b"x" * rng.randint(0, 3000), rng.randbytes(20)])
     sender = rng.choice([b"<user@allowed.test>", b"<>", b"<\xff@soft.test>", b"user@none.test"])
-    pkts = [packet(b"O", struct.pack("!LLL", 6, 0x1FF, rng.choice([0x1FFFFF, 0, 0x3FF]))),
+    pkts = [optneg(protocol=rng.choice([0x1FFFFF, 0, 0x3FF])),
             packet(b"D", b"C" + z(b"j", b"mx.test")),
-            packet(b"C", z(b"[192.0.2.10]") + b"4" + struct.pack("!H", 25) + z(b"192.0.2.10")),
+            connect(b"[192.0.2.10]", b"192.0.2.10"),
             packet(b"H", z(helo)),
             packet(b"D", b"M" + z(b"i", b"FUZZ")),
             packet(b"M", z(sender, b"SIZE=10")),

@@ -2,9 +2,9 @@
 
 ``miltertest`` encodes every string with ``str.encode()``, so it cannot send
 the non-UTF-8 bytes, bare CR/LF or NUL-free-but-huge values an attacker's SMTP
-client can make an MTA pass on.  Here every field is ``bytes``: a packet is
-``struct.pack('!L', len) + command + data`` and string fields are
-NUL-terminated, exactly as libmilter's mfdef.h describes.
+client can make an MTA pass on.  Here every field is ``bytes``; the framing,
+flags and option negotiation are spfmilter.milter_protocol's, the one
+definition shared with ``spfmilter doctor``, the fuzzer and the bench client.
 
 Every socket operation has a timeout; no loop here waits without a bound.
 """
@@ -15,35 +15,39 @@ import socket
 import struct
 from dataclasses import dataclass, field
 
-# protocol flags (libmilter's mfdef.h)
-NOCONNECT, NOHELO, NOMAIL, NORCPT, NOBODY, NOHDRS, NOEOH = (1 << i for i in range(7))
-NR_HDR, NOUNKNOWN, NODATA = 1 << 7, 1 << 8, 1 << 9
-NR_CONN, NR_HELO, NR_MAIL, NR_RCPT, NR_DATA, NR_UNKN, NR_EOH, NR_BODY = (1 << i for i in range(12, 20))
-HDR_LEADSPC = 1 << 20
-ALL_ACTIONS = 0x1FF
-ALL_PROTOCOL = 0x1FFFFF
-
-# command -> (flag: not sent, flag: no reply)
-STEP_FLAGS = {
-    b"C": (NOCONNECT, NR_CONN), b"H": (NOHELO, NR_HELO), b"M": (NOMAIL, NR_MAIL),
-    b"R": (NORCPT, NR_RCPT), b"T": (NODATA, NR_DATA), b"L": (NOHDRS, NR_HDR),
-    b"N": (NOEOH, NR_EOH), b"B": (NOBODY, NR_BODY), b"U": (NOUNKNOWN, NR_UNKN),
-}
-FINAL = frozenset(b"acrtyd")   # accept, continue, reject, tempfail, replycode, discard
-MAX_PACKET = 1 << 20          # we never read a packet bigger than this from a milter
-
-
-class ProtocolError(Exception):
-    """The milter closed the connection or sent something we cannot read."""
-
-
-def packet(cmd: bytes, data: bytes = b"") -> bytes:
-    return struct.pack("!L", len(cmd) + len(data)) + cmd + data
-
-
-def z(*fields: bytes) -> bytes:
-    """NUL-terminated fields, concatenated."""
-    return b"".join(f + b"\0" for f in fields)
+from spfmilter.milter_protocol import (  # noqa: F401  (re-exported for the tests)
+    ALL_ACTIONS,
+    ALL_PROTOCOL,
+    FINAL,
+    HDR_LEADSPC,
+    MAX_PACKET,
+    NOBODY,
+    NOCONNECT,
+    NODATA,
+    NOEOH,
+    NOHDRS,
+    NOHELO,
+    NOMAIL,
+    NORCPT,
+    NOUNKNOWN,
+    NR_BODY,
+    NR_CONN,
+    NR_DATA,
+    NR_EOH,
+    NR_HDR,
+    NR_HELO,
+    NR_MAIL,
+    NR_RCPT,
+    NR_UNKN,
+    STEP_FLAGS,
+    ProtocolError,
+    macros,
+    optneg,
+    packet,
+    parse_optneg,
+    read_packet,
+    z,
+)
 
 
 @dataclass
@@ -103,40 +107,25 @@ class RawSession:
     def send_raw(self, wire: bytes) -> None:
         self.sock.sendall(wire)
 
-    def _read(self, n: int) -> bytes:
-        buf = bytearray()
-        while len(buf) < n:  # bounded: each recv has the socket timeout, and n is bounded
-            chunk = self.sock.recv(n - len(buf))
-            if not chunk:
-                raise ProtocolError(f"milter closed the connection ({len(buf)}/{n} bytes read)")
-            buf += chunk
-        return bytes(buf)
-
     def recv(self) -> tuple[int, bytes]:
-        (size,) = struct.unpack("!L", self._read(4))
-        if not 1 <= size <= MAX_PACKET:
-            raise ProtocolError(f"bad packet length {size}")
-        body = self._read(size)
-        return body[0], body[1:]
+        return read_packet(self.sock)
 
     # -- steps -----------------------------------------------------------------
     def negotiate(self, actions: int = ALL_ACTIONS, protocol: int = ALL_PROTOCOL) -> tuple[int, int]:
-        self.send(b"O", struct.pack("!LLL", 6, actions, protocol))
-        cmd, data = self.recv()
-        if cmd != ord("O") or len(data) < 12:
-            raise ProtocolError(f"bad option negotiation reply {cmd!r} {data!r}")
-        _version, self.actions, self.protocol = struct.unpack("!LLL", data[:12])
+        self.send_raw(optneg(actions, protocol))
+        _version, self.actions, self.protocol = parse_optneg(*self.recv())
         return self.actions, self.protocol
 
     def macro(self, for_cmd: bytes, pairs: dict[bytes, bytes]) -> None:
-        self.send(b"D", for_cmd + b"".join(z(k, v) for k, v in pairs.items()))
+        self.send_raw(macros(for_cmd, list(pairs.items())))
 
-    def step(self, cmd: bytes, data: bytes = b"", macros: dict[bytes, bytes] | None = None) -> Reply:
+    def step(self, cmd: bytes, data: bytes = b"", stage_macros: dict[bytes, bytes] | None = None
+             ) -> Reply:
         skip, no_reply = STEP_FLAGS.get(cmd, (0, 0))
         if self.protocol & skip:
             return Reply("continue")
-        if macros:
-            self.macro(cmd, macros)
+        if stage_macros:
+            self.macro(cmd, stage_macros)
         self.send(cmd, data)
         if self.protocol & no_reply:
             return Reply("continue")

@@ -14,6 +14,7 @@ PACKAGE = ROOT / "spfmilter"
 # module (or package prefix) -> what of spfmilter it may import (prefixes)
 ALLOWED: dict[str, tuple[str, ...]] = {
     "spfmilter.core.addresses": (),
+    "spfmilter.milter_protocol": (),
     "spfmilter.config": ("spfmilter.core.addresses",),
     "spfmilter.core": ("spfmilter.core", "spfmilter.config"),
     "spfmilter.resolver": (),
@@ -25,6 +26,7 @@ ALLOWED: dict[str, tuple[str, ...]] = {
                             "spfmilter.resolver", "spfmilter.runtime", "spfmilter.log",
                             "spfmilter.metrics", "spfmilter.frontends"),
     "spfmilter.doctor": ("spfmilter.core", "spfmilter.config", "spfmilter.resolver",
+                         "spfmilter.milter_protocol",
                          "spfmilter.frontends", "spfmilter.log"),
     "spfmilter.daemon": ("spfmilter.core", "spfmilter.config", "spfmilter.runtime",
                          "spfmilter.log", "spfmilter.metrics", "spfmilter.frontends"),

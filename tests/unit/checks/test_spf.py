@@ -6,6 +6,7 @@ again once everything is kept, against the test DNS server.
 """
 
 import ipaddress
+import time
 
 import pytest
 import spf
@@ -171,11 +172,12 @@ def test_each_gives_what_one_by_one_gives_and_counts_each_lookup_once(dns_server
 
 def test_each_waits_for_the_slowest_not_the_sum(dns_server):
     """Two identities whose DNS never answers: one Lookup_Time, not two."""
-    import time
     resolver = Resolver((dns_server.address,), timeout=1.0)
-    calls = [lambda: evaluate(identity, "198.51.100.7", "u@dead.test", "slow.test",
-                              resolver=resolver, receiver="mx.test", lookup_time=1.0,
-                              void_limit=2) for identity in ("helo", "mailfrom")]
+    def call(identity):
+        return lambda: evaluate(identity, "198.51.100.7", "u@dead.test", "slow.test",
+                                resolver=resolver, receiver="mx.test", lookup_time=1.0,
+                                void_limit=2)
+    calls = [call("helo"), call("mailfrom")]
     started = time.monotonic()
     results = spf_check.each(calls)
     assert [r.result for r in results] == ["temperror", "temperror"]
