@@ -168,7 +168,20 @@ class _Query(spf.query):  # type: ignore[misc]  # pyspf has no type hints
     def validated_ptrs(self) -> list[str]:
         """RFC 7208 §5.5: a DNS error on the PTR lookup means no match; on the A/AAAA
         lookup of one PTR name, that name is skipped and the search continues.
-        (pyspf lets either error end the whole check as temperror.)"""
+        (pyspf lets either error end the whole check as temperror.)
+
+        Neither lookup counts toward the void limit (§4.6.4): both names come from
+        the client's own reverse DNS, not from the sender's records, and pyspf
+        counted them, so a client with three PTR names that do not resolve (or
+        none at all, against a record of three ``ptr`` terms) turned the sender's
+        fail into permerror -- accepted when PermError_reject is off."""
+        self._client_dns = True   # CNAMEs followed from these names are the client's too
+        try:
+            return self._validated_ptrs()
+        finally:
+            self._client_dns = False
+
+    def _validated_ptrs(self) -> list[str]:
         limit = spf.MAX_PTR if self.strict else spf.MAX_PTR * 4
         try:
             names = self.dns_ptr(self.i)[:limit]
@@ -187,6 +200,12 @@ class _Query(spf.query):  # type: ignore[misc]  # pyspf has no type hints
             if self.cidrmatch(addresses, self.cidrmax):
                 validated.append(name)
         return validated
+
+    _client_dns = False
+
+    def dns(self, name: str, qtype: str, cnames: Any = None, ignore_void: bool = False) -> Any:
+        """pyspf's lookup; one for the client's reverse DNS never counts as void."""
+        return super().dns(name, qtype, cnames, ignore_void or self._client_dns)
 
     def check0(self, spf_record: str, recursion: int) -> tuple[Any, ...]:
         """A record of nothing but ip4:/ip6: terms and ``all`` (the address lists that

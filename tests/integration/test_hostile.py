@@ -156,6 +156,30 @@ def test_trailing_dot_cannot_escape_a_fail(spfmilter, helo, sender):
     assert (reply.code, reply.text[:6]) == ("550", "5.7.23"), (reply, eom and eom.inserted())
 
 
+PTR_VOID_ZONES = {
+    "ptrvoid.hostile.test": [{"TXT": "v=spf1 ptr -all"}],
+    "ptrterms.hostile.test": [{"TXT": "v=spf1 ptr:a.test ptr:b.test ptr:c.test -all"}],
+    # the client's own reverse DNS: three names without an address (one a CNAME to nowhere)
+    "35.100.51.198.in-addr.arpa": [{"PTR": ["n1.ptrvoid.test", "n2.ptrvoid.test",
+                                            "n3.ptrvoid.test"]}],
+    "n3.ptrvoid.test": [{"CNAME": "gone.ptrvoid.test"}],
+}
+
+
+@pytest.mark.parametrize("sender,ip", [(b"<user@ptrvoid.hostile.test>", b"198.51.100.35"),
+                                       (b"<user@ptrterms.hostile.test>", b"198.51.100.36")],
+                         ids=["three-dead-ptr-names", "no-ptr-three-ptr-terms"])
+def test_client_reverse_dns_cannot_turn_a_fail_into_an_accepted_permerror(spfmilter, dns_server,
+                                                                         sender, ip):
+    """PTR names (or their absence) are the client's to choose: they are no void lookups
+    of the sender's record, so the fail stands and is refused (PermError_reject is off)."""
+    dns_server.update(PTR_VOID_ZONES)
+    milter = spfmilter()
+    reply, eom = hostile_transaction(milter, b"unknown.test", [sender], "ptr-void", ip=ip)
+    assert (reply.code, reply.text[:6]) == ("550", "5.7.23"), (reply, eom and eom.inserted())
+    milter.wait_for_log(r'action=reject reason="mailfrom fail" .*envelope_from=user@ptr')
+
+
 def test_quoted_local_part_with_trailing_dot_gives_a_parseable_header(spfmilter):
     reply, eom = hostile_transaction(spfmilter(), b"helo.test", [b'<"a b"@allowed.test.>'],
                                      "quoted-trailing-dot")

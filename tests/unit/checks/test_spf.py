@@ -136,3 +136,24 @@ def test_an_evaluation_without_the_dns_hook_is_refused(monkeypatch, dns_server):
         evaluate("mailfrom", "192.0.2.10", "u@allowed.test", "helo.test", resolver=resolver,
                  receiver="mx.test", lookup_time=2.0, void_limit=2)
     assert dns_server.query_count() == 0
+
+
+# --- the client's reverse DNS is not the sender's void lookups (RFC 7208 §4.6.4, §5.5) ---------
+
+_PTR_ZONES = {
+    "ptrvoid.test": [{"TXT": "v=spf1 ptr -all"}],
+    "ptrterms.test": [{"TXT": "v=spf1 ptr:a.test ptr:b.test ptr:c.test -all"}],
+    # the client's reverse DNS: three names that do not resolve, one of them a CNAME to nowhere
+    "33.100.51.198.in-addr.arpa": [{"PTR": ["n1.client.test", "n2.client.test", "n3.client.test"]}],
+    "n3.client.test": [{"CNAME": "gone.client.test"}],
+}
+
+
+@pytest.mark.parametrize("sender,ip", [("u@ptrvoid.test", "198.51.100.33"),     # 3 dead PTR names
+                                       ("u@ptrterms.test", "198.51.100.34")])   # no PTR at all
+def test_client_reverse_dns_cannot_turn_a_fail_into_permerror(dns_server, sender, ip):
+    dns_server.update(_PTR_ZONES)
+    resolver = Resolver((dns_server.address,), timeout=2.0)
+    res = evaluate("mailfrom", ip, sender, "helo.test", resolver=resolver, receiver="mx.test",
+                   lookup_time=2.0, void_limit=2)
+    assert (res.result, res.void_lookups) == ("fail", 0), res
