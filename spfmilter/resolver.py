@@ -222,7 +222,10 @@ def _udp_exchange(wire: bytes, question: bytes, host: str, port: int, deadline: 
     names compare ASCII case-blind); anything else is ignored until the deadline,
     as dnspython's ``udp(ignore_unexpected=True)`` does.  A server that answers a
     failure (format error, ...) without repeating the question is taken as
-    answering, as dnspython's ``is_response`` does.
+    answering, as dnspython's ``is_response`` does; so is a truncated answer
+    without the question (some servers send one), which only sends the query
+    again over TCP, where the answer's question is checked: at worst a forged
+    one costs a TCP exchange, never a wrong answer.
 
     Why not ``dns.query.udp``: a cold transaction makes nine lookups, and under
     load what they cost is mostly the interpreter lock -- every system call that
@@ -247,7 +250,11 @@ def _udp_exchange(wire: bytes, question: bytes, host: str, port: int, deadline: 
             if len(data) >= 12 and data[:2] == qid and data[2] & _QR:
                 if data[4:6] == b"\0\1" and data[12:end].lower() == question:
                     return data
-                if data[4:6] == b"\0\0" and data[3] & 0x0F:  # an error rcode, no question
+                if data[4:6] == b"\0\0" and (data[3] & 0x0F or data[2] & _TC):
+                    # an error rcode, or a truncated answer, without the question: a server
+                    # may drop the question from a truncated answer (RFC 2181 §9 leaves the
+                    # sections of a TC answer to it); from this server with this id, it
+                    # answers this query, and TC sends the question over TCP
                     return data
             left = deadline - time.monotonic()
             if left <= 0:
