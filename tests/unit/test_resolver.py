@@ -1,5 +1,6 @@
 """The one resolver: answers in pyspf's shape, a TTL-respecting shared cache, TCP fallback."""
 
+import logging
 import socket
 import threading
 import time
@@ -294,3 +295,46 @@ def test_truncated_answer_without_question_is_retried_over_tcp(scripted):
         assert (server.queries, tcp.queries, r.stats()["timeouts"]) == (1, 1, 0)
     finally:
         tcp.close()
+
+
+def _closed_port() -> tuple[str, int]:
+    closed = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    closed.bind(("127.0.0.1", 0))
+    address = closed.getsockname()
+    closed.close()
+    return address
+
+
+class _Lines(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+def test_a_failure_names_what_failed_but_not_the_resolver(scripted):
+    """The failure's text reaches Received-SPF's problem= in delivered mail: it says which
+    lookup failed and how, never the resolver's address, port or the system's errno text;
+    those go to the log (and ``detail``) for the administrator."""
+    dead = _closed_port()
+    servfail = scripted(lambda q: [(dns.message.make_response(q).to_wire()[:3]
+                                    + bytes([0x80 | dns.rcode.SERVFAIL])
+                                    + dns.message.make_response(q).to_wire()[4:], False)])
+    r = Resolver((dead, servfail.address), timeout=2.0)
+    lines, logger = _Lines(), logging.getLogger("spfmilter.resolver")
+    logger.addHandler(lines)  # whatever an earlier test made of the "spfmilter" logger
+    try:
+        with pytest.raises(TempFailure) as failure:
+            r.spf_lookup("gone.test", "TXT", 2)
+    finally:
+        logger.removeHandler(lines)
+    text = str(failure.value)
+    assert text == "DNS server failure looking up gone.test/TXT (connection refused, SERVFAIL)"
+    for internal in ("127.0.0.1", str(dead[1]), str(servfail.address[1]), "Errno"):
+        assert internal not in text
+    assert f"127.0.0.1#{dead[1]}: [Errno 111]" in failure.value.detail
+    logged = lines.lines
+    assert len(logged) == 1 and "action=dns-failure name=\"gone.test\" type=TXT" in logged[0]
+    assert f"127.0.0.1#{servfail.address[1]}: SERVFAIL" in logged[0]
