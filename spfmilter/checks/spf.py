@@ -19,6 +19,7 @@ from typing import Any
 import spf
 
 from spfmilter.core.addresses import domain_of, parse_ip
+from spfmilter.core.decision import NO_CLIENT_ADDRESS
 from spfmilter.core.values import RESULTS, Identity, SPFResult
 from spfmilter.resolver import Resolver, TempFailure
 
@@ -300,9 +301,9 @@ def evaluate(identity: Identity, ip: str, sender: str, helo: str, *, resolver: R
         checked = sender
     if not checked or not domain_of(checked):
         return SPFResult(identity, "none", checked, "", "no identity to check", False)
-    if parse_ip(ip) is None:
-        return SPFResult(identity, "permerror", checked, domain_of(checked),
-                         f"client address {ip!r} is not an IP address", False)
+    if parse_ip(ip) is None:  # nothing to check against: none, and why (both front ends alike)
+        return SPFResult(identity, "none", checked, domain_of(checked), NO_CLIENT_ADDRESS, False,
+                         note=NO_CLIENT_ADDRESS)
     if lookup_time <= 0.001:  # the message's Lookup_Time is spent (pyspf reads 0 as "no limit")
         return SPFResult(identity, "temperror", checked, domain_of(checked),
                          "SPF Temporary Error: Lookup_Time exceeded", False)

@@ -16,6 +16,11 @@ from spfmilter.core import headers
 from spfmilter.core.addresses import in_networks
 from spfmilter.core.values import Action, DKIMResult, Facts, Refusal, Reply, SPFResult, Verdict
 
+#: Why an identity is reported as none, unchecked, when the MTA gave no client IP address
+#: (a unix-socket or unknown-family connection, Postfix's ``client_address=unknown``):
+#: SPF needs one (RFC 7208 §4.1).  The configured policy then applies to that none.
+NO_CLIENT_ADDRESS = "the MTA reported no client IP address"
+
 
 @dataclass(frozen=True)
 class Plan:

@@ -231,7 +231,8 @@ def test_client_address_forms(spfmilter, case):
 
 @pytest.mark.parametrize("family", [b"L", b"U"])
 def test_connection_without_an_ip_address(spfmilter, family):
-    """A unix-socket or unknown-family client (no IP to check): a header saying so, not a crash."""
+    """A unix-socket or unknown-family client (no IP to check): none, not checked, and a
+    header saying so (as the policy service for client_address=unknown)."""
     milter = spfmilter()
     watch = LogWatch(milter)
     with RawSession(milter.socket_path) as s:
@@ -242,6 +243,10 @@ def test_connection_without_an_ip_address(spfmilter, family):
         reply = s.rcpt(f"<rcpt-nofamily-{family.decode()}@mx.test>".encode())
         eom = s.message([(b"Subject", b"x")]) if reply.kind == "continue" else None
     check_outcome(reply, eom)
+    assert eom is not None  # none under the default policy: accepted, and labelled
+    mailfrom = [v for n, v in eom.inserted() if n == b"Received-SPF" and b"mailfrom" in v]
+    assert mailfrom[0].startswith(b"none (mx.test: the MTA reported no client IP address; "
+                                  b"not checked)"), mailfrom
     milter.wait_for_log(rf"rcpt=rcpt-nofamily-{family.decode()}@mx.test")
     watch.assert_clean()
 
