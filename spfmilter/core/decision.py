@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from spfmilter.config import HeloPolicy, MailFromPolicy, Settings
 from spfmilter.core import headers
-from spfmilter.core.addresses import in_networks
+from spfmilter.core.addresses import ascii_address, ascii_domain, escape_non_ascii, in_networks
 from spfmilter.core.values import Action, DKIMResult, Facts, Refusal, Reply, SPFResult, Verdict
 
 #: Why an identity is reported as none, unchecked, when the MTA gave no client IP address
@@ -86,7 +86,7 @@ def _refuses(res: SPFResult | None, policy: HeloPolicy | MailFromPolicy,
 def _explanation(res: SPFResult, ip: str) -> str:
     if res.exp_published or res.result in ("permerror", "temperror"):
         return res.explanation
-    return f"{res.domain or 'the sender'} does not authorize {ip} to send mail"
+    return f"{ascii_domain(res.domain) or 'the sender'} does not authorize {ip} to send mail"
 
 
 def defer_status(settings: Settings) -> tuple[str, str]:
@@ -103,8 +103,10 @@ def reply(res: SPFResult, action: Action, facts: Facts, settings: Settings) -> R
         code, status = "550", "5.7.24" if settings.enhanced_status_codes else "5.7.1"
     else:
         code, status = "550", "5.7.23" if settings.enhanced_status_codes else "5.7.1"
-    exp = headers.clean(_explanation(res, facts.client_ip), 300)
-    sender = headers.clean(res.sender)
+    # A reply is ASCII, SMTPUTF8 or not (the MTA sends it as given): domains in A-labels,
+    # any other non-ASCII character as \x{HEX}; the sender stays recognisable.
+    exp = escape_non_ascii(headers.clean(_explanation(res, facts.client_ip), 300))
+    sender = ascii_address(headers.clean(res.sender))
     ip = headers.clean(facts.client_ip, 64)
     kind = "helo" if res.identity == "helo" else "mfrom"
     values = {
@@ -112,14 +114,15 @@ def reply(res: SPFResult, action: Action, facts: Facts, settings: Settings) -> R
         "result": res.result,
         "identity": "HELO" if res.identity == "helo" else "MAIL FROM",
         "sender": sender,
-        "domain": headers.clean(res.domain),
+        "domain": ascii_domain(headers.clean(res.domain)),
         "ip": ip,
-        "helo": headers.clean(facts.helo),
+        "helo": ascii_domain(headers.clean(facts.helo)),
         "exp": exp,
         "spf": f"SPF {res.result} - {exp}",
         "url": settings.reason_url.format(kind, sender, ip, settings.authserv_id),
     }
-    return Reply(code, status, headers.clean(settings.reason_message.format(**values), 450))
+    text = escape_non_ascii(settings.reason_message.format(**values))
+    return Reply(code, status, headers.clean(text, 450))
 
 
 def decide(facts: Facts, recipient: str, helo: SPFResult | None, mailfrom: SPFResult | None,
@@ -184,7 +187,8 @@ def rescue(held: Refusal, signatures: Sequence[DKIMResult], org_domain: Callable
                 (passed[0],))
     if any(s.result == "temperror" for s in aligned):
         code, status = defer_status(settings)
-        text = headers.clean(f"Message deferred: the DKIM key of {held.domain} could not be "
+        domain = ascii_domain(headers.clean(held.domain))
+        text = headers.clean(f"Message deferred: the DKIM key of {domain} could not be "
                              "looked up (DNS error); try again later", 450)
         return Verdict(Action.DEFER, f"{held.reason}, DKIM key lookup failed",
                        Reply(code, status, text)), ()

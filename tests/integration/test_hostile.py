@@ -180,6 +180,24 @@ def test_client_reverse_dns_cannot_turn_a_fail_into_an_accepted_permerror(spfmil
     milter.wait_for_log(r'action=reject reason="mailfrom fail" .*envelope_from=user@ptr')
 
 
+@pytest.mark.parametrize("sender,shown", [
+    ("jürgen@bücher.reply.test", r"j\x{FC}rgen@xn--bcher-kva.reply.test"),
+    ("用户@bücher.reply.test", r"\x{7528}\x{6237}@xn--bcher-kva.reply.test"),
+], ids=["latin", "cjk"])
+def test_refusal_of_a_utf8_sender_is_an_ascii_reply_that_names_it(spfmilter, dns_server,
+                                                                  sender, shown):
+    """SMTP replies are ASCII whatever the session: a UTF-8 sender's domain is written in
+    A-labels and its local part with \\x{HEX} escapes, recognisably, never raw."""
+    dns_server.update({"xn--bcher-kva.reply.test": [{"TXT": "v=spf1 ip4:192.0.2.0/24 -all"}]})
+    reply, eom = hostile_transaction(spfmilter(), b"unknown.test",
+                                     [f"<{sender}>".encode(), b"SMTPUTF8"], "utf8-reply",
+                                     ip=b"198.51.100.7")
+    assert (reply.code, reply.text[:6]) == ("550", "5.7.23"), (reply, eom and eom.inserted())
+    assert reply.text.isascii(), reply.text
+    assert f"SPF fail for MAIL FROM {shown}: xn--bcher-kva.reply.test does not authorize " \
+           "198.51.100.7" in reply.text, reply.text
+
+
 def test_quoted_local_part_with_trailing_dot_gives_a_parseable_header(spfmilter):
     reply, eom = hostile_transaction(spfmilter(), b"helo.test", [b'<"a b"@allowed.test.>'],
                                      "quoted-trailing-dot")

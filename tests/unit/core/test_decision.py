@@ -140,6 +140,17 @@ def test_reason_template_and_hostile_explanation():
     assert d.reply.text.startswith("rejected|fail|MAIL FROM|user@example.com|198.51.100.7|bad??X-Injected")
 
 
+def test_every_reply_field_is_ascii_for_a_utf8_sender_helo_explanation_and_template():
+    s = settings(Reason_Message="Abgewiesen für {sender} {domain} {helo} {exp} {url}")
+    sender = "jürgen@bücher.example"
+    d = decide(facts(helo="hélo.example", sender=sender), RCPT, None,
+               res("mailfrom", "fail", sender=sender, exp="nicht erlaubt: Grüße", published=True), s)
+    assert d.reply.text.isascii(), d.reply.text
+    assert d.reply.text.startswith(r"Abgewiesen f\x{FC}r j\x{FC}rgen@xn--bcher-kva.example "
+                                   r"xn--bcher-kva.example xn--hlo-bma.example "
+                                   r"nicht erlaubt: Gr\x{FC}\x{DF}e https://"), d.reply.text
+
+
 @pytest.mark.parametrize("policy,refused", [
     ("Neutral", {"fail", "softfail", "neutral"}),
     ("Strict", {"fail", "softfail", "neutral", "none", "permerror"}),
