@@ -8,10 +8,11 @@ verdict for one recipient, under that recipient's settings.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from spfmilter.config import HeloPolicy, MailFromPolicy, Settings
+from spfmilter.config import HeloPolicy, MailFromPolicy, PassAllPolicy, Settings
 from spfmilter.core import headers
 from spfmilter.core.addresses import ascii_address, ascii_domain, escape_non_ascii, in_networks
 from spfmilter.core.values import Action, DKIMResult, Facts, Refusal, Reply, SPFResult, Verdict
@@ -20,6 +21,23 @@ from spfmilter.core.values import Action, DKIMResult, Facts, Refusal, Reply, SPF
 #: (a unix-socket or unknown-family connection, Postfix's ``client_address=unknown``):
 #: SPF needs one (RFC 7208 §4.1).  The configured policy then applies to that none.
 NO_CLIENT_ADDRESS = "the MTA reported no client IP address"
+
+
+def reported(res: SPFResult, policy: PassAllPolicy) -> SPFResult:
+    """The result as spfmilter reports and decides it (Pass_All_Records).
+
+    A pass from a record that authorizes every address designates no host: such
+    records are published so that forged mail passes SPF, and with it DMARC
+    (BreakSPF, NDSS 2024).  Under ``neutral`` that pass is what it amounts to,
+    neutral; ``authorizes_all`` stays set, so headers and log say why."""
+    if res.result != "pass" or not res.authorizes_all or policy is PassAllPolicy.PASS:
+        return res
+    return dataclasses.replace(res, result="neutral", explanation=all_addresses_reason(res))
+
+
+def all_addresses_reason(res: SPFResult) -> str:
+    """Why a pass is reported as neutral, in the words of both headers and the reply."""
+    return f"its record authorizes every address ({res.authorizes_all})"
 
 
 @dataclass(frozen=True)
@@ -86,6 +104,8 @@ def _refuses(res: SPFResult | None, policy: HeloPolicy | MailFromPolicy,
 def _explanation(res: SPFResult, ip: str) -> str:
     if res.exp_published or res.result in ("permerror", "temperror"):
         return res.explanation
+    if res.authorizes_all and res.result == "neutral":
+        return f"{ascii_domain(res.domain) or 'the sender'}: {all_addresses_reason(res)}"
     return f"{ascii_domain(res.domain) or 'the sender'} does not authorize {ip} to send mail"
 
 

@@ -157,3 +157,46 @@ def test_client_reverse_dns_cannot_turn_a_fail_into_permerror(dns_server, sender
     res = evaluate("mailfrom", ip, sender, "helo.test", resolver=resolver, receiver="mx.test",
                    lookup_time=2.0, void_limit=2)
     assert (res.result, res.void_lookups) == ("fail", 0), res
+
+
+# --- which passes come from a record that authorizes every address -------------------------------
+
+@pytest.mark.parametrize("term,ipv6,everything", [
+    ("all", False, True), ("+all", True, True), ("+ALL", False, True),
+    ("ip4:0.0.0.0/0", False, True), ("ip4:192.0.2.0/00", False, True),
+    ("ip4:0.0.0.0/1", False, False), ("ip4:0.0.0.0", False, False),
+    ("ip6:::/0", True, True), ("ip6:::/1", True, False), ("ip6:::/0", False, False),
+    ("a/0", False, True), ("a:x.test/0", False, True), ("mx/0", False, True),
+    ("a/0", True, False), ("a//0", True, True), ("mx:x.test/24//0", True, True),
+    ("a", False, False), ("a/24", False, False), ("include:x.test", False, False),
+    ("exists:%{i}.x.test", False, False), ("ptr", False, False),
+])
+def test_terms_that_match_every_address(term, ipv6, everything):
+    assert spf_check._matches_everything(term, ipv6) is everything
+
+
+def test_address_lists_whose_pass_terms_cover_every_address():
+    def covers(record, client="203.0.113.5"):
+        q = spf_check._Query(i=client, s="u@example.test", h="helo.test", receiver="mx.test")
+        return spf_check._covers_all(q._address_list(record)[0])
+    assert covers("v=spf1 ip4:0.0.0.0/1 ip4:128.0.0.0/1")
+    assert covers("v=spf1 -ip4:192.0.2.0/24 +all")
+    assert not covers("v=spf1 ip4:0.0.0.0/1 -ip4:128.0.0.0/1")
+    assert not covers("v=spf1 ~ip4:0.0.0.0/0 -all")            # covered, but not by a pass
+    assert not covers("v=spf1 ip6:::/0 -all")                  # another version than the client's
+    assert covers("v=spf1 ip6:::/1 ip6:8000::/1", "2001:db8::1")
+
+
+@pytest.mark.parametrize("record,result,term", [
+    ("v=spf1 +all", "pass", "+all"),
+    ("v=spf1 ip4:192.0.2.0/24 -all", "pass", None),
+    ("v=spf1 ip4:192.0.2.0/24 mx ip4:0.0.0.0/0", "pass", None),   # matched the /24 first
+    ("v=spf1 mx ip4:0.0.0.0/0", "pass", "ip4:0.0.0.0/0"),         # pyspf's own walk
+    ("v=spf1 -all", "fail", None),
+])
+def test_the_check_names_the_term_of_a_pass_from_every_address(dns_server, record, result, term):
+    dns_server.update({"everything.test": [{"TXT": record}]})
+    resolver = Resolver((dns_server.address,), timeout=2.0)
+    res = evaluate("mailfrom", "192.0.2.10", "u@everything.test", "helo.test", resolver=resolver,
+                   receiver="mx.test", lookup_time=2.0, void_limit=2)
+    assert (res.result, res.authorizes_all) == (result, term)
