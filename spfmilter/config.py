@@ -66,6 +66,13 @@ class MailFromPolicy(enum.Enum):
     NO_CHECK = "No_Check"
 
 
+class PassAllPolicy(enum.Enum):
+    """What a pass from a record that authorizes every address (``+all``) is reported as."""
+
+    NEUTRAL = "neutral"    # what it is: the domain designates no host at all
+    PASS = "pass"          # what the record says (pyspf's and RFC 7208's reading)
+
+
 class HeaderType(enum.Enum):
     """Which result headers spfmilter adds."""
 
@@ -140,6 +147,7 @@ class Settings:
     log_queue_id: bool = True
     local_rules: str = ""
     best_guess: str = ""
+    pass_all_records: PassAllPolicy = PassAllPolicy.NEUTRAL
     metrics: tuple[str, int] | None = None
     dkim_rescue: bool = False
     dkim_max_bytes: int = 4 * 1024 * 1024
@@ -466,6 +474,7 @@ _KEYS: dict[str, tuple[str, str, Callable[[str], object]]] = {
         ("QueueID", "log_queue_id", _bool),
         ("Local_Rules", "local_rules", _mechanisms),
         ("Best_Guess", "best_guess", _record),
+        ("Pass_All_Records", "pass_all_records", _enum(PassAllPolicy)),
         ("Metrics", "metrics", _host_port),
         ("DKIM_Rescue", "dkim_rescue", _bool),
         ("DKIM_Max_Bytes", "dkim_max_bytes", _byte_count),

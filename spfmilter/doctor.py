@@ -726,8 +726,9 @@ def check_dns(ctx: Context) -> None:
         answer = resolver.resolve(name, "A", s.lookup_time)
     except TempFailure as exc:
         took = time.monotonic() - start
+        why = f"{exc}: {exc.detail}" if exc.detail else str(exc)
         ctx.add(PROBLEM, "dns", f"DNS: {servers} did not answer '{name} A' within Lookup_Time = "
-                f"{s.lookup_time:g}s ({exc}, after {took:.1f}s): every SPF check would "
+                f"{s.lookup_time:g}s ({why}, after {took:.1f}s): every SPF check would "
                 f"temperror; set Nameservers in {ctx.conf} to a resolver that answers "
                 "(empty: the servers of /etc/resolv.conf); try one with `dig A localhost @IP`")
         return

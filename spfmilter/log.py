@@ -97,6 +97,7 @@ def decision(txn: Transaction, verdict: Verdict, recipient: str, **extra: object
         action=verdict.action.value, reason=verdict.reason,
         identity=main.identity if main else None, result=main.result if main else None,
         helo_result=h.result if h else None,
+        authorizes_all=next((r.authorizes_all for r in (m, h) if r and r.authorizes_all), None),
         client_ip=facts.client_ip, helo=facts.helo, envelope_from=txn.sender,
         relay=txn.connection.client_ip if txn.hop is not None or txn.via_relay else None,
         dkim=" ".join(f"{d.result}:{d.domain}" for d in txn.dkim_results) or None,

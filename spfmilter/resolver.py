@@ -24,7 +24,9 @@ one dictionary get, and a full cache (20,000 answers) takes about 10 MB.
 from __future__ import annotations
 
 import contextvars
+import errno
 import ipaddress
+import logging
 import secrets
 import socket
 import struct
@@ -94,7 +96,51 @@ cache_only: contextvars.ContextVar[CacheOnly | None] = contextvars.ContextVar(
 
 
 class TempFailure(Exception):
-    """A lookup that did not get a definitive answer (timeout, SERVFAIL, REFUSED)."""
+    """A lookup that did not get a definitive answer (timeout, SERVFAIL, REFUSED).
+
+    Its text says what failed (which name and type, and how) and nothing of this
+    host: it ends up in the problem= of a Received-SPF header in delivered mail,
+    and the sender's own name servers can make it happen at will.  ``detail``
+    names the servers asked and the system's errors, for the log and the doctor.
+    """
+
+    def __init__(self, message: str, detail: str = "") -> None:
+        super().__init__(message)
+        self.detail = detail
+
+
+_log = logging.getLogger("spfmilter.resolver")
+# To the daemon's log when it set one up ("spfmilter"), else nowhere: not to the
+# stderr of a command (doctor, check) that reports the failure itself.
+_log.addHandler(logging.NullHandler())
+
+
+def _quoted(text: str) -> str:
+    """A log value from text that holds a sender's names: one line, quoted, bounded."""
+    text = "".join(ch if ch.isprintable() else "?" for ch in text[:512])
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _failed(message: str, name: str, qtype: str, detail: str = "") -> TempFailure:
+    """The TempFailure for a lookup, its detail logged (the result headers never carry it)."""
+    if detail:
+        _log.warning("action=dns-failure name=%s type=%s error=%s detail=%s",
+                     _quoted(name), qtype, _quoted(message), _quoted(detail))
+    return TempFailure(message, detail)
+
+
+_UNREACHABLE = frozenset({errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EADDRNOTAVAIL})
+
+
+def _kind(exc: BaseException) -> str:
+    """What went wrong with one server, in words that name nothing of this host."""
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, OSError) and exc.errno in _UNREACHABLE:
+        return "server unreachable"
+    if isinstance(exc, OSError):
+        return "network error"
+    return "unreadable answer"
 
 
 class NotCached(Exception):
@@ -260,7 +306,10 @@ def _udp_exchange(wire: bytes, question: bytes, host: str, port: int, deadline: 
     names compare ASCII case-blind); anything else is ignored until the deadline,
     as dnspython's ``udp(ignore_unexpected=True)`` does.  A server that answers a
     failure (format error, ...) without repeating the question is taken as
-    answering, as dnspython's ``is_response`` does.
+    answering, as dnspython's ``is_response`` does; so is a truncated answer
+    without the question (some servers send one), which only sends the query
+    again over TCP, where the answer's question is checked: at worst a forged
+    one costs a TCP exchange, never a wrong answer.
 
     Why not ``dns.query.udp``: a cold transaction makes nine lookups, and under
     load what they cost is mostly the interpreter lock -- every system call that
@@ -285,7 +334,11 @@ def _udp_exchange(wire: bytes, question: bytes, host: str, port: int, deadline: 
             if len(data) >= 12 and data[:2] == qid and data[2] & _QR:
                 if data[4:6] == b"\0\1" and data[12:end].lower() == question:
                     return data
-                if data[4:6] == b"\0\0" and data[3] & 0x0F:  # an error rcode, no question
+                if data[4:6] == b"\0\0" and (data[3] & 0x0F or data[2] & _TC):
+                    # an error rcode, or a truncated answer, without the question: a server
+                    # may drop the question from a truncated answer (RFC 2181 §9 leaves the
+                    # sections of a TC answer to it); from this server with this id, it
+                    # answers this query, and TC sends the question over TCP
                     return data
             left = deadline - time.monotonic()
             if left <= 0:
@@ -354,11 +407,13 @@ class Resolver:
                 self.timeouts += 1
             raise TempFailure(f"DNS timeout looking up {name}/{qtype}") from exc
         except dns.resolver.NoNameservers as exc:
-            raise TempFailure(f"DNS server failure looking up {name}/{qtype}") from exc
+            raise _failed(f"DNS server failure looking up {name}/{qtype}", name, qtype,
+                          str(exc)) from exc
         except (dns.name.LabelTooLong, dns.name.NameTooLong, dns.name.EmptyLabel):
             return None, None
         except dns.exception.DNSException as exc:
-            raise TempFailure(f"DNS error looking up {name}/{qtype}: {exc}") from exc
+            raise _failed(f"DNS error looking up {name}/{qtype}", name, qtype,
+                          f"{type(exc).__name__}: {exc}") from exc
 
     def _direct(self, name: str, qtype: str,
                 lifetime: float) -> tuple[dns.resolver.Answer | None, float | None]:
@@ -370,7 +425,7 @@ class Resolver:
         qid = secrets.randbits(16)
         wire = _QHEAD.pack(qid, dns.flags.RD, 1, 0, 0, 0) + question
         deadline = time.monotonic() + lifetime
-        failures = []
+        failures: list[tuple[str, str]] = []   # (what went wrong, with which server and how)
         for host, port in self._servers:
             if deadline <= time.monotonic():  # the budget went to the servers before
                 raise dns.exception.Timeout()  # type: ignore[no-untyped-call]
@@ -387,7 +442,7 @@ class Resolver:
                 raise
             except (OSError, EOFError, ValueError, dns.exception.DNSException) as exc:
                 # refused (ICMP), reset, or an answer dnspython cannot parse: the next server
-                failures.append(f"{host}: {exc or type(exc).__name__}")
+                failures.append((_kind(exc), f"{host}#{port}: {exc or type(exc).__name__}"))
                 continue
             response = cast(dns.message.QueryMessage, response)
             rcode = response.rcode()
@@ -397,10 +452,12 @@ class Resolver:
             if rcode == dns.rcode.YXDOMAIN:
                 return None, None
             if rcode != dns.rcode.NOERROR:  # SERVFAIL, REFUSED, ...: the next server may know
-                failures.append(f"{host}: {dns.rcode.to_text(rcode)}")
+                failures.append((dns.rcode.to_text(rcode), f"{host}#{port}: {dns.rcode.to_text(rcode)}"))
                 continue
             return dns.resolver.Answer(qname, rdtype, dns.rdataclass.IN, response), None
-        raise TempFailure(f"DNS server failure looking up {name}/{qtype}: " + "; ".join(failures))
+        kinds = ", ".join(dict.fromkeys(kind for kind, _ in failures))
+        raise _failed(f"DNS server failure looking up {name}/{qtype} ({kinds})", name, qtype,
+                      "; ".join(detail for _, detail in failures))
 
     def spf_lookup(self, name: str, qtype: str, lifetime: float) -> list[tuple[tuple[str, str], Any]]:
         """Answer in the shape pyspf's DNSLookup hook returns: [((name, type), data)]."""
@@ -439,7 +496,7 @@ class Resolver:
         try:
             out = self.spf_lookup(name, qtype, lifetime)
         except TempFailure as exc:
-            lines.append(f"DNS {name} {qtype}: {exc}")
+            lines.append(f"DNS {name} {qtype}: {exc}" + (f" [{exc.detail}]" if exc.detail else ""))
             raise
         finally:
             trace.reset(token)

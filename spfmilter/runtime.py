@@ -38,7 +38,8 @@ class Runtime:
             else:
                 resolver = Resolver(settings.nameservers, timeout=settings.lookup_time)
         return cls(settings, resolver,
-                   Checker(resolver, receiver=settings.authserv_id, void_limit=settings.void_limit),
+                   Checker(resolver, receiver=settings.authserv_id, void_limit=settings.void_limit,
+                           pass_all_records=settings.pass_all_records),
                    dkim.Checker(resolver))
 
 

@@ -20,7 +20,9 @@ from typing import Any
 
 import spf
 
+from spfmilter.config import PassAllPolicy
 from spfmilter.core.addresses import domain_of, parse_ip
+from spfmilter.core.decision import NO_CLIENT_ADDRESS, reported
 from spfmilter.core.values import RESULTS, Identity, SPFResult
 from spfmilter.resolver import CacheOnly, NotCached, Resolver, TempFailure, cache_only, trace
 
@@ -104,9 +106,48 @@ _client_ips = _Memo(1024)     # client address text -> what pyspf's set_ip sets 
 _address_lists = _Memo(256)
 # (network, or None for ``all``; the term; its result) in record order
 _Listed = list[tuple["ipaddress.IPv4Network | ipaddress.IPv6Network | None", str, str]]
+# the list, and whether its pass terms together cover every address of the client's version
+_AddressList = tuple[_Listed, bool]
 _MAX_LISTED = 100
 _LIST_TERM = re.compile(r"[-+~?]?(?:ip4|ip6|all)(?:[:/][^%=]*)?\Z", re.IGNORECASE)
 _SET_IP_ATTRS = ("iplist", "ipaddr", "c", "A", "v", "i", "cidrmax")
+
+
+# A/MX with a prefix: ``a/0`` for IPv4, ``a//0`` (dual CIDR) for IPv6.
+_A_MX = re.compile(r"(?:a|mx)(?::[^/]*)?(?:/(\d+))?(?://(\d+))?\Z")
+_ZERO_PREFIX = re.compile(r"/0+\Z")
+_INCLUDE = re.compile(r"\+?include:", re.IGNORECASE)
+
+
+def _matches_everything(term: str, ipv6: bool) -> bool:
+    """Whether a (passing) term matches every address of the client's IP version: all,
+    ip4:/ip6: with a prefix of length 0, a/mx whose prefix for that version is 0."""
+    t = term.lower().removeprefix("+")
+    if t == "all":
+        return True
+    if t.startswith("ip4:") or t.startswith("ip6:"):
+        return (t[2] == "6") == ipv6 and bool(_ZERO_PREFIX.search(t))
+    found = _A_MX.match(t)
+    if found is None:
+        return False
+    prefix = found.group(2) if ipv6 else found.group(1)
+    return prefix is not None and int(prefix) == 0
+
+
+def _covers_all(listed: _Listed) -> bool:
+    """Whether the pass terms of an address list (ip4/ip6 networks and ``all``, for one
+    IP version) together cover every address of that version."""
+    passing = []
+    for network, _mech, result in listed:
+        if result != "pass":
+            continue
+        if network is None:
+            return True
+        passing.append(network)
+    if not passing:
+        return False
+    collapsed = list(ipaddress.collapse_addresses(passing))  # type: ignore[type-var]  # one version
+    return len(collapsed) == 1 and collapsed[0].prefixlen == 0
 
 
 class _Query(spf.query):  # type: ignore[misc]  # pyspf has no type hints
@@ -132,6 +173,8 @@ class _Query(spf.query):  # type: ignore[misc]  # pyspf has no type hints
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        # per recursion level: the term of the last record there that passed every address
+        self.passed_all: dict[int, str | None] = {}
         local, at, domain = (self.s or "").rpartition("@")
         if at:
             if domain.endswith(".") and not domain.endswith(".."):
@@ -170,7 +213,20 @@ class _Query(spf.query):  # type: ignore[misc]  # pyspf has no type hints
     def validated_ptrs(self) -> list[str]:
         """RFC 7208 §5.5: a DNS error on the PTR lookup means no match; on the A/AAAA
         lookup of one PTR name, that name is skipped and the search continues.
-        (pyspf lets either error end the whole check as temperror.)"""
+        (pyspf lets either error end the whole check as temperror.)
+
+        Neither lookup counts toward the void limit (§4.6.4): both names come from
+        the client's own reverse DNS, not from the sender's records, and pyspf
+        counted them, so a client with three PTR names that do not resolve (or
+        none at all, against a record of three ``ptr`` terms) turned the sender's
+        fail into permerror -- accepted when PermError_reject is off."""
+        self._client_dns = True   # CNAMEs followed from these names are the client's too
+        try:
+            return self._validated_ptrs()
+        finally:
+            self._client_dns = False
+
+    def _validated_ptrs(self) -> list[str]:
         limit = spf.MAX_PTR if self.strict else spf.MAX_PTR * 4
         try:
             names = self.dns_ptr(self.i)[:limit]
@@ -190,6 +246,12 @@ class _Query(spf.query):  # type: ignore[misc]  # pyspf has no type hints
                 validated.append(name)
         return validated
 
+    _client_dns = False
+
+    def dns(self, name: str, qtype: str, cnames: Any = None, ignore_void: bool = False) -> Any:
+        """pyspf's lookup; one for the client's reverse DNS never counts as void."""
+        return super().dns(name, qtype, cnames, ignore_void or self._client_dns)
+
     def check0(self, spf_record: str, recursion: int) -> tuple[Any, ...]:
         """A record of nothing but ip4:/ip6: terms and ``all`` (the address lists that
         providers' includes publish, often dozens of terms) is walked as a list of
@@ -197,11 +259,12 @@ class _Query(spf.query):  # type: ignore[misc]  # pyspf has no type hints
         record pyspf would find an error in, is pyspf's own check0."""
         if spf_record and self.strict is True and isinstance(self.iplist, bool):
             key = (spf_record, self.d, self.v)
-            networks = _address_lists.data.get(key)
-            if networks is None:
-                networks = self._address_list(spf_record)
-                _address_lists.put(key, networks)
-            if not isinstance(networks, bool):
+            kept = _address_lists.data.get(key)
+            if kept is None:
+                kept = self._address_list(spf_record)
+                _address_lists.put(key, kept)
+            if not isinstance(kept, bool):
+                networks, covers_all = kept
                 client = self.ipaddr
                 for network, mech, result in networks:
                     if network is None or client in network:
@@ -210,13 +273,36 @@ class _Query(spf.query):  # type: ignore[misc]  # pyspf has no type hints
                     result, mech = "neutral", None   # no match, no redirect: the default
                 if not recursion:
                     self.mechanism = mech
+                if result == "pass" and covers_all:
+                    self.passed_all[recursion] = mech
                 return (result, 550 if result == "fail" else 250, self.exps[result])
         checked: tuple[Any, ...] = super().check0(spf_record, recursion)
         return checked
 
-    def _address_list(self, spf_record: str) -> _Listed | bool:
+    def check1(self, spf_record: str, domain: str, recursion: int) -> tuple[Any, ...]:
+        self.passed_all[recursion] = None   # until this record passes every address
+        checked: tuple[Any, ...] = super().check1(spf_record, domain, recursion)
+        return checked
+
+    def authorizes_all(self) -> str | None:
+        """The term of this check's pass when the record authorizes every address of the
+        client's IP version: the matching term itself (``+all``, ``ip4:0.0.0.0/0``,
+        ``a/0``), an address list whose pass terms cover everything, or an include
+        of such a list.  (A record found deeper than one include is not looked into.)"""
+        mech = self.mechanism
+        if not mech:
+            return None
+        if self.passed_all.get(0) or _matches_everything(mech, self.v == "ip6"):
+            return str(mech)
+        inner = self.passed_all.get(1)
+        if inner and _INCLUDE.match(mech):
+            return f"{mech}: {inner}"
+        return None
+
+    def _address_list(self, spf_record: str) -> _AddressList | bool:
         """[(network or None for ``all``, term, result)] in record order, as far as
-        pyspf's loop would go for this client's IP version; False when the record
+        pyspf's loop would go for this client's IP version, and whether its pass
+        terms together cover every address of that version; False when the record
         is anything else or any of its terms is invalid."""
         terms = spf_record.split(" ")
         if terms[0].lower() != "v=spf1":
@@ -245,7 +331,7 @@ class _Query(spf.query):  # type: ignore[misc]  # pyspf has no type hints
                 except ValueError:
                     return False
                 out.append((network, mech, result))
-        return out
+        return out, _covers_all(out)
 
     def validate_mechanism(self, mech: str) -> tuple[Any, ...]:
         found: tuple[Any, ...] | None
@@ -283,9 +369,9 @@ def evaluate(identity: Identity, ip: str, sender: str, helo: str, *, resolver: R
         checked = sender
     if not checked or not domain_of(checked):
         return SPFResult(identity, "none", checked, "", "no identity to check", False)
-    if parse_ip(ip) is None:
-        return SPFResult(identity, "permerror", checked, domain_of(checked),
-                         f"client address {ip!r} is not an IP address", False)
+    if parse_ip(ip) is None:  # nothing to check against: none, and why (both front ends alike)
+        return SPFResult(identity, "none", checked, domain_of(checked), NO_CLIENT_ADDRESS, False,
+                         note=NO_CLIENT_ADDRESS)
     if lookup_time <= 0.001:  # the message's Lookup_Time is spent (pyspf reads 0 as "no limit")
         return SPFResult(identity, "temperror", checked, domain_of(checked),
                          "SPF Temporary Error: Lookup_Time exceeded", False)
@@ -299,6 +385,7 @@ def evaluate(identity: Identity, ip: str, sender: str, helo: str, *, resolver: R
                           querytime=lookup_time, timeout=lookup_time)
         result = ""
         mechanism: str | None = None
+        everything: str | None = None
         if local_rules:
             q = query()
             if q.check(spf=f"v=spf1 {local_rules}")[0] == "pass":
@@ -308,6 +395,7 @@ def evaluate(identity: Identity, ip: str, sender: str, helo: str, *, resolver: R
             q = query()
             result, _code, explanation = q.check()
             mechanism, lookups, void = q.mechanism, q.lookups, q.void_lookups
+            everything = q.authorizes_all() if result == "pass" else None
             if result == "none" and best_guess:
                 # pyspf's best_guess(), without its reliance on state from an earlier check
                 best = query().check(spf=best_guess)[0]
@@ -325,7 +413,8 @@ def evaluate(identity: Identity, ip: str, sender: str, helo: str, *, resolver: R
     published = result in ("fail", "softfail", "permerror") and \
         explanation != spf.EXPLANATIONS.get(result) and not explanation.startswith("SPF ")
     return SPFResult(identity, result, checked, domain_of(checked), explanation or "",
-                     published, mechanism, lookups, time.monotonic() - started, best, void)
+                     published, mechanism, lookups, time.monotonic() - started, best, void,
+                     authorizes_all=everything if result == "pass" else None)
 
 
 class _Beside(threading.Thread):
@@ -395,19 +484,22 @@ def each(calls: Sequence[Callable[[], SPFResult]]) -> list[SPFResult]:
 
 class Checker:
     """The SPF checker a transaction runs: ``evaluate`` bound to one resolver and
-    the settings that do not change per message (receiver, void limit)."""
+    the settings that do not change per message (receiver, void limit), its result
+    as the core reports it (Pass_All_Records)."""
 
-    def __init__(self, resolver: Resolver, *, receiver: str, void_limit: int) -> None:
+    def __init__(self, resolver: Resolver, *, receiver: str, void_limit: int,
+                 pass_all_records: PassAllPolicy = PassAllPolicy.NEUTRAL) -> None:
         self.resolver = resolver
         self.receiver = receiver
         self.void_limit = void_limit
+        self.pass_all_records = pass_all_records
 
     def __call__(self, identity: Identity, ip: str, sender: str, helo: str, *,
                  lookup_time: float, local_rules: str = "", best_guess: str = "") -> SPFResult:
-        return evaluate(identity, ip, sender, helo, resolver=self.resolver,
-                        receiver=self.receiver, lookup_time=lookup_time,
-                        void_limit=self.void_limit, local_rules=local_rules,
-                        best_guess=best_guess)
+        return reported(evaluate(identity, ip, sender, helo, resolver=self.resolver,
+                                 receiver=self.receiver, lookup_time=lookup_time,
+                                 void_limit=self.void_limit, local_rules=local_rules,
+                                 best_guess=best_guess), self.pass_all_records)
 
     def each(self, calls: Sequence[Callable[[], SPFResult]]) -> list[SPFResult]:
         return each(calls)

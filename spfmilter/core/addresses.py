@@ -58,6 +58,38 @@ def client_address(raw: object) -> str:
     return str(addr) if addr is not None else ""
 
 
+def escape_non_ascii(text: str) -> str:
+    """Text with every non-ASCII character as ``\\x{HEX}`` (RFC 6533's form of a UTF-8
+    address in ASCII), for an SMTP reply: a reply is ASCII whatever the session."""
+    if text.isascii():
+        return text
+    return "".join(ch if ch.isascii() else f"\\x{{{ord(ch):X}}}" for ch in text)
+
+
+def ascii_domain(name: str) -> str:
+    """A domain in ASCII: its A-labels (IDNA) when it is a valid internationalized
+    name, else with its non-ASCII characters escaped."""
+    if name.isascii():
+        return name
+    try:
+        return name.encode("idna").decode("ascii")
+    except UnicodeError:
+        return escape_non_ascii(name)
+
+
+def ascii_address(address: str) -> str:
+    """A mail address in ASCII (``jürgen@bücher.example`` ->
+    ``j\\x{FC}rgen@xn--bcher-kva.example``): the domain in A-labels, non-ASCII
+    characters of the local part escaped, and a backslash beside them as
+    ``\\x{5C}``, so an escape in the text cannot pass for a character."""
+    if address.isascii():
+        return address
+    local, at, domain = address.rpartition("@")
+    if not at:
+        return escape_non_ascii(address.replace("\\", "\\x{5C}"))
+    return escape_non_ascii(local.replace("\\", "\\x{5C}")) + "@" + ascii_domain(domain)
+
+
 def in_networks(ip: str, networks: Iterable[IPNetwork]) -> bool:
     """Whether ``ip`` (any form client_address accepts) lies in one of ``networks``."""
     addr = parse_ip(ip.split("%", 1)[0])

@@ -8,13 +8,36 @@ verdict for one recipient, under that recipient's settings.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from spfmilter.config import HeloPolicy, MailFromPolicy, Settings, UnreadableHop
+from spfmilter.config import HeloPolicy, MailFromPolicy, PassAllPolicy, Settings, UnreadableHop
 from spfmilter.core import headers
-from spfmilter.core.addresses import in_networks
+from spfmilter.core.addresses import ascii_address, ascii_domain, escape_non_ascii, in_networks
 from spfmilter.core.values import Action, DKIMResult, Facts, Refusal, Reply, SPFResult, Verdict
+
+#: Why an identity is reported as none, unchecked, when the MTA gave no client IP address
+#: (a unix-socket or unknown-family connection, Postfix's ``client_address=unknown``):
+#: SPF needs one (RFC 7208 §4.1).  The configured policy then applies to that none.
+NO_CLIENT_ADDRESS = "the MTA reported no client IP address"
+
+
+def reported(res: SPFResult, policy: PassAllPolicy) -> SPFResult:
+    """The result as spfmilter reports and decides it (Pass_All_Records).
+
+    A pass from a record that authorizes every address designates no host: such
+    records are published so that forged mail passes SPF, and with it DMARC
+    (BreakSPF, NDSS 2024).  Under ``neutral`` that pass is what it amounts to,
+    neutral; ``authorizes_all`` stays set, so headers and log say why."""
+    if res.result != "pass" or not res.authorizes_all or policy is PassAllPolicy.PASS:
+        return res
+    return dataclasses.replace(res, result="neutral", explanation=all_addresses_reason(res))
+
+
+def all_addresses_reason(res: SPFResult) -> str:
+    """Why a pass is reported as neutral, in the words of both headers and the reply."""
+    return f"its record authorizes every address ({res.authorizes_all})"
 
 
 @dataclass(frozen=True)
@@ -81,7 +104,9 @@ def _refuses(res: SPFResult | None, policy: HeloPolicy | MailFromPolicy,
 def _explanation(res: SPFResult, ip: str) -> str:
     if res.exp_published or res.result in ("permerror", "temperror"):
         return res.explanation
-    return f"{res.domain or 'the sender'} does not authorize {ip} to send mail"
+    if res.authorizes_all and res.result == "neutral":
+        return f"{ascii_domain(res.domain) or 'the sender'}: {all_addresses_reason(res)}"
+    return f"{ascii_domain(res.domain) or 'the sender'} does not authorize {ip} to send mail"
 
 
 def defer_status(settings: Settings) -> tuple[str, str]:
@@ -98,8 +123,10 @@ def reply(res: SPFResult, action: Action, facts: Facts, settings: Settings) -> R
         code, status = "550", "5.7.24" if settings.enhanced_status_codes else "5.7.1"
     else:
         code, status = "550", "5.7.23" if settings.enhanced_status_codes else "5.7.1"
-    exp = headers.clean(_explanation(res, facts.client_ip), 300)
-    sender = headers.clean(res.sender)
+    # A reply is ASCII, SMTPUTF8 or not (the MTA sends it as given): domains in A-labels,
+    # any other non-ASCII character as \x{HEX}; the sender stays recognisable.
+    exp = escape_non_ascii(headers.clean(_explanation(res, facts.client_ip), 300))
+    sender = ascii_address(headers.clean(res.sender))
     ip = headers.clean(facts.client_ip, 64)
     kind = "helo" if res.identity == "helo" else "mfrom"
     values = {
@@ -107,14 +134,15 @@ def reply(res: SPFResult, action: Action, facts: Facts, settings: Settings) -> R
         "result": res.result,
         "identity": "HELO" if res.identity == "helo" else "MAIL FROM",
         "sender": sender,
-        "domain": headers.clean(res.domain),
+        "domain": ascii_domain(headers.clean(res.domain)),
         "ip": ip,
-        "helo": headers.clean(facts.helo),
+        "helo": ascii_domain(headers.clean(facts.helo)),
         "exp": exp,
         "spf": f"SPF {res.result} - {exp}",
         "url": settings.reason_url.format(kind, sender, ip, settings.authserv_id),
     }
-    return Reply(code, status, headers.clean(settings.reason_message.format(**values), 450))
+    text = escape_non_ascii(settings.reason_message.format(**values))
+    return Reply(code, status, headers.clean(text, 450))
 
 
 def decide(facts: Facts, recipient: str, helo: SPFResult | None, mailfrom: SPFResult | None,
@@ -179,7 +207,8 @@ def rescue(held: Refusal, signatures: Sequence[DKIMResult], org_domain: Callable
                 (passed[0],))
     if any(s.result == "temperror" for s in aligned):
         code, status = defer_status(settings)
-        text = headers.clean(f"Message deferred: the DKIM key of {held.domain} could not be "
+        domain = ascii_domain(headers.clean(held.domain))
+        text = headers.clean(f"Message deferred: the DKIM key of {domain} could not be "
                              "looked up (DNS error); try again later", 450)
         return Verdict(Action.DEFER, f"{held.reason}, DKIM key lookup failed",
                        Reply(code, status, text)), ()

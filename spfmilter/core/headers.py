@@ -78,6 +78,8 @@ def _describe(res: SPFResult, ip: str) -> str:
         "permerror": f"permanent error in processing during lookup of {who}: {res.explanation}",
         "temperror": f"temporary error in processing during lookup of {who}: {res.explanation}",
     }
+    if res.authorizes_all and res.result in ("pass", "neutral"):  # see decision.reported
+        return f"{texts[res.result]}; its record authorizes every address: {res.authorizes_all}"
     return texts[res.result]
 
 
@@ -165,12 +167,17 @@ def _clause(res: SPFResult | DKIMResult, helo: str) -> authres.AuthenticationRes
         return authres.DKIMAuthenticationResult(
             result=res.result, header_d=_pvalue_domain(res.domain),
             header_s=_for_authres(_ascii(clean(res.selector, 63))) or None)
+    everything = (f"record authorizes every address: {res.authorizes_all}"
+                  if res.authorizes_all and res.result in ("pass", "neutral") else None)
     if res.identity == "mailfrom":
         comment = f"best guess record gives {res.best_guess}" if res.best_guess else res.note
+        comment = everything or comment
         return authres.SPFAuthenticationResult(
             result=res.result, smtp_mailfrom=_mailfrom_pvalue(res.sender),
             result_comment=_comment_text(comment) if comment else None)
-    return authres.SPFAuthenticationResult(result=res.result, smtp_helo=_pvalue_domain(helo))
+    return authres.SPFAuthenticationResult(
+        result=res.result, smtp_helo=_pvalue_domain(helo),
+        result_comment=_comment_text(everything) if everything else None)
 
 
 def authentication_results(authserv_id: str, results: Sequence[SPFResult | DKIMResult], *,

@@ -53,6 +53,9 @@ class SPFResult:
     best_guess: str | None = None   # result of Best_Guess for a domain without a record
     void_lookups: int = 0
     note: str | None = None         # why nothing was evaluated (shown in both headers)
+    # the term of a pass whose record authorizes every address (+all, ip4:0.0.0.0/0, ...):
+    # set by the check; decision.reported says what such a pass is reported as
+    authorizes_all: str | None = None
 
 
 @dataclass(frozen=True)

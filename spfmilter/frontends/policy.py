@@ -30,7 +30,6 @@ workers (a listener the supervisor opened before forking).
 from __future__ import annotations
 
 import functools
-import ipaddress
 import os
 import select
 import socket
@@ -43,6 +42,7 @@ from pathlib import Path
 from spfmilter import log as logmod
 from spfmilter import metrics, runtime
 from spfmilter.config import ConfigError, HeaderType, Settings
+from spfmilter.core.addresses import client_address
 from spfmilter.core.headers import AUTH_RESULTS, RECEIVED_SPF, clean
 from spfmilter.core.transaction import Connection, Transaction
 from spfmilter.core.values import Action, Verdict
@@ -111,12 +111,9 @@ class Session:
             if name not in attrs:
                 log.info("%s", kv(action="bad-input", error=f"no {name}", via=self.via))
                 return _INCOMPLETE.format(name)
-        try:
-            client = str(ipaddress.ip_address(attrs["client_address"]))
-        except ValueError:
-            log.info("%s", kv(action="bad-input", error="client_address is not an IP address",
-                              client_ip=attrs["client_address"], via=self.via))
-            return _BAD_REQUEST
+        # the milter's definition: an IPv4-mapped address is IPv4, and "unknown" (or
+        # anything else that is no IP address) is no address, reported as such
+        client = client_address(attrs["client_address"])
         txn = self._transaction(attrs, client)
         if txn.plan is None:
             assert self._runtime is not None

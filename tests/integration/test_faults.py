@@ -202,6 +202,28 @@ def test_name_server_that_never_answers(spfmilter, dns_server):
         tcp.close()
 
 
+def test_a_refusing_resolver_is_not_named_in_delivered_mail(spfmilter, dns_server):
+    """Nameservers points at a closed port (refused at once): the temperror's problem= says
+    which lookup failed and how, never the resolver's address, port or errno text; the log
+    line names them for the administrator."""
+    closed = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()
+    milter = spfmilter(fresh=True, Nameservers=f"127.0.0.1:{port}", **LENIENT)
+    reply, eom, _ = transaction(milter, "user@allowed.test")
+    assert eom is not None and eom.final.kind == "accept", reply
+    header = mailfrom_header(eom)
+    assert header.startswith("temperror ") and \
+        "problem=\"SPF Temporary Error: DNS server failure looking up allowed.test/TXT " \
+        "(connection refused)\"" in header, header
+    for name, value in eom.headers_on_top():
+        for internal in ("127.0.0.1", str(port), "Errno"):
+            assert internal not in value, (name, value)
+    milter.wait_for_log(rf'action=dns-failure name="allowed.test" type=TXT .*'
+                        rf'detail="127.0.0.1#{port}: \[Errno 111\] Connection refused"')
+
+
 def test_concurrent_slow_lookups_do_not_queue_behind_each_other(spfmilter, dns_server):
     """Twenty messages whose DNS times out, at once: each ends within its own budget."""
     domains = [unique("parallel") for _ in range(20)]

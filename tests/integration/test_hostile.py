@@ -156,6 +156,117 @@ def test_trailing_dot_cannot_escape_a_fail(spfmilter, helo, sender):
     assert (reply.code, reply.text[:6]) == ("550", "5.7.23"), (reply, eom and eom.inserted())
 
 
+PTR_VOID_ZONES = {
+    "ptrvoid.hostile.test": [{"TXT": "v=spf1 ptr -all"}],
+    "ptrterms.hostile.test": [{"TXT": "v=spf1 ptr:a.test ptr:b.test ptr:c.test -all"}],
+    # the client's own reverse DNS: three names without an address (one a CNAME to nowhere)
+    "35.100.51.198.in-addr.arpa": [{"PTR": ["n1.ptrvoid.test", "n2.ptrvoid.test",
+                                            "n3.ptrvoid.test"]}],
+    "n3.ptrvoid.test": [{"CNAME": "gone.ptrvoid.test"}],
+}
+
+
+@pytest.mark.parametrize("sender,ip", [(b"<user@ptrvoid.hostile.test>", b"198.51.100.35"),
+                                       (b"<user@ptrterms.hostile.test>", b"198.51.100.36")],
+                         ids=["three-dead-ptr-names", "no-ptr-three-ptr-terms"])
+def test_client_reverse_dns_cannot_turn_a_fail_into_an_accepted_permerror(spfmilter, dns_server,
+                                                                         sender, ip):
+    """PTR names (or their absence) are the client's to choose: they are no void lookups
+    of the sender's record, so the fail stands and is refused (PermError_reject is off)."""
+    dns_server.update(PTR_VOID_ZONES)
+    milter = spfmilter()
+    reply, eom = hostile_transaction(milter, b"unknown.test", [sender], "ptr-void", ip=ip)
+    assert (reply.code, reply.text[:6]) == ("550", "5.7.23"), (reply, eom and eom.inserted())
+    milter.wait_for_log(r'action=reject reason="mailfrom fail" .*envelope_from=user@ptr')
+
+
+@pytest.mark.parametrize("sender,shown", [
+    ("jürgen@bücher.reply.test", r"j\x{FC}rgen@xn--bcher-kva.reply.test"),
+    ("用户@bücher.reply.test", r"\x{7528}\x{6237}@xn--bcher-kva.reply.test"),
+], ids=["latin", "cjk"])
+def test_refusal_of_a_utf8_sender_is_an_ascii_reply_that_names_it(spfmilter, dns_server,
+                                                                  sender, shown):
+    """SMTP replies are ASCII whatever the session: a UTF-8 sender's domain is written in
+    A-labels and its local part with \\x{HEX} escapes, recognisably, never raw."""
+    dns_server.update({"xn--bcher-kva.reply.test": [{"TXT": "v=spf1 ip4:192.0.2.0/24 -all"}]})
+    reply, eom = hostile_transaction(spfmilter(), b"unknown.test",
+                                     [f"<{sender}>".encode(), b"SMTPUTF8"], "utf8-reply",
+                                     ip=b"198.51.100.7")
+    assert (reply.code, reply.text[:6]) == ("550", "5.7.23"), (reply, eom and eom.inserted())
+    assert reply.text.isascii(), reply.text
+    assert f"SPF fail for MAIL FROM {shown}: xn--bcher-kva.reply.test does not authorize " \
+           "198.51.100.7" in reply.text, reply.text
+
+
+# --- records that authorize every address (BreakSPF): a pass that designates nothing -----------
+
+PASS_ALL = {
+    # name: (the record, client, the term reported)
+    "plus-all": ("v=spf1 +all", "203.0.113.5", "+all"),
+    "bare-all": ("v=spf1 all", "203.0.113.5", "all"),
+    "ip4-zero": ("v=spf1 ip4:0.0.0.0/0 -all", "203.0.113.5", "ip4:0.0.0.0/0"),
+    "ip6-zero": ("v=spf1 ip6:::/0 -all", "2001:db8:5::5", "ip6:::/0"),
+    "ip4-halves": ("v=spf1 -ip4:192.0.2.1 ip4:0.0.0.0/1 ip4:128.0.0.0/1 -all", "203.0.113.5",
+                   "ip4:128.0.0.0/1"),
+    "a-zero": ("v=spf1 a/0 -all", "203.0.113.5", "a/0"),
+    "include": ("v=spf1 include:all.passall.test -all", "203.0.113.5",
+                "include:all.passall.test: +all"),
+}
+
+
+def _pass_all_zones() -> dict:
+    zones = {f"{name}.passall.test": [{"TXT": record}, {"A": "192.0.2.200"}]
+             for name, (record, _, _) in PASS_ALL.items()}
+    zones["all.passall.test"] = [{"TXT": "v=spf1 +all"}]
+    return zones
+
+
+def _pass_all_message(milter, name: str, tag: str):
+    _, client, _ = PASS_ALL[name]
+    return hostile_transaction(milter, b"unknown.test", [f"<ceo@{name}.passall.test>".encode()],
+                               tag, ip=client.encode())
+
+
+@pytest.mark.parametrize("name", list(PASS_ALL))
+def test_record_authorizing_every_address_gives_neutral_not_a_forged_pass(spfmilter, dns_server,
+                                                                          name):
+    """A sender's record that authorizes every address (published so that forged mail passes
+    SPF, and with it DMARC) is reported as neutral, with the reason, in both headers and the log."""
+    dns_server.update(_pass_all_zones())
+    milter = spfmilter()
+    _, _, term = PASS_ALL[name]
+    reply, eom = _pass_all_message(milter, name, f"passall-{name}")
+    check_outcome(reply, eom)
+    [received] = [v.decode() for n, v in eom.inserted()
+                  if n == b"Received-SPF" and b"identity=mailfrom" in v]
+    [ar] = [v.decode() for n, v in eom.inserted() if n == b"Authentication-Results"]
+    assert received.startswith("neutral (mx.test: ") and \
+        f"; its record authorizes every address: {term}) " in " ".join(received.split()), received
+    assert f"spf=neutral (record authorizes every address: {term}) " \
+           f"smtp.mailfrom={name}.passall.test" in " ".join(ar.split()), ar
+    line = milter.wait_for_log(rf"action=accept .*result=neutral .*envelope_from=ceo@{name}\.")
+    assert f"authorizes_all={term}" in line.group(0) or f'authorizes_all="{term}"' in line.group(0)
+
+
+def test_pass_all_records_pass_reports_the_pass_the_record_claims(spfmilter, dns_server):
+    dns_server.update(_pass_all_zones())
+    milter = spfmilter(Pass_All_Records="pass")
+    reply, eom = _pass_all_message(milter, "plus-all", "passall-kept")
+    check_outcome(reply, eom)
+    [ar] = [v.decode() for n, v in eom.inserted() if n == b"Authentication-Results"]
+    assert "spf=pass (record authorizes every address: +all) smtp.mailfrom=plus-all.passall.test" \
+        in " ".join(ar.split()), ar
+
+
+def test_record_authorizing_every_address_is_refused_where_neutral_is(spfmilter, dns_server):
+    dns_server.update(_pass_all_zones())
+    milter = spfmilter(Mail_From_reject="Neutral")
+    reply, eom = _pass_all_message(milter, "plus-all", "passall-refused")
+    assert (reply.code, reply.text[:6]) == ("550", "5.7.23"), (reply, eom and eom.inserted())
+    assert "SPF neutral for MAIL FROM ceo@plus-all.passall.test: plus-all.passall.test: its " \
+           "record authorizes every address (+all)" in reply.text, reply.text
+
+
 def test_quoted_local_part_with_trailing_dot_gives_a_parseable_header(spfmilter):
     reply, eom = hostile_transaction(spfmilter(), b"helo.test", [b'<"a b"@allowed.test.>'],
                                      "quoted-trailing-dot")
@@ -207,7 +318,8 @@ def test_client_address_forms(spfmilter, case):
 
 @pytest.mark.parametrize("family", [b"L", b"U"])
 def test_connection_without_an_ip_address(spfmilter, family):
-    """A unix-socket or unknown-family client (no IP to check): a header saying so, not a crash."""
+    """A unix-socket or unknown-family client (no IP to check): none, not checked, and a
+    header saying so (as the policy service for client_address=unknown)."""
     milter = spfmilter()
     watch = LogWatch(milter)
     with RawSession(milter.socket_path) as s:
@@ -218,6 +330,10 @@ def test_connection_without_an_ip_address(spfmilter, family):
         reply = s.rcpt(f"<rcpt-nofamily-{family.decode()}@mx.test>".encode())
         eom = s.message([(b"Subject", b"x")]) if reply.kind == "continue" else None
     check_outcome(reply, eom)
+    assert eom is not None  # none under the default policy: accepted, and labelled
+    mailfrom = [v for n, v in eom.inserted() if n == b"Received-SPF" and b"mailfrom" in v]
+    assert mailfrom[0].startswith(b"none (mx.test: the MTA reported no client IP address; "
+                                  b"not checked)"), mailfrom
     milter.wait_for_log(rf"rcpt=rcpt-nofamily-{family.decode()}@mx.test")
     watch.assert_clean()
 

@@ -117,6 +117,7 @@ DMARC_ZONES = {
     "_dmarc.allowed.test": [{"TXT": "v=DMARC1; p=reject"}],
     "_dmarc.monitor.test": [{"TXT": "v=DMARC1; p=none"}],
     "_dmarc.soft.test": [{"TXT": "v=DMARC1; p=reject"}],
+    "_dmarc.passall.test": [{"TXT": "v=DMARC1; p=reject"}],
 }
 
 #: The settings under test (tests/opendmarc-README-section.rst).
@@ -609,6 +610,27 @@ def test_aligned_helo_pass_is_not_taken_for_mail_from(chain, dns_server):
     lab.milter_log(r"action=accept\b.* result=pass\b.*helo_result=pass\b"
                             r".*helo=mx\.allowed\.test\b")
     assert_no_spf_of_its_own(lab, "allowed.test")
+
+
+def test_record_authorizing_every_address_gives_no_dmarc_pass(chain, dns_server):
+    # BreakSPF: the forger's own domain publishes "v=spf1 +all", so any client passes SPF
+    # for it, aligned with a From: in that domain.  spfmilter reports neutral
+    # (Pass_All_Records = neutral, the default): DMARC gets no SPF pass and rejects.
+    dns_server.update({"passall.test": [{"TXT": "v=spf1 +all"}]})
+    lab = chain()
+    tr = send(lab, FWD_V4, "unknown.test", "ceo@passall.test",
+              message("ceo@passall.test", "aligned via +all"))
+    assert_rejected_by_dmarc(lab, tr, "passall.test")
+    lab.milter_log(r"action=accept\b.* result=neutral\b.* authorizes_all=\+all\b"
+                   r".*envelope_from=ceo@passall\.test")
+    assert_no_spf_of_its_own(lab, "passall.test")
+    # the control: with Pass_All_Records = pass the same message passes DMARC
+    lab = chain(Pass_All_Records="pass")
+    tr = send(lab, FWD_V4, "unknown.test", "ceo@passall.test",
+              message("ceo@passall.test", "aligned via +all, reported as pass"))
+    m = delivered(lab, tr)
+    assert dmarc_verdict(lab, m) == \
+        f"{DMARC_ID}; dmarc=pass (p=reject dis=none) header.from=passall.test"
 
 
 # --------------------------------------------------------------------------

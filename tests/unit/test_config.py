@@ -2,6 +2,7 @@
 
 import dataclasses
 import ipaddress
+import re
 import subprocess
 import sys
 
@@ -71,6 +72,7 @@ def test_settings_are_frozen():
 @pytest.mark.parametrize("line,key,fragment", [
     ("Bogus_Key = 1", "Bogus_Key", "unknown key"),
     ("HELO_reject = Sometimes", "HELO_reject", "expected one of"),
+    ("Pass_All_Records = fail", "Pass_All_Records", "expected one of neutral | pass"),
     ("PermError_reject = maybe", "PermError_reject", "expected True or False"),
     ("skip_addresses = 300.1.1.1", "skip_addresses", "not an IP address"),
     ("Socket = tcp:25", "Socket", "unknown socket type"),
@@ -106,6 +108,19 @@ def test_unreadable_file(tmp_path):
 def test_shipped_config_is_valid():
     s = cfg.parse(ROOT / "spfmilter.conf")
     assert s.socket == "unix:/run/spfmilter/spfmilter.sock"
+
+
+def test_every_key_is_in_the_shipped_file_and_the_readme():
+    shipped = (ROOT / "spfmilter.conf").read_text()
+    readme = (ROOT / "README.rst").read_text()
+    for key in cfg.KNOWN_KEYS:
+        assert re.search(rf"^#?{key} =", shipped, re.M), key
+        assert f"``{key}``" in readme, key
+
+
+def test_pass_all_records_defaults_to_neutral_and_takes_pass():
+    assert cfg.Settings().pass_all_records is cfg.PassAllPolicy.NEUTRAL
+    assert cfg.parse_text("Pass_All_Records = Pass").pass_all_records is cfg.PassAllPolicy.PASS
 
 
 def _run(*args):

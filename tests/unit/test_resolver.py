@@ -1,9 +1,11 @@
 """The one resolver: answers in pyspf's shape, a TTL-respecting shared cache, TCP fallback."""
 
+import logging
 import socket
 import threading
 import time
 
+import dns.flags
 import dns.message
 import dns.name
 import dns.rcode
@@ -137,11 +139,17 @@ class _Scripted:
                 data, peer = self.sock.recvfrom(65535)
             except OSError:
                 return
+            if not data:  # woken by close()
+                return
             self.queries += 1
             for wire, from_other in self.script(dns.message.from_wire(data)):
                 (self.other if from_other else self.sock).sendto(wire, peer)
 
     def close(self) -> None:
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)  # wakes the serving thread's recvfrom()
+        except OSError:  # ENOTCONN on an unconnected UDP socket, after waking it (Linux)
+            pass
         self.sock.close()
         self.other.close()
         self._thread.join(5)
@@ -229,3 +237,104 @@ def test_a_broken_answer_moves_on_to_the_next_server(scripted, dns_server, reply
     alone = Resolver((broken.address,), timeout=2.0)
     with pytest.raises(TempFailure, match="server failure"):
         alone.spf_lookup("none.test", "A", 2)
+
+
+class _TCPAnswer:
+    """A TCP name server on 127.0.0.1 at ``port`` that answers every query with a TXT record."""
+
+    def __init__(self, port: int, text: str) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", port))
+        self.sock.listen(4)
+        self.text = text
+        self.queries = 0
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                conn.settimeout(5)
+                try:
+                    size = int.from_bytes(conn.recv(2), "big")
+                    data = b""
+                    while len(data) < size:
+                        data += conn.recv(size - len(data))
+                except OSError:
+                    continue
+                self.queries += 1
+                wire = _txt_answer(dns.message.from_wire(data), self.text)
+                conn.sendall(len(wire).to_bytes(2, "big") + wire)
+
+    def close(self) -> None:
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)  # wakes the accept() of the serving thread
+        except OSError:
+            pass
+        self.sock.close()
+        self._thread.join(5)
+
+
+def test_truncated_answer_without_question_is_retried_over_tcp(scripted):
+    """A server that drops the question from a truncated UDP answer: the answer is taken as
+    the server's (same id, same server) and the query goes to TCP, not into a timeout and
+    a temperror that would defer the sender's mail."""
+    def script(q):
+        wire = q.to_wire()  # the query's id; QR, TC and RD; no sections at all
+        return [(wire[:2] + bytes([0x80 | (dns.flags.TC >> 8) | 0x01, 0x80]) + bytes(8), False)]
+    server = scripted(script)
+    tcp = _TCPAnswer(server.address[1], "v=spf1 -all over-tcp")
+    try:
+        r = Resolver((server.address,), timeout=2.0)
+        assert r.spf_lookup("tc.test", "TXT", 2) == [(("tc.test", "TXT"), [b"v=spf1 -all over-tcp"])]
+        assert (server.queries, tcp.queries, r.stats()["timeouts"]) == (1, 1, 0)
+    finally:
+        tcp.close()
+
+
+def _closed_port() -> tuple[str, int]:
+    closed = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    closed.bind(("127.0.0.1", 0))
+    address = closed.getsockname()
+    closed.close()
+    return address
+
+
+class _Lines(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+def test_a_failure_names_what_failed_but_not_the_resolver(scripted):
+    """The failure's text reaches Received-SPF's problem= in delivered mail: it says which
+    lookup failed and how, never the resolver's address, port or the system's errno text;
+    those go to the log (and ``detail``) for the administrator."""
+    dead = _closed_port()
+    servfail = scripted(lambda q: [(dns.message.make_response(q).to_wire()[:3]
+                                    + bytes([0x80 | dns.rcode.SERVFAIL])
+                                    + dns.message.make_response(q).to_wire()[4:], False)])
+    r = Resolver((dead, servfail.address), timeout=2.0)
+    lines, logger = _Lines(), logging.getLogger("spfmilter.resolver")
+    logger.addHandler(lines)  # whatever an earlier test made of the "spfmilter" logger
+    try:
+        with pytest.raises(TempFailure) as failure:
+            r.spf_lookup("gone.test", "TXT", 2)
+    finally:
+        logger.removeHandler(lines)
+    text = str(failure.value)
+    assert text == "DNS server failure looking up gone.test/TXT (connection refused, SERVFAIL)"
+    for internal in ("127.0.0.1", str(dead[1]), str(servfail.address[1]), "Errno"):
+        assert internal not in text
+    assert f"127.0.0.1#{dead[1]}: [Errno 111]" in failure.value.detail
+    logged = lines.lines
+    assert len(logged) == 1 and "action=dns-failure name=\"gone.test\" type=TXT" in logged[0]
+    assert f"127.0.0.1#{servfail.address[1]}: SERVFAIL" in logged[0]

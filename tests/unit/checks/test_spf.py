@@ -29,7 +29,7 @@ CASES = [  # (client address, sender, result, the client address as pyspf shows 
      "2.0.0.1.0.D.B.8.0.B.A.D.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.7"),
     ("198.51.100.7", "u@soft.test", "softfail", None),
     ("192.0.2.10", "u@perm.test", "permerror", None),
-    ("not-an-address", "u@allowed.test", "permerror", None),
+    ("not-an-address", "u@allowed.test", "none", None),  # no address: not checked
 ]
 
 
@@ -182,3 +182,67 @@ def test_each_waits_for_the_slowest_not_the_sum(dns_server):
     results = spf_check.each(calls)
     assert [r.result for r in results] == ["temperror", "temperror"]
     assert time.monotonic() - started < 1.8
+
+
+# --- the client's reverse DNS is not the sender's void lookups (RFC 7208 §4.6.4, §5.5) ---------
+
+_PTR_ZONES = {
+    "ptrvoid.test": [{"TXT": "v=spf1 ptr -all"}],
+    "ptrterms.test": [{"TXT": "v=spf1 ptr:a.test ptr:b.test ptr:c.test -all"}],
+    # the client's reverse DNS: three names that do not resolve, one of them a CNAME to nowhere
+    "33.100.51.198.in-addr.arpa": [{"PTR": ["n1.client.test", "n2.client.test", "n3.client.test"]}],
+    "n3.client.test": [{"CNAME": "gone.client.test"}],
+}
+
+
+@pytest.mark.parametrize("sender,ip", [("u@ptrvoid.test", "198.51.100.33"),     # 3 dead PTR names
+                                       ("u@ptrterms.test", "198.51.100.34")])   # no PTR at all
+def test_client_reverse_dns_cannot_turn_a_fail_into_permerror(dns_server, sender, ip):
+    dns_server.update(_PTR_ZONES)
+    resolver = Resolver((dns_server.address,), timeout=2.0)
+    res = evaluate("mailfrom", ip, sender, "helo.test", resolver=resolver, receiver="mx.test",
+                   lookup_time=2.0, void_limit=2)
+    assert (res.result, res.void_lookups) == ("fail", 0), res
+
+
+# --- which passes come from a record that authorizes every address -------------------------------
+
+@pytest.mark.parametrize("term,ipv6,everything", [
+    ("all", False, True), ("+all", True, True), ("+ALL", False, True),
+    ("ip4:0.0.0.0/0", False, True), ("ip4:192.0.2.0/00", False, True),
+    ("ip4:0.0.0.0/1", False, False), ("ip4:0.0.0.0", False, False),
+    ("ip6:::/0", True, True), ("ip6:::/1", True, False), ("ip6:::/0", False, False),
+    ("a/0", False, True), ("a:x.test/0", False, True), ("mx/0", False, True),
+    ("a/0", True, False), ("a//0", True, True), ("mx:x.test/24//0", True, True),
+    ("a", False, False), ("a/24", False, False), ("include:x.test", False, False),
+    ("exists:%{i}.x.test", False, False), ("ptr", False, False),
+])
+def test_terms_that_match_every_address(term, ipv6, everything):
+    assert spf_check._matches_everything(term, ipv6) is everything
+
+
+def test_address_lists_whose_pass_terms_cover_every_address():
+    def covers(record, client="203.0.113.5"):
+        q = spf_check._Query(i=client, s="u@example.test", h="helo.test", receiver="mx.test")
+        return spf_check._covers_all(q._address_list(record)[0])
+    assert covers("v=spf1 ip4:0.0.0.0/1 ip4:128.0.0.0/1")
+    assert covers("v=spf1 -ip4:192.0.2.0/24 +all")
+    assert not covers("v=spf1 ip4:0.0.0.0/1 -ip4:128.0.0.0/1")
+    assert not covers("v=spf1 ~ip4:0.0.0.0/0 -all")            # covered, but not by a pass
+    assert not covers("v=spf1 ip6:::/0 -all")                  # another version than the client's
+    assert covers("v=spf1 ip6:::/1 ip6:8000::/1", "2001:db8::1")
+
+
+@pytest.mark.parametrize("record,result,term", [
+    ("v=spf1 +all", "pass", "+all"),
+    ("v=spf1 ip4:192.0.2.0/24 -all", "pass", None),
+    ("v=spf1 ip4:192.0.2.0/24 mx ip4:0.0.0.0/0", "pass", None),   # matched the /24 first
+    ("v=spf1 mx ip4:0.0.0.0/0", "pass", "ip4:0.0.0.0/0"),         # pyspf's own walk
+    ("v=spf1 -all", "fail", None),
+])
+def test_the_check_names_the_term_of_a_pass_from_every_address(dns_server, record, result, term):
+    dns_server.update({"everything.test": [{"TXT": record}]})
+    resolver = Resolver((dns_server.address,), timeout=2.0)
+    res = evaluate("mailfrom", "192.0.2.10", "u@everything.test", "helo.test", resolver=resolver,
+                   receiver="mx.test", lookup_time=2.0, void_limit=2)
+    assert (res.result, res.authorizes_all) == (result, term)

@@ -4,6 +4,8 @@ import pytest
 
 from spfmilter.config import _networks
 from spfmilter.core.addresses import (
+    ascii_address,
+    ascii_domain,
     client_address,
     in_networks,
     is_domain,
@@ -46,3 +48,22 @@ def test_domain_syntax_and_envelope_brackets():
     assert not is_domain("a..b") and not is_domain("a" * 64 + ".test") and not is_domain("x.test.")
     assert strip_brackets("<@relay.example:user@example.com>") == "user@example.com"
     assert strip_brackets(" <> ") == ""
+
+
+@pytest.mark.parametrize("address,ascii", [
+    ("user@example.com", "user@example.com"),
+    ("jürgen@bücher.example", r"j\x{FC}rgen@xn--bcher-kva.example"),
+    ("a\\b@ex.com", "a\\b@ex.com"),                                # an ASCII address: as it is
+    ("a\\b@bücher.example", r"a\x{5C}b@xn--bcher-kva.example"),  # else "\\" is escaped too
+    ("ä\\x{41}@example.com", r"\x{E4}\x{5C}x{41}@example.com"),   # an escape cannot be forged
+    ("u@bad..bücher", r"u@bad..b\x{FC}cher"),                      # no IDNA name: escaped
+    ("no-at-sign-ü", r"no-at-sign-\x{FC}"),
+])
+def test_ascii_address_keeps_the_sender_recognisable(address, ascii):
+    assert ascii_address(address) == ascii
+    assert ascii_address(address).isascii()
+
+
+def test_ascii_domain_is_a_labels_or_escapes():
+    assert ascii_domain("bücher.example") == "xn--bcher-kva.example"
+    assert ascii_domain("x" * 70 + "ü.example").isascii()   # too long a label for IDNA

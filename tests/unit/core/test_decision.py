@@ -3,7 +3,7 @@
 import pytest
 
 from spfmilter import config as cfg
-from spfmilter.core.decision import decide, plan
+from spfmilter.core.decision import decide, plan, reported
 from spfmilter.core.headers import result_headers
 from spfmilter.core.values import Action, Facts, SPFResult
 
@@ -140,6 +140,17 @@ def test_reason_template_and_hostile_explanation():
     assert d.reply.text.startswith("rejected|fail|MAIL FROM|user@example.com|198.51.100.7|bad??X-Injected")
 
 
+def test_every_reply_field_is_ascii_for_a_utf8_sender_helo_explanation_and_template():
+    s = settings(Reason_Message="Abgewiesen für {sender} {domain} {helo} {exp} {url}")
+    sender = "jürgen@bücher.example"
+    d = decide(facts(helo="hélo.example", sender=sender), RCPT, None,
+               res("mailfrom", "fail", sender=sender, exp="nicht erlaubt: Grüße", published=True), s)
+    assert d.reply.text.isascii(), d.reply.text
+    assert d.reply.text.startswith(r"Abgewiesen f\x{FC}r j\x{FC}rgen@xn--bcher-kva.example "
+                                   r"xn--bcher-kva.example xn--hlo-bma.example "
+                                   r"nicht erlaubt: Gr\x{FC}\x{DF}e https://"), d.reply.text
+
+
 @pytest.mark.parametrize("policy,refused", [
     ("Neutral", {"fail", "softfail", "neutral"}),
     ("Strict", {"fail", "softfail", "neutral", "none", "permerror"}),
@@ -235,3 +246,21 @@ def test_with_dkim_rescue_a_defer_beside_a_refusal_defers_at_rcpt():
     assert d.action == DEFER and d.reply.code == "451" and d.held is None
     assert decide(facts(), RCPT, None, res("mailfrom", "fail"), settings(DKIM_Rescue="yes",
                                                                          TestOnly="0")).held is None
+
+
+def test_a_pass_from_every_address_is_reported_and_decided_as_neutral_by_default():
+    import dataclasses
+    everything = dataclasses.replace(res("mailfrom", "pass"), authorizes_all="+all")
+    neutral = reported(everything, BASE.pass_all_records)
+    assert (neutral.result, neutral.authorizes_all) == ("neutral", "+all")
+    assert reported(everything, cfg.PassAllPolicy.PASS) is everything
+    assert reported(res("mailfrom", "pass"), BASE.pass_all_records).result == "pass"
+    refused = decide(facts(), RCPT, None, neutral, settings(Mail_From_reject="Neutral"))
+    assert refused.action is REJECT and "its record authorizes every address (+all)" in \
+        refused.reply.text
+    assert decide(facts(), RCPT, None, neutral, BASE).action is ACCEPT
+    headers = dict(result_headers(facts(), None, neutral, BASE))
+    assert "spf=neutral (record authorizes every address: +all)" in headers["Authentication-Results"]
+    assert headers["Received-SPF"].startswith("neutral (mx.test: 198.51.100.7 is neither permitted "
+                                              "nor denied by domain of user@example.com; its "
+                                              "record authorizes every address: +all)")
