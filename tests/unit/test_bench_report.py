@@ -9,13 +9,17 @@ has no parser here.
 from __future__ import annotations
 
 import io
+import json
 import re
 
 import pytest
 from docutils import nodes
 from docutils.core import publish_doctree
 
+from bench import documents, policy_bench
 from bench.report import Bullets, Column, Heading, Paragraph, Table, render_markdown, render_rst
+from bench.targets import evaluate_targets
+from tests.kit import ROOT
 
 TABLE = Table((Column("milter"), Column("tx/s", numeric=True), Column("p99 ms", numeric=True)),
               (("spfmilter", "1,120", "42.77"), ("pyspf-milter", "149", "–"), ("floor | shape", "", "9.58")))
@@ -105,3 +109,22 @@ def test_a_cell_spanning_lines_is_refused() -> None:
     # it would end the reST list-table's entry and the Markdown table's row mid-cell
     with pytest.raises(ValueError, match="spans lines"):
         Table((Column("a"),), (("one\ntwo",),))
+
+
+def test_readme_section_from_the_stored_run_is_valid_rest_with_full_tables() -> None:
+    d = json.loads((ROOT / "bench" / "results" / "latest.json").read_text())
+    polmed = d.get("policy_medians", [])
+    targets = evaluate_targets(d["medians"], d["postfix_medians"], d["held"], d.get("dnspython_lookup_cost"),
+                               d["machine"]["nproc"], d["params"].get("cpu_scaling")) \
+        + policy_bench.targets(polmed)
+    rst = documents.readme_section(d["machine"], targets, d["medians"], d["postfix_medians"], d["held"],
+                                   d["params"], polmed)
+    doc = _doctree(rst)
+    assert doc["title"] == "Performance"
+    tables = list(doc.findall(nodes.table))
+    assert tables
+    for table in tables:
+        head, body = _rows(table)
+        assert body and all(len(row) == len(head[0]) for row in body)
+    met = [row[2] for row in _rows(tables[[_rows(t)[0][0][0] for t in tables].index("target")])[1]]
+    assert met == [documents.met_text(t["met"], "no") for t in targets]
