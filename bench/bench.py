@@ -44,7 +44,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench import loadgen, policy_bench, zones
+from bench import documents, loadgen, policy_bench, zones
+from bench.matrix import CONCURRENCY, MILTER_ORDER, POSTFIX_SETUPS, SPFMILTERS
+from bench.targets import evaluate_targets
 from tests.kit.mta import PostfixLab
 from tests.kit.wait import WaitTimeout
 
@@ -59,12 +61,8 @@ RESULTS = BENCH / "results"
 CLK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
-CONCURRENCY = (1, 16, 64)
-MILTER_ORDER = ("spfmilter", "spfmilter-w1", "pyspf-milter", "floor", "shape-floor")
-SPFMILTERS = ("spfmilter", "spfmilter-w1")
 # "spfmilter" runs as shipped (Workers = auto: one worker per CPU); "spfmilter-w1" with one
 WORKERS = {"spfmilter": "auto", "spfmilter-w1": "1"}
-CORES = (4, 8, 16)
 
 
 def log(msg: str) -> None:
@@ -618,13 +616,6 @@ def hold_many(m: Milter, n: int) -> dict:
 
 # --- Postfix ------------------------------------------------------------------------------
 
-POSTFIX_SETUPS = [("no milter", None), ("spfmilter unix", "spfmilter/unix"),
-                  ("spfmilter-w1 unix", "spfmilter-w1/unix"),
-                  ("spfmilter inet", "spfmilter/inet"),
-                  ("pyspf-milter unix", "pyspf-milter/unix"), ("pyspf-milter inet", "pyspf-milter/inet"),
-                  ("floor unix", "floor/unix"), ("shape-floor unix", "shape-floor/unix")]
-
-
 def smtp_source(port: int, sessions: int, messages: int, timeout: float) -> tuple[float, str]:
     cmd = ["smtp-source", "-s", str(sessions), "-m", str(messages), "-l", "2048",
            "-M", "o1.mh1.bench.test", "-f", "user@d1.warm.bench.test",
@@ -742,500 +733,6 @@ def median_rows(rows: list[dict], keys: tuple[str, ...]) -> list[dict]:
     return out
 
 
-def fmt(v: float, digits: int = 1) -> str:
-    if v != v:
-        return "–"
-    return f"{v:,.{digits}f}"
-
-
-def cpu_bound(r: dict, cpus: int) -> float:
-    """The most tx/s these CPUs allow the cell's work: milter + load client + NSD."""
-    total = r["cpu_s_per_1000"] + r.get("client_cpu_s_per_1000", 0) + r.get("dns_server_cpu_s_per_1000", 0)
-    return cpus * 1000 / total if total else float("nan")
-
-
-def bound_text(r: dict, cpus: int) -> str:
-    return (f"; bound on {cpus} CPUs: milter {r['cpu_s_per_1000']:.2f} + load client "
-            f"{r.get('client_cpu_s_per_1000', 0):.2f} + NSD {r.get('dns_server_cpu_s_per_1000', 0):.2f} "
-            f"s/1000 tx allow at most {cpu_bound(r, cpus):.0f} tx/s")
-
-
-def workers_targets(med: list[dict], pf: list[dict], held: list[dict], cpus: int,
-                    scaling: dict | None = None) -> list[dict]:
-    """Issue 13's targets: workers scale, and the cold path keeps up under concurrency."""
-    def cell(milter: str, mode: str, conc: int) -> dict:
-        return next((r for r in med if (r["milter"], r["socket"], r["mode"], r["concurrency"])
-                     == (milter, "unix", mode, conc)), {})
-
-    t = []
-    w2, w1, py = cell("spfmilter", "warm", 16), cell("spfmilter-w1", "warm", 16), cell("pyspf-milter", "warm", 16)
-    if w2 and w1:
-        ratio = w2["tx_per_s"] / w1["tx_per_s"]
-        machine_bound = ""
-        if scaling and str(cpus) in scaling:
-            sc = scaling[str(cpus)]
-            machine_bound = (f"; on this machine {cpus} pure-Python processes at once do "
-                             f"{sc['speedup']:.2f}x the work of one (each at "
-                             f"{sc['cpu_us_per_round'] / scaling['1']['cpu_us_per_round']:.2f}x the CPU "
-                             f"per unit of work)")
-        t.append({"target": f"warm, c=16, unix: Workers={cpus} >= 1.3x Workers=1 tx/s",
-                  "measured": f"{ratio:.2f}x ({w2['tx_per_s']:.0f} vs {w1['tx_per_s']:.0f} tx/s; the load "
-                              f"client used {w2['client_cpu_s_per_1000']:.2f} vs {w1['client_cpu_s_per_1000']:.2f} "
-                              f"s CPU/1000 tx){bound_text(w2, cpus)}{machine_bound}",
-                  "met": ratio >= 1.3})
-        cr = w2["cpu_s_per_1000"] / w1["cpu_s_per_1000"]
-        t.append({"target": f"warm, c=16, unix: milter CPU per tx with {cpus} workers within 1.15x of 1",
-                  "measured": f"{cr:.2f}x ({w2['cpu_s_per_1000']:.2f} vs {w1['cpu_s_per_1000']:.2f} s/1000 tx)",
-                  "met": cr <= 1.15})
-    if w2 and py:
-        ratio = w2["tx_per_s"] / py["tx_per_s"]
-        t.append({"target": "warm, c=16, unix: spfmilter (as shipped) >= 6x pyspf-milter tx/s",
-                  "measured": f"{ratio:.1f}x ({w2['tx_per_s']:.0f} vs {py['tx_per_s']:.0f} tx/s; per CPU "
-                              f"second {py['cpu_s_per_1000'] / w2['cpu_s_per_1000']:.1f}x){bound_text(w2, cpus)}",
-                  "met": ratio >= 6})
-    c16, c1, pyc = cell("spfmilter", "cold", 16), cell("spfmilter", "cold", 1), cell("pyspf-milter", "cold", 16)
-    if c16 and pyc:
-        ratio = c16["tx_per_s"] / pyc["tx_per_s"]
-        t.append({"target": "cold, c=16, unix: spfmilter (as shipped) >= 1.5x pyspf-milter tx/s",
-                  "measured": f"{ratio:.2f}x ({c16['tx_per_s']:.0f} vs {pyc['tx_per_s']:.0f} tx/s; CPU "
-                              f"{c16['cpu_s_per_1000']:.2f} vs {pyc['cpu_s_per_1000']:.2f} s/1000 tx)"
-                              f"{bound_text(c16, cpus)}",
-                  "met": ratio >= 1.5})
-    if c16 and c1:
-        ratio = c16["cpu_s_per_1000"] / c1["cpu_s_per_1000"]
-        c1w1, c16w1 = cell("spfmilter-w1", "cold", 1), cell("spfmilter-w1", "cold", 16)
-        extra = (f"; Workers=1: {c16w1['cpu_s_per_1000'] / c1w1['cpu_s_per_1000']:.2f}x "
-                 f"({c16w1['cpu_s_per_1000']:.2f} vs {c1w1['cpu_s_per_1000']:.2f})") if c1w1 and c16w1 else ""
-        t.append({"target": "cold, unix: spfmilter CPU per tx at c=16 <= 1.3x at c=1",
-                  "measured": f"{ratio:.2f}x ({c16['cpu_s_per_1000']:.2f} vs {c1['cpu_s_per_1000']:.2f} "
-                              f"s/1000 tx){extra}",
-                  "met": ratio <= 1.3})
-    h = next((x for x in held if x["milter"] == "spfmilter"), None)
-    if h:
-        per = h.get("pss_per_worker_mb", h["pss_mb"])
-        t.append({"target": "500 connections held: <= 80 MB PSS per worker",
-                  "measured": f"{per:.1f} MB PSS per worker ({h['pss_mb']:.1f} MB for the supervisor and "
-                              f"{h.get('workers', 1)} workers; largest RSS {h['rss_mb']:.1f} MB), "
-                              f"{h['connections_held']} connections held",
-                  "met": per <= 80 and h["connections_held"] >= 500})
-
-    def pcell(setup: str) -> dict:
-        return next((r for r in pf if (r["setup"], r["sessions"]) == (setup, 16)), {})
-
-    n16, s16, w16, f16 = (pcell(x) for x in ("no milter", "spfmilter unix", "spfmilter-w1 unix", "floor unix"))
-    if n16 and s16 and f16:
-        t.append({"target": "Postfix, 16 sessions: share of no-milter throughput (reported), beside the "
-                            "one-header floor",
-                  "measured": f"spfmilter {s16['msgs_per_s'] / n16['msgs_per_s'] * 100:.0f}% "
-                              f"({s16['msgs_per_s']:.0f} vs {n16['msgs_per_s']:.0f} msg/s)"
-                              + (f", Workers=1 {w16['msgs_per_s'] / n16['msgs_per_s'] * 100:.0f}%" if w16 else "")
-                              + f"; the floor {f16['msgs_per_s'] / n16['msgs_per_s'] * 100:.0f}%",
-                  "met": None})
-    return t
-
-
-def evaluate_targets(med: list[dict], pf: list[dict], held: list[dict],
-                     dnscost: dict | None = None, cpus: int = 2, scaling: dict | None = None) -> list[dict]:
-    def cell(milter: str, sock: str, mode: str, conc: int) -> dict:
-        return next((r for r in med if (r["milter"], r["socket"], r["mode"], r["concurrency"])
-                     == (milter, sock, mode, conc)), {})
-
-    t = workers_targets(med, pf, held, cpus, scaling)
-    spf, py, fl = (cell(n, "unix", "warm", 16) for n in ("spfmilter", "pyspf-milter", "floor"))
-    if spf and py:
-        ratio = spf["tx_per_s"] / py["tx_per_s"]
-        t.append({"target": "warm, c=16, unix: spfmilter tx/s >= 5x pyspf-milter",
-                  "measured": f"{ratio:.1f}x ({spf['tx_per_s']:.0f} vs {py['tx_per_s']:.0f} tx/s)",
-                  "met": ratio >= 5})
-    shp = cell("shape-floor", "unix", "warm", 16)
-    if spf and fl:
-        ratio = spf["tx_per_s"] / fl["tx_per_s"]
-        extra = ""
-        if shp:
-            extra = (f"; a milter with spfmilter's events and header edits but no work (shape-floor) "
-                     f"reaches only {shp['tx_per_s'] / fl['tx_per_s'] * 100:.0f}% of the floor, "
-                     f"spfmilter {spf['tx_per_s'] / shp['tx_per_s'] * 100:.0f}% of that")
-        t.append({"target": "warm, c=16, unix: spfmilter tx/s >= 60% of the floor",
-                  "measured": f"{ratio * 100:.0f}% ({spf['tx_per_s']:.0f} vs {fl['tx_per_s']:.0f} tx/s){extra}",
-                  "met": ratio >= 0.6})
-    warm = [r for r in med if r["milter"] == "spfmilter" and r["mode"] == "warm"]
-    if warm:
-        worst = max(r["dns_queries_per_tx"] for r in warm)
-        t.append({"target": "warm: 0 DNS queries per transaction (spfmilter, every warm cell)",
-                  "measured": f"max {worst:.3f} queries/tx", "met": worst < 0.005})
-    if spf and "decision_p50_ms" in spf:
-        d = spf["decision_p50_ms"]
-        t.append({"target": "warm, c=16, unix: SPF decision (HELO + MAIL FROM) <= 0.3 ms median",
-                  "measured": f"{d:.3f} ms (c=1: "
-                              f"{cell('spfmilter', 'unix', 'warm', 1).get('decision_p50_ms', float('nan')):.3f} ms)",
-                  "met": d <= 0.3})
-    cold = cell("spfmilter", "unix", "cold", 16)
-    if spf and cold:
-        ratio = cold["cpu_s_per_1000"] / spf["cpu_s_per_1000"]
-        c1w, c1c = cell("spfmilter", "unix", "warm", 1), cell("spfmilter", "unix", "cold", 1)
-        per_query = ""
-        if c1w and c1c and c1c["dns_queries_per_tx"] > 0:
-            per_query = (f"; at c=1 {c1c['cpu_s_per_1000'] / c1w['cpu_s_per_1000']:.2f}x: each of the "
-                         f"{c1c['dns_queries_per_tx']:.0f} uncached lookups costs "
-                         f"{(c1c['cpu_s_per_1000'] - c1w['cpu_s_per_1000']) / c1c['dns_queries_per_tx'] * 1000:.0f} "
-                         f"us of CPU in the milter (the query, its answer, pyspf on a new record), "
-                         f"a whole warm transaction {c1w['cpu_s_per_1000'] * 1000:.0f} us")
-        if dnscost and c1w:
-            floor_us = dnscost["resolver_us"] * (c1c or cold)["dns_queries_per_tx"]
-            warm_us = c1w["cpu_s_per_1000"] * 1000
-            per_query += (f"; spfmilter's resolver alone costs {dnscost['resolver_us']:.0f} us per lookup "
-                          f"(dnspython's cheapest, make_query + query.udp on a socket kept open: "
-                          f"{dnscost['leanest_us']:.0f} us), so a cold transaction costs at least the "
-                          f"warm one plus its lookups, {warm_us:.0f} + {floor_us:.0f} us "
-                          f"= {(warm_us + floor_us) / warm_us:.1f}x warm")
-        t.append({"target": "c=16, unix: spfmilter CPU per tx cold <= 2x warm",
-                  "measured": f"{ratio:.2f}x ({cold['cpu_s_per_1000']:.2f} vs "
-                              f"{spf['cpu_s_per_1000']:.2f} s/1000 tx){per_query}",
-                  "met": ratio <= 2})
-    h = next((x for x in held if x["milter"] == "spfmilter"), None)
-    if h:
-        per = h.get("pss_per_worker_mb", h["pss_mb"])
-        worst = max(h["rss_mb"], per)
-        t.append({"target": "RSS <= 80 MB per milter process with 500 concurrent connections (after the cold "
-                            "runs filled the DNS cache)",
-                  "measured": f"{h['rss_mb']:.1f} MB RSS of the largest milter process, {per:.1f} MB PSS per "
-                              f"worker ({h['pss_mb']:.1f} MB for supervisor and {h.get('workers', 1)} workers), "
-                              f"{h['connections_held']} connections held",
-                  "met": worst <= 80 and h["connections_held"] >= 500})
-
-    def pcell(setup: str, s: int) -> dict:
-        return next((r for r in pf if (r["setup"], r["sessions"]) == (setup, s)), {})
-
-    u, i = pcell("spfmilter unix", 1), pcell("spfmilter inet", 1)
-    if u and i:
-        ratio = i["mean_ms"] / u["mean_ms"]
-        t.append({"target": "Postfix, 1 session: spfmilter inet latency <= 1.5x unix",
-                  "measured": f"{ratio:.2f}x ({i['mean_ms']:.2f} vs {u['mean_ms']:.2f} ms per message)",
-                  "met": ratio <= 1.5})
-    n16, s16 = pcell("no milter", 16), pcell("spfmilter unix", 16)
-    if n16 and s16:
-        ratio = s16["msgs_per_s"] / n16["msgs_per_s"]
-        extra = ""
-        f16, h16 = pcell("floor unix", 16), pcell("shape-floor unix", 16)
-        if f16 and h16:
-            extra = (f"; on the same 2 CPUs the one-header floor keeps "
-                     f"{f16['msgs_per_s'] / n16['msgs_per_s'] * 100:.0f}%, "
-                     f"the shape-floor {h16['msgs_per_s'] / n16['msgs_per_s'] * 100:.0f}%")
-        t.append({"target": "Postfix, 16 sessions: spfmilter keeps >= 80% of no-milter throughput",
-                  "measured": f"{ratio * 100:.0f}% ({s16['msgs_per_s']:.0f} vs {n16['msgs_per_s']:.0f} msg/s){extra}",
-                  "met": ratio >= 0.8})
-    return t
-
-
-def met_text(met: bool | None, no: str) -> str:
-    return "reported" if met is None else ("yes" if met else no)
-
-
-def scaling_rows(med: list[dict], cpus: int) -> list[dict]:
-    """Workers=1 beside the shipped Workers (unix socket), and what more cores would give."""
-    out = []
-    for mode, conc in (("warm", 16), ("cold", 16), ("cold", 1), ("warm", 1)):
-        for name in SPFMILTERS:
-            r = next((x for x in med if (x["milter"], x["socket"], x["mode"], x["concurrency"])
-                      == (name, "unix", mode, conc)), None)
-            if r:
-                out.append({"milter": name, "workers": 1 if name == "spfmilter-w1" else cpus,
-                            "mode": mode, "concurrency": conc, **{k: r.get(k, float("nan")) for k in (
-                                "tx_per_s", "cpu_s_per_1000", "client_cpu_s_per_1000",
-                                "dns_server_cpu_s_per_1000", "dns_queries_per_tx", "p99_ms")}})
-    return out
-
-
-def cores_rows(med: list[dict]) -> list[dict]:
-    """Expected tx/s on more cores from the measured milter CPU per transaction (shipped
-    Workers, c=16): cores x 1000 / CPU s per 1000 tx, the milter alone on those cores,
-    and with a share for the MTA's side of the milter protocol (as the load client used)."""
-    out = []
-    for mode in ("warm", "cold"):
-        r = next((x for x in med if (x["milter"], x["socket"], x["mode"], x["concurrency"])
-                  == ("spfmilter", "unix", mode, 16)), None)
-        if not r:
-            continue
-        cpu = r["cpu_s_per_1000"]
-        both = cpu + r.get("client_cpu_s_per_1000", 0)
-        out.append({"mode": mode, "cpu_s_per_1000": cpu, "client_cpu_s_per_1000": both - cpu,
-                    **{f"{c}_cores": c * 1000 / cpu for c in CORES},
-                    **{f"{c}_cores_with_mta": c * 1000 / both for c in CORES}})
-    return out
-
-
-def render_md(info: dict, med: list[dict], pfmed: list[dict], held: list[dict], targets: list[dict],
-              dnscap: dict, params: dict, polmed: list[dict] | None = None) -> str:
-    L = []
-    L.append("# spfmilter benchmark results\n")
-    L.append(f"Run {info['date']} on {info['nproc']} CPUs ({info['cpu']}), {info['memory_gb']} GB, "
-             f"Linux {info['kernel']}, Python {info['python']}.  ")
-    L.append(f"spfmilter {info['spfmilter']} (pymilter {info['pymilter']}, pyspf {info['pyspf']}, "
-             f"dnspython {info['dnspython']}); pyspf-milter = spf-engine {info['pyspf_milter']}; "
-             f"{info['nsd']}; Postfix {info['postfix']}.  ")
-    L.append(f"Medians of {params['rounds']} rounds of {params['seconds']:g} s per cell; contenders "
-             f"alternated within every cell.  Re-run with `make bench`.\n")
-    L.append("## Targets\n")
-    L.append("| target | measured | met |")
-    L.append("|---|---|---|")
-    for t in targets:
-        L.append(f"| {t['target']} | {t['measured']} | {met_text(t['met'], '**no**')} |")
-    L.append("")
-    for sock_kind, mode in (("unix", "warm"), ("unix", "cold"), ("inet", "warm")):
-        rows = [r for r in med if r["socket"] == sock_kind and r["mode"] == mode]
-        if not rows:
-            continue
-        L.append(f"## Milter protocol, {sock_kind} socket, {mode} DNS cache\n")
-        L.append("| milter | conc. | tx/s | p50 ms | p99 ms | milter CPU s/1000 tx | client CPU s/1000 tx | "
-                 "peak RSS MB | PSS MB | DNS queries/tx | SPF decision p50 ms | errors |")
-        L.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-        for conc in CONCURRENCY:
-            for name in MILTER_ORDER:
-                r = next((x for x in rows if x["milter"] == name and x["concurrency"] == conc), None)
-                if not r:
-                    continue
-                L.append(f"| {name} | {conc} | {fmt(r['tx_per_s'], 0)} | {fmt(r['p50_ms'], 2)} | "
-                         f"{fmt(r['p99_ms'], 2)} | {fmt(r['cpu_s_per_1000'], 2)} | "
-                         f"{fmt(r.get('client_cpu_s_per_1000', float('nan')), 2)} | {fmt(r['peak_rss_mb'], 1)} | "
-                         f"{fmt(r['pss_mb'], 1)} | "
-                         f"{fmt(r['dns_queries_per_tx'], 2)} | {fmt(r.get('decision_p50_ms', float('nan')), 3)} | "
-                         f"{fmt(r['errors'], 0)} |")
-        L.append("")
-    cpus = info["nproc"]
-    scal = scaling_rows(med, cpus)
-    if scal:
-        L.append(f"## Workers: 1 beside {cpus} (the shipped Workers = auto), unix socket\n")
-        L.append("| workers | cache | conc. | tx/s | milter CPU s/1000 tx | client CPU s/1000 tx | "
-                 "NSD CPU s/1000 tx | DNS queries/tx | p99 ms |")
-        L.append("|---:|---|---:|---:|---:|---:|---:|---:|---:|")
-        for r in scal:
-            L.append(f"| {r['workers']} | {r['mode']} | {r['concurrency']} | {fmt(r['tx_per_s'], 0)} | "
-                     f"{fmt(r['cpu_s_per_1000'], 2)} | {fmt(r['client_cpu_s_per_1000'], 2)} | "
-                     f"{fmt(r['dns_server_cpu_s_per_1000'], 2)} | {fmt(r['dns_queries_per_tx'], 2)} | "
-                     f"{fmt(r['p99_ms'], 1)} |")
-        L.append("")
-    cores = cores_rows(med)
-    if cores:
-        L.append("## Expected transactions/s on more cores (Workers = auto, c=16, from the CPU per "
-                 "transaction measured here)\n")
-        L.append("cores x 1000 / milter CPU s per 1000 tx: the milter alone on those cores (the MTA "
-                 "elsewhere); \"with the MTA side\" adds the CPU the load client (the MTA's side of the "
-                 "milter protocol) used per transaction.  An estimate, not a measurement: it assumes "
-                 "the workers scale on more cores as they do from 1 to 2 here.\n")
-        L.append("| cache | milter CPU s/1000 tx | " + " | ".join(f"{c} cores" for c in CORES) + " | "
-                 + " | ".join(f"{c} cores with the MTA side" for c in CORES) + " |")
-        L.append("|---|---:|" + "---:|" * (2 * len(CORES)))
-        for r in cores:
-            L.append(f"| {r['mode']} | {r['cpu_s_per_1000']:.2f} | "
-                     + " | ".join(f"{r[f'{c}_cores']:,.0f}" for c in CORES) + " | "
-                     + " | ".join(f"{r[f'{c}_cores_with_mta']:,.0f}" for c in CORES) + " |")
-        L.append("")
-    warmup = params.get("warmup") or []
-    if warmup:
-        L.append("## DNS queries to the resolver: each worker has its own cache\n")
-        L.append("From empty caches, passes over the warm set (every warm sender domain and HELO name "
-                 "once per pass, c=16), NSD's queries per transaction; then, cold, every transaction "
-                 "needs its 9 queries whatever the workers.  With N workers the warm set is fetched "
-                 "up to N times (once per worker cache) before it is all cached: a local recursive "
-                 "resolver (unbound) in front absorbs the repeats.\n")
-        L.append("| milter | workers | pass | transactions | DNS queries | queries/tx |")
-        L.append("|---|---:|---:|---:|---:|---:|")
-        for w in warmup:
-            L.append(f"| {w['milter']} | {w['workers']} | {w['pass']} | {w['tx']:,} | {w['queries']:,} | "
-                     f"{w['queries_per_tx']:.2f} |")
-        L.append("")
-    if held:
-        L.append("## 500 connections held open at once (after RCPT)\n")
-        L.append("| milter | held | workers | largest RSS MB (one process) | PSS MB (all its processes) | "
-                 "PSS MB per worker | peak RSS MB | threads | completed afterwards |")
-        L.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-        for h in held:
-            L.append(f"| {h['milter']} | {h['connections_held']} | {h.get('workers', 1)} | {h['rss_mb']:.1f} | "
-                     f"{h['pss_mb']:.1f} | {h.get('pss_per_worker_mb', h['pss_mb']):.1f} | "
-                     f"{h['peak_rss_mb']:.1f} | {h['threads']} | {h['completed']} |")
-        L.append("")
-    if pfmed:
-        L.append("## Through Postfix (smtp-source, one message per session, 2 KB)\n")
-        L.append("| set-up | sessions | msgs/s | mean ms per message | delivered/sent |")
-        L.append("|---|---:|---:|---:|---:|")
-        for s in (1, 16):
-            for label, _ in POSTFIX_SETUPS:
-                r = next((x for x in pfmed if x["setup"] == label and x["sessions"] == s), None)
-                if r:
-                    L.append(f"| {label} | {s} | {fmt(r['msgs_per_s'], 1)} | {fmt(r['mean_ms'], 2)} | "
-                             f"{fmt(r['delivered'], 0)}/{fmt(r['messages'], 0)} |")
-        L.append("")
-    L.extend(policy_bench.render_md(polmed or []))
-    if dnscap:
-        L.append("## DNS server capacity (2 client processes, 8 queries in flight each)\n")
-        for k, v in dnscap.items():
-            L.append(f"- {k}: {v['answers_per_s']:,} answers/s ({v['timeouts']} timeouts)")
-        L.append("")
-    scaling = params.get("cpu_scaling")
-    if scaling:
-        L.append("## This machine: how far processes scale (pure Python, no milter)\n")
-        L.append("| processes at once | work done (x one process) | CPU per unit of work (x one process) |")
-        L.append("|---:|---:|---:|")
-        base = scaling["1"]["cpu_us_per_round"]
-        for n, v in scaling.items():
-            L.append(f"| {n} | {v['speedup']:.2f} | {v['cpu_us_per_round'] / base:.2f} |")
-        L.append("")
-    cost = params.get("dnspython_lookup_cost")
-    if cost:
-        L.append("## dnspython: CPU per uncached lookup (one thread, against NSD)\n")
-        L.append(f"- spfmilter's resolver, cache off (one query from a fresh socket, header checked "
-                 f"on the bytes, answer parsed by dnspython, its Answer): {cost['resolver_us']} us")
-        L.append(f"- dnspython's cheapest complete lookup (make_query + query.udp on a socket kept "
-                 f"open, answer parsed): {cost['leanest_us']} us")
-        L.append(f"- {cost['lookups']:,} lookups each")
-        L.append("")
-    L.append("## How it is measured\n")
-    L.append(params["method"] + (policy_bench.METHOD if polmed else ""))
-    return "\n".join(L) + "\n"
-
-
-METHOD = """\
-- Everything runs in a private network namespace: NSD (authoritative, 127.0.0.1:53) serves
-  `bench.test`; spfmilter uses it through `Nameservers`, pyspf-milter through a private
-  bind mount of /etc/resolv.conf.  TTLs are 3600 s (SOA minimum too).
-- Records: 300 warm sender domains over 10 providers, `v=spf1 mx a:out... include:_spf.<provider> ~all`
-  with `_spf` including two range lists (`_nb1`, `_nb2`: ip4 and ip6): include chains 3 deep,
-  `mx` (2 MX hosts) and `a`; HELO names `v=spf1 a include:_nb2... ~all`.  Passing clients come
-  from the last range list (every mechanism is walked); 10% of clients are IPv6 and 10% are
-  listed nowhere (softfail).  9 DNS queries per transaction when nothing is cached (the HELO
-  record includes one of the MAIL FROM tree's range lists).  NSD gives minimal responses, as the
-  recursive resolver spfmilter talks to in production does.
-- Warm: random (sender, client, HELO) from the warm set, after one pass over all of it.  Cold:
-  every transaction a new domain whose whole tree (record, includes, MX hosts, HELO name) is its
-  own, so nothing it needs is in any cache.
-- Load: bench/loadgen.py speaks the MTA side like Postfix's milter8.c (macros per stage, no-reply
-  events batched into the next write, no TCP_NODELAY), one connection per transaction (connect,
-  HELO, MAIL, RCPT, DATA, 9 headers, body 2 KB, end of message).  Latency: connect() to the final
-  end-of-message reply.  Concurrency 1 uses one client process, 16 and 64 two.
-- Milter CPU: utime+stime of the milter's processes and threads (/proc/PID/stat) per 1000
-  transactions.  Peak RSS: VmHWM of the milter process, reset before every run (clear_refs);
-  spfmilter's supervisor is a fork of it that shares its pages, so the memory of both together
-  is given as PSS (/proc/PID/smaps_rollup) at the end of the run.  DNS queries: NSD's
-  num.queries per transaction.  SPF decision: wall time of `SPFMilter._evaluate` (HELO and
-  MAIL FROM evaluation of one message) inside the milter process (bench/spfmilter_probe.py).
-- spfmilter runs with its defaults (both headers: Authentication-Results and one Received-SPF per
-  identity; HELO and MAIL FROM checked; a log line per recipient, to a file); pyspf-milter with its
-  sample settings (HELO and MAIL FROM checked, Authentication-Results header, its only choice
-  on the milter interface); the floor adds one header and asks for no other event.  spfmilter and
-  the floor set TCP_NODELAY on their inet listener; pyspf-milter does not.  pyspf-milter checks
-  HELO on the CONNECT host name, which Postfix sends as `[address]` without a PTR lookup: it
-  evaluates no HELO record (less work than spfmilter, which evaluates the HELO name).
-- shape-floor: a pymilter milter that negotiates exactly spfmilter's events (CONNECT and MAIL
-  without reply; HELO, RCPT and DATA with a reply; every header without reply; end of message)
-  and adds three headers, doing nothing else: the most spfmilter's protocol shape allows
-  through pymilter.
-- Postfix: one private instance, one smtpd port per set-up, the documented init/postfix-main.cf
-  milter settings, queue on tmpfs, every message to the discard transport.  smtp-source sends
-  2 KB messages, one per session, from 127.0.0.1; mean latency = elapsed x sessions / messages.
-"""
-
-
-def render_rst(info: dict, targets: list[dict], med: list[dict], pfmed: list[dict], held: list[dict],
-               params: dict, polmed: list[dict] | None = None) -> str:
-    def cell(milter: str, sock: str, mode: str, conc: int) -> dict:
-        return next((r for r in med if (r["milter"], r["socket"], r["mode"], r["concurrency"])
-                     == (milter, sock, mode, conc)), {})
-
-    L = ["Performance", "-----------", "",
-         "``make bench`` (as root; about 15 minutes) runs spfmilter (as shipped, ``Workers = auto``,",
-         "and with ``Workers = 1``) beside pyspf-milter",
-         "(spf-engine 3.1.0) and a pymilter milter that only adds one header (the floor),",
-         "against NSD serving realistic SPF records (include chains three deep, ``mx``, ``a``,",
-         "IPv6 ranges) in a private network namespace, then through a private Postfix.",
-         "It installs what it needs itself (``bench/setup.sh``: NSD, Postfix, a separate venv",
-         "for pyspf-milter) and writes ``bench/results/latest.md`` (all tables, the method)",
-         "and ``latest.json`` (every run).", "",
-         f"Latest run: {info['date']}, {info['nproc']} CPUs ({info['cpu']}), Linux {info['kernel']},",
-         f"Python {info['python']}; medians of {params['rounds']} rounds.", "",
-         "Milter protocol over a unix socket, warm DNS cache, 16 concurrent connections:", "",
-         ".. list-table::", "   :header-rows: 1", "",
-         "   * - milter", "     - tx/s", "     - p50 ms", "     - p99 ms",
-         "     - CPU s/1000 tx", "     - peak RSS MB", "     - DNS queries/tx"]
-    cpus = info["nproc"]
-    for name in ("spfmilter", "spfmilter-w1", "pyspf-milter", "floor"):
-        r = cell(name, "unix", "warm", 16)
-        label = {"spfmilter": f"spfmilter ({cpus} workers)", "spfmilter-w1": "spfmilter (1 worker)"}.get(name, name)
-        if r:
-            L += [f"   * - {label}", f"     - {r['tx_per_s']:.0f}", f"     - {r['p50_ms']:.2f}",
-                  f"     - {r['p99_ms']:.2f}", f"     - {r['cpu_s_per_1000']:.2f}",
-                  f"     - {r['peak_rss_mb']:.1f}", f"     - {r['dns_queries_per_tx']:.2f}"]
-    scal = scaling_rows(med, cpus)
-    if scal:
-        L += ["", f"Workers: one beside {cpus} (one per CPU, the default), unix socket; the load client",
-              "runs on the same CPUs, so its CPU per transaction is given too:", "",
-              ".. list-table::", "   :header-rows: 1", "",
-              "   * - workers", "     - cache", "     - concurrency", "     - tx/s",
-              "     - milter CPU s/1000 tx", "     - client CPU s/1000 tx", "     - DNS queries/tx"]
-        for r in scal:
-            L += [f"   * - {r['workers']}", f"     - {r['mode']}", f"     - {r['concurrency']}",
-                  f"     - {r['tx_per_s']:.0f}", f"     - {r['cpu_s_per_1000']:.2f}",
-                  f"     - {r['client_cpu_s_per_1000']:.2f}", f"     - {r['dns_queries_per_tx']:.2f}"]
-    cores = cores_rows(med)
-    if cores:
-        L += ["", "Expected transactions/s on more cores, from the milter CPU per transaction measured",
-              "here at concurrency 16 (cores x 1000 / CPU per 1000 tx; the milter alone on the",
-              "cores, and in brackets with the MTA's side of the milter protocol as the load client",
-              "used it).  An estimate: it assumes the workers keep scaling as they do from 1 to 2:", "",
-              ".. list-table::", "   :header-rows: 1", "",
-              "   * - cache", "     - CPU s/1000 tx"] + [f"     - {c} cores" for c in CORES]
-        for r in cores:
-            L += [f"   * - {r['mode']}", f"     - {r['cpu_s_per_1000']:.2f}"] + [
-                f"     - {r[f'{c}_cores']:,.0f} ({r[f'{c}_cores_with_mta']:,.0f})" for c in CORES]
-    warmup = params.get("warmup") or []
-    if warmup:
-        per: dict[str, list[dict]] = {}
-        for w in warmup:
-            if w["socket"] == "unix":
-                per.setdefault(w["milter"], []).append(w)
-        L += ["", "Each worker has its own DNS cache: from empty caches, filling the warm set took"]
-        L += [", ".join(f"{rows[0]['workers']} worker{'s' if rows[0]['workers'] > 1 else ''}: "
-                        + " / ".join(f"{w['queries_per_tx']:.2f}" for w in rows)
-                        for rows in per.values())
-              + " DNS queries per transaction in successive passes over it (cold: 9 per transaction",
-              "whatever the workers).  See *Deployment* for a shared cache in front."]
-    L += ["", "Targets:", "", ".. list-table::", "   :header-rows: 1", "",
-          "   * - target", "     - measured", "     - met"]
-    for t in targets:
-        L += [f"   * - {t['target']}", f"     - {t['measured']}", f"     - {met_text(t['met'], 'no')}"]
-    if pfmed:
-        L += ["", "Through Postfix (smtp-source, 2 KB messages, one per session):", "",
-              ".. list-table::", "   :header-rows: 1", "",
-              "   * - set-up", "     - msgs/s (1 session)", "     - ms per message",
-              "     - msgs/s (16 sessions)"]
-        for label, _ in POSTFIX_SETUPS:
-            a = next((x for x in pfmed if x["setup"] == label and x["sessions"] == 1), None)
-            b = next((x for x in pfmed if x["setup"] == label and x["sessions"] == 16), None)
-            if a and b:
-                L += [f"   * - {label}", f"     - {a['msgs_per_s']:.0f}", f"     - {a['mean_ms']:.2f}",
-                      f"     - {b['msgs_per_s']:.0f}"]
-    L += policy_bench.render_rst(polmed or [])
-
-    def pf(label: str) -> dict:
-        return next((x for x in pfmed if x["setup"] == label and x["sessions"] == 1), {})
-
-    unix, inet = pf("spfmilter unix"), pf("spfmilter inet")
-    L += [""]
-    if unix and inet and inet["mean_ms"] <= 1.5 * unix["mean_ms"]:
-        L += ["Over TCP (``Socket = inet:...``) there is no delayed-ACK stall: spfmilter sets",
-              "``TCP_NODELAY`` on its listening socket, so libmilter's separate end-of-message",
-              "packets leave at once, and it asks Postfix for DATA with a reply, so Postfix never",
-              "leaves a lone packet unanswered (pyspf-milter's inet rows show what both cost)."]
-    elif unix and inet:
-        L += [f"Over TCP a message through Postfix takes {inet['mean_ms']:.0f} ms instead of "
-              f"{unix['mean_ms']:.1f} ms: spfmilter sets",
-              "``TCP_NODELAY`` on its listening socket (libmilter's end-of-message packets leave at",
-              "once), but Postfix sends its DATA-stage macros as a packet of their own that the milter",
-              "does not answer, and its next write then waits for a delayed ACK (~40 ms).  Use a unix",
-              "socket with Postfix."]
-    L += ["", "Re-run: ``sudo make bench`` (``BENCH_ARGS='--rounds 1 --seconds 2'`` for a quick look).", ""]
-    return "\n".join(L)
-
-
 # --- main ---------------------------------------------------------------------------------
 
 def only_policy(args: argparse.Namespace, nsd: NSD, started: float) -> int:
@@ -1251,10 +748,7 @@ def only_policy(args: argparse.Namespace, nsd: NSD, started: float) -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / "policy.json").write_text(json.dumps({"machine": machine(), "targets": targets,
                                                  "medians": med, "runs": rows}, indent=1) + "\n")
-    lines = ["# spfmilter policy against policyd-spf\n", "| target | measured | met |", "|---|---|---|"]
-    lines += [f"| {t['target']} | {t['measured']} | {'yes' if t['met'] else '**no**'} |" for t in targets]
-    (out / "policy.md").write_text("\n".join(lines + [""] + policy_bench.render_md(med)
-                                             + [policy_bench.METHOD]))
+    (out / "policy.md").write_text(documents.policy_md(targets, med))
     log(f"done in {time.monotonic() - started:.0f} s; results in {out}/policy.md")
     for t in targets:
         log(f"{'MET ' if t['met'] else 'MISS'} {t['target']}: {t['measured']}")
@@ -1324,7 +818,7 @@ def inner(args: argparse.Namespace) -> int:
                     break
             m.probe()
         log(f"warm-up done: {warmup}")
-        params = {"rounds": args.rounds, "seconds": args.seconds, "method": METHOD,
+        params = {"rounds": args.rounds, "seconds": args.seconds,
                   "dnspython_lookup_cost": dnscost, "warmup": warmup, "cpu_scaling": scaling}
         cold = ColdPool(args.cold_domains)
         rows = [] if args.no_matrix else run_matrix(milters, nsd, args.rounds, args.seconds, cold,
@@ -1355,32 +849,34 @@ def inner(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "latest.json").write_text(json.dumps(
-        {"machine": info, "params": {k: v for k, v in params.items() if k != "method"},
+        {"machine": info, "params": params,
          "targets": targets, "medians": med, "postfix_medians": pfmed, "held": held,
          "dns_capacity": dnscap, "dnspython_lookup_cost": dnscost, "runs": rows,
          "postfix_runs": pf_rows, "policy_medians": polmed, "policy_runs": pol_rows},
         indent=1, default=str) + "\n")
-    (out / "latest.md").write_text(render_md(info, med, pfmed, held, targets, dnscap, params, polmed))
-    (out / "README-section.rst").write_text(render_rst(info, targets, med, pfmed, held, params,
-                                                       polmed))
+    write_documents(out, info, med, pfmed, held, targets, dnscap, params, polmed)
     log(f"done in {params['elapsed_s']} s; results in {out}/latest.md")
     for t in targets:
         log(f"{'MET ' if t['met'] else 'MISS'} {t['target']}: {t['measured']}")
     return 0
 
 
+def write_documents(out: Path, info: dict, med: list[dict], pfmed: list[dict], held: list[dict],
+                    targets: list[dict], dnscap: dict, params: dict, polmed: list[dict]) -> None:
+    (out / "latest.md").write_text(documents.latest_md(info, med, pfmed, held, targets, dnscap, params, polmed))
+    (out / "README-section.rst").write_text(documents.readme_section(info, targets, med, pfmed, held, params,
+                                                                     polmed))
+
+
 def render_only(out: Path) -> int:
     """Write latest.md and README-section.rst again from latest.json (no measuring)."""
     d = json.loads((out / "latest.json").read_text())
-    params = {**d["params"], "method": METHOD}
     polmed = d.get("policy_medians", [])
     targets = evaluate_targets(d["medians"], d["postfix_medians"], d["held"], d.get("dnspython_lookup_cost"),
                                d["machine"]["nproc"], d["params"].get("cpu_scaling")) \
         + policy_bench.targets(polmed)
-    (out / "latest.md").write_text(render_md(d["machine"], d["medians"], d["postfix_medians"], d["held"],
-                                             targets, d["dns_capacity"], params, polmed))
-    (out / "README-section.rst").write_text(render_rst(d["machine"], targets, d["medians"],
-                                                       d["postfix_medians"], d["held"], params, polmed))
+    write_documents(out, d["machine"], d["medians"], d["postfix_medians"], d["held"], targets, d["dns_capacity"],
+                    d["params"], polmed)
     return 0
 
 

@@ -1,4 +1,4 @@
-"""The policy protocol without Postfix: `spfmilter policy` against python policyd-spf.
+"""The policy protocol without Postfix: ``spfmilter policy`` against python policyd-spf.
 
 Both run as Postfix's ``spawn`` runs them: one process per policy client, the
 protocol on its stdin and stdout, requests one after the other.  Each request
@@ -217,42 +217,3 @@ def targets(med: list[dict]) -> list[dict]:
                                     f"{p['cpu_ms_per_request']:.3f} ms, {cpu:.1f}x less)",
                         "met": ratio >= TARGET and s["unexpected"] == 0})
     return out
-
-
-def render_md(med: list[dict]) -> list[str]:
-    if not med:
-        return []
-    lines = ["## Policy protocol (stdin/stdout, as Postfix's spawn), warm records\n",
-             "| contender | processes | requests/s | CPU ms/request | p50 ms | p99 ms | "
-             "unexpected answers |", "|---|---:|---:|---:|---:|---:|---:|"]
-    for r in med:
-        lines.append(f"| {r['contender']} | {r['concurrency']} | {r['requests_per_s']:,.0f} | "
-                     f"{r['cpu_ms_per_request']:.3f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
-                     f"{r['unexpected']} |")
-    lines.append("")
-    return lines
-
-
-def render_rst(med: list[dict]) -> list[str]:
-    if not med:
-        return []
-    lines = ["", "Postfix's policy protocol (``spfmilter policy`` and python policyd-spf on",
-             "stdin/stdout, one process per client as under ``spawn``, warm records):", "",
-             ".. list-table::", "   :header-rows: 1", "",
-             "   * - contender", "     - processes", "     - requests/s", "     - CPU ms/request"]
-    for r in med:
-        lines += [f"   * - {r['contender']}", f"     - {r['concurrency']}",
-                  f"     - {r['requests_per_s']:.0f}", f"     - {r['cpu_ms_per_request']:.3f}"]
-    return lines
-
-
-METHOD = """\
-- Policy protocol: `spfmilter policy` and python policyd-spf (spf-engine 3.1.0, its own venv)
-  each as two processes fed over stdin/stdout as Postfix's spawn does, one client thread per
-  process, requests one after another; every request a new message (new `instance`) from the
-  warm set, so HELO and MAIL FROM are evaluated each time.  Both check HELO and MAIL FROM,
-  refuse fail only and answer with one Authentication-Results; policyd-spf has no cache of its
-  own and asks NSD on loopback (standing in for the local caching resolver a site gives it),
-  spfmilter answers from its resolver's cache after the warm-up.  CPU per request is the
-  server process's.
-"""
