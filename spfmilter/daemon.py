@@ -501,6 +501,8 @@ def run(settings: cfg.Settings, reload_settings: Callable[[], cfg.Settings]) -> 
             except OSError as exc:
                 raise cfg.ConfigError(f"cannot listen on {_host_port(settings.metrics)}: "
                                       f"{exc.strerror or exc}", key="Metrics") from None
+        # Before the drop: what is imported later is read with UserID's rights.
+        runtime.preload()
         if settings.user_id:
             if path is not None and os.geteuid() == 0:
                 uid, gid, _ = _user_ids(settings.user_id)

@@ -409,3 +409,22 @@ class Resolver:
             for _, v in out) or "no data"
         lines.append(f"DNS {name} {qtype}{' (cached)' if cached else ''}: {shown}")
         return out
+
+
+def preload() -> None:
+    """Import now what dnspython would import on the first answer of each kind.
+
+    Why: dnspython loads the class of a record type (TXT, MX, ...) the first
+    time an answer carries one, from its package folder; a daemon that has
+    dropped to ``UserID`` by then may not be allowed to read that folder (a
+    checkout or venv under /root), and dnspython then quietly decodes the
+    record as an opaque GenericRdata -- every SPF check fails.  Run as root
+    before the drop (and before the fork, so the workers share it)."""
+    import importlib
+
+    import dns.rdata
+
+    for codec in ("encodings.idna", "encodings.punycode"):  # names with non-ASCII labels
+        importlib.import_module(codec)
+    for rdtype in dns.rdatatype.RdataType:
+        dns.rdata.get_rdata_class(dns.rdataclass.IN, rdtype)  # type: ignore[no-untyped-call]

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from spfmilter import config as cfg
+from spfmilter import resolver as resolvermod
 from spfmilter.checks import dkim, psl
 from spfmilter.checks.spf import Checker
 from spfmilter.resolver import Resolver
@@ -40,6 +41,19 @@ class Runtime:
         return cls(settings, resolver,
                    Checker(resolver, receiver=settings.authserv_id, void_limit=settings.void_limit),
                    dkim.Checker(resolver))
+
+
+def preload() -> None:
+    """Load now every module and data file the checks would otherwise load on first use.
+
+    Why: a daemon started as root drops to ``UserID`` before it serves; what
+    Python or a library imports after that is read with that user's rights, and
+    spfmilter may be installed where it cannot read (a checkout or venv under
+    /root).  Such an import fails in the middle of a transaction (dnspython
+    even hides it: the record is decoded as opaque data).  So the daemon calls
+    this as root, before the drop."""
+    resolvermod.preload()
+    psl.preload()
 
 
 def _same_dns(a: cfg.Settings, b: cfg.Settings) -> bool:

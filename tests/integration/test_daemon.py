@@ -4,11 +4,14 @@ import os
 import pwd
 import signal
 import stat
+import subprocess
 import tempfile
 from pathlib import Path
 
 import pytest
 
+from tests.integration.test_dkim_rescue import deliver, message
+from tests.kit import dkimkeys
 from tests.kit.daemon import SpfmilterProcess
 from tests.kit.milterclient import MilterSession
 
@@ -60,6 +63,72 @@ def _root_start(workdir, nobody, dns_server):
     finally:
         assert proc.stop() == 0
     assert not pidfile.exists()
+
+
+# Every record type the checks read, so that each is decoded after the drop for the first time.
+HIDDEN_ZONES = {
+    "bank.test": [{"TXT": "v=spf1 ip4:192.0.2.0/24 -all"}],
+    "sel1._domainkey.bank.test": [{"TXT": dkimkeys.key_record()}],
+    "mech.test": [{"TXT": "v=spf1 a mx ptr -all"}, {"A": "192.0.2.30"},
+                  {"AAAA": "2001:db8::30"}, {"MX": [10, "mx.mech.test"]}],
+    "mx.mech.test": [{"A": "192.0.2.31"}],
+    "host.mech.test": [{"A": "192.0.2.32"}],
+    "32.2.0.192.in-addr.arpa": [{"PTR": "host.mech.test."}],
+    "alias.test": [{"CNAME": "mech.test."}],
+}
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to test the privilege drop (CI runs as root)")
+def test_workers_that_cannot_read_the_code_after_the_drop_still_check_spf_and_dkim(dns_server):
+    """Installed where only root may read (a checkout or venv under /root), the daemon
+    binds as root and serves as UserID: every module and data file a check needs must
+    be loaded before the drop, or the first TXT answer is decoded as opaque data and
+    every message tempfails (dnspython loads record types on first use)."""
+    dns_server.update(HIDDEN_ZONES)
+    nobody = pwd.getpwnam("nobody")
+    with tempfile.TemporaryDirectory(prefix="spfmilter-hidden-") as top:
+        os.chmod(top, 0o755)  # the config and socket folder: reachable by UserID
+        proc = SpfmilterProcess(Path(top), {
+            "Nameservers": dns_server.nameserver, "UserID": "nobody", "DKIM_Rescue": "True",
+            "skip_addresses": "", "Authserv_Id": "mx.test"}, hide_code=True).start()
+        try:
+            worker = child_pid(proc.proc.pid)
+            assert ids(worker) == (nobody.pw_uid, nobody.pw_gid)
+            # the premise: as UserID, in the daemon's mount namespace, the code is unreadable
+            code = Path(top) / "code" / "c" / "spfmilter" / "resolver.py"
+            probe = subprocess.run(
+                ["nsenter", "-t", str(worker), "-m", "-S", str(nobody.pw_uid),
+                 "-G", str(nobody.pw_gid), "cat", str(code)], capture_output=True, timeout=10)
+            assert probe.returncode != 0 and b"Permission denied" in probe.stderr, probe
+            for client, sender in (("192.0.2.10", "user@allowed.test"),  # ip4
+                                   ("2001:db8::30", "user@mech.test"),   # a (AAAA)
+                                   ("192.0.2.31", "user@mech.test"),     # mx
+                                   ("192.0.2.32", "user@mech.test"),     # ptr
+                                   ("192.0.2.30", "user@alias.test")):   # a, via a CNAME
+                with MilterSession(proc.socket_path) as s:
+                    s.connect(client)
+                    s.helo("helo.test" if client == "192.0.2.10" else "mech.test")
+                    replies, eom = s.transaction(sender, ["rcpt@mx.test"])
+                    assert eom is not None and eom.final.kind == "accept", (sender, proc.log_text())
+                    assert any("spf=pass smtp.mailfrom=" in v for n, v in eom.headers_on_top()
+                               if n == "Authentication-Results"), eom.headers_on_top()
+            with MilterSession(proc.socket_path) as s:  # SPF fail (held for DKIM), with exp=
+                s.connect("198.51.100.7")
+                s.helo("unknown.test")
+                replies, eom = s.transaction("user@allowed.test", ["rcpt@mx.test"])
+                assert eom is not None and eom.final.code == "550", eom
+                assert "198.51.100.7 is not one of allowed.test's" in eom.final.text, eom
+            # SPF fails for bank.test, its own signature rescues the message (key over DNS)
+            replies, eom, _ = deliver(proc, dkimkeys.sign(message(), "bank.test"))
+            assert eom is not None and eom.final.kind == "accept", proc.log_text()
+            proc.wait_for_log(r"action=accept reason=\"mailfrom fail rescued by DKIM d=bank\.test\"")
+            # and a forgery is still refused at end of message
+            replies, eom, _ = deliver(proc, message())
+            assert eom is not None and eom.final.code == "550", proc.log_text()
+            log = proc.log_text()
+            assert "4.3.0" not in log and "Error" not in log and "denied" not in log, log
+        finally:
+            assert proc.stop() == 0
 
 
 def test_sighup_reloads_for_new_connections_only(spfmilter):
