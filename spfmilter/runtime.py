@@ -32,9 +32,11 @@ class Runtime:
     def create(cls, settings: cfg.Settings, previous: Runtime | None = None,
                resolver: Resolver | None = None) -> Runtime:
         """A runtime for ``settings``; it keeps the previous resolver (and its cache)
-        when the DNS settings did not change, so a reload does not start cold."""
+        when the DNS settings did not change, so a reload does not start cold --
+        unless the servers come from resolv.conf and the file names others now."""
         if resolver is None:
-            if previous is not None and _same_dns(previous.settings, settings):
+            if previous is not None and _same_dns(previous.settings, settings) \
+                    and not previous.resolver.system_servers_changed():
                 resolver = previous.resolver
             else:
                 resolver = Resolver(settings.nameservers, timeout=settings.lookup_time)

@@ -13,6 +13,7 @@ import pytest
 from tests.integration.test_dkim_rescue import deliver, message
 from tests.kit import dkimkeys
 from tests.kit.daemon import SpfmilterProcess
+from tests.kit.dnsserver import TestDNSServer
 from tests.kit.milterclient import MilterSession
 
 pytestmark = pytest.mark.e2e
@@ -158,6 +159,53 @@ def test_sighup_reloads_for_new_connections_only(spfmilter):
         replies, _ = s.transaction("user@allowed.test", ["rcpt@mx.test"])
         assert replies[0].kind == "continue"
     assert milter.proc.poll() is None
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root: resolv.conf servers listen on port 53")
+def test_sighup_rereads_resolv_conf_when_nameservers_is_not_set(tmp_path):
+    """A new local resolver in resolv.conf is used from the next reload on (not only
+    after a restart); the start and reload lines say which servers are asked."""
+    # resolv.conf has no port: two test servers on port 53 of their own loopback addresses
+    old = TestDNSServer({"moved.test": [{"TXT": "v=spf1 ip4:192.0.2.0/24 -all"}]},
+                        host="127.0.83.1", port=53).start()
+    new = TestDNSServer({"moved.test": [{"TXT": "v=spf1 -all"}]},
+                        host="127.0.83.2", port=53).start()
+    resolv = tmp_path / "resolv.conf"
+    resolv.write_text("nameserver 127.0.83.1\noptions timeout:1\n")
+    os.environ["SPFMILTER_RESOLV_CONF"] = str(resolv)
+    try:
+        proc = SpfmilterProcess(tmp_path / "d", {"skip_addresses": "", "Authserv_Id": "mx.test",
+                                                 "Lookup_Time": "3", "HELO_reject": "No_Check"})
+        proc.start()
+    finally:
+        del os.environ["SPFMILTER_RESOLV_CONF"]
+
+    def result() -> str:
+        with MilterSession(proc.socket_path) as s:
+            s.connect("192.0.2.10")
+            s.helo("client.test")
+            replies, _ = s.transaction("user@moved.test", ["rcpt@mx.test"])
+            return replies[0].code or replies[0].kind
+
+    try:
+        proc.wait_for_log(rf"action=start .*nameservers=127\.0\.83\.1 nameservers_from={resolv}")
+        assert result() == "continue"               # pass, from the first server
+        resolv.write_text("nameserver 127.0.83.2\n")
+        proc.proc.send_signal(signal.SIGHUP)
+        proc.wait_for_log(rf"action=reload result=ok .*nameservers=127\.0\.83\.2 "
+                          rf"nameservers_from={resolv}")
+        assert result() == "550"                    # fail: the second server's record
+        assert ("moved.test", "TXT") in [q[:2] for q in new.queries], new.queries
+        # a reload with resolv.conf unchanged keeps the servers (and the warm cache)
+        old.stop()
+        proc.proc.send_signal(signal.SIGHUP)
+        proc.wait_for_log(r"(?s)action=reload result=ok .*action=reload result=ok .*"
+                          r"nameservers=127\.0\.83\.2 ")
+        assert result() == "550"
+    finally:
+        proc.stop()
+        old.stop()
+        new.stop()
 
 
 def test_sigterm_lets_transactions_in_flight_finish(spfmilter):
