@@ -64,3 +64,21 @@ def test_socket_override_and_unusable_socket(tmp_path):
     path.write_text("Socket = unix:/nonexistent-dir/x/y.sock\n")
     res = run("-c", str(path), "--socket", "inet:notaport", "--log", "stderr")
     assert res.returncode == 1 and "--socket: bad port in 'inet:notaport'" in res.stderr
+
+
+def test_check_config_without_c_names_the_installed_file_it_validated(tmp_path, monkeypatch, capsys):
+    from spfmilter import cli
+    from spfmilter import config as cfg
+
+    installed = tmp_path / "spfmilter.conf"   # stands in for /etc/spfmilter/spfmilter.conf
+    installed.write_text("HELO_reject = Softfail\n")
+    monkeypatch.setattr(cfg, "DEFAULT_PATH", str(installed))
+    assert cli.main(["--check-config"]) == 0
+    assert capsys.readouterr().out == f"spfmilter: {installed}: OK\n"
+    installed.write_text("HELO_reject = yes\n")  # and it is that file that is validated
+    assert cli.main(["--check-config"]) == 1
+    assert capsys.readouterr().err.startswith(f"spfmilter: {installed}:1: HELO_reject: ")
+    monkeypatch.setattr(cfg, "DEFAULT_PATH", str(tmp_path / "absent.conf"))
+    assert cli.main(["--check-config"]) == 0
+    assert capsys.readouterr().out == \
+        f"spfmilter: built-in defaults (no {tmp_path / 'absent.conf'}): OK\n"
