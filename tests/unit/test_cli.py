@@ -82,3 +82,38 @@ def test_check_config_without_c_names_the_installed_file_it_validated(tmp_path, 
     assert cli.main(["--check-config"]) == 0
     assert capsys.readouterr().out == \
         f"spfmilter: built-in defaults (no {tmp_path / 'absent.conf'}): OK\n"
+
+
+def test_readme_example_of_a_config_error_is_the_real_output(tmp_path):
+    readme = (ROOT / "README.rst").read_text()
+    [example] = [line.strip() for line in readme.splitlines()
+                 if line.strip().startswith("spfmilter: /etc/spfmilter/spfmilter.conf:12: ")]
+    conf = tmp_path / "spfmilter.conf"
+    conf.write_text("#\n" * 11 + "HELO_reject = yes\n")
+    res = subprocess.run([sys.executable, "-m", "spfmilter", "--check-config", "-c", str(conf)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 1
+    assert res.stderr.strip() == example.replace("/etc/spfmilter/spfmilter.conf", str(conf))
+
+
+def test_manual_synopsis_names_every_command_and_option():
+    import argparse
+
+    from spfmilter import cli
+
+    page = (ROOT / "docs" / "man" / "spfmilter.8.rst").read_text()
+    synopsis = page.split("SYNOPSIS")[1].split("DESCRIPTION")[0]
+    lines = [line for line in synopsis.splitlines() if line.startswith("| ")]
+    parser = cli._parser()
+    [commands] = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    groups = {"": parser, **commands.choices}
+    for name, sub in groups.items():
+        mine = [line for line in lines if (f"``spfmilter {name}" in line if name
+                                           else not any(f"``spfmilter {c}" in line
+                                                        for c in commands.choices))]
+        assert mine, f"no synopsis line for {name or 'the daemon'}"
+        for action in sub._actions:
+            if action.help == argparse.SUPPRESS or action.dest in ("help", "command"):
+                continue
+            assert any(opt in "".join(mine) for opt in action.option_strings), \
+                (name, action.option_strings)
