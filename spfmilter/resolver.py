@@ -468,3 +468,11 @@ def preload() -> None:
         importlib.import_module(codec)
     for rdtype in dns.rdatatype.RdataType:
         dns.rdata.get_rdata_class(dns.rdataclass.IN, rdtype)  # type: ignore[no-untyped-call]
+    # International names, both ways, with each codec: the ``idna`` package loads its
+    # UTS 46 tables on first use.
+    for idna_codec in (None, dns.name.IDNA_2003, dns.name.IDNA_2008_Practical):
+        try:
+            dns.name.from_unicode("b\u00fccher.example", idna_codec=idna_codec).to_unicode(
+                idna_codec=idna_codec)
+        except dns.name.NoIDNA2008:  # dnspython without the idna package
+            pass

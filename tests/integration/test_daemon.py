@@ -119,6 +119,13 @@ def test_workers_that_cannot_read_the_code_after_the_drop_still_check_spf_and_dk
                 replies, eom = s.transaction("user@allowed.test", ["rcpt@mx.test"])
                 assert eom is not None and eom.final.code == "550", eom
                 assert "198.51.100.7 is not one of allowed.test's" in eom.final.text, eom
+            with MilterSession(proc.socket_path) as s:  # an international sender domain
+                s.connect("192.0.2.10")
+                s.helo("helo.test")
+                replies, eom = s.transaction("user@b\u00fccher.test", ["rcpt@mx.test"])
+                assert eom is not None and eom.final.kind == "accept", proc.log_text()
+                assert any("spf=none smtp.mailfrom=" in v for n, v in eom.headers_on_top()
+                           if n == "Authentication-Results"), eom.headers_on_top()
             # SPF fails for bank.test, its own signature rescues the message (key over DNS)
             replies, eom, _ = deliver(proc, dkimkeys.sign(message(), "bank.test"))
             assert eom is not None and eom.final.kind == "accept", proc.log_text()
