@@ -9,20 +9,30 @@ PYTEST_ARGS ?=
 # one under ./run, which the current user can create.
 RUN_SOCKET := $(if $(filter 0,$(shell id -u)),,--socket unix:$(CURDIR)/run/spfmilter.sock)
 
-.PHONY: run test lint deps test-deps mta-deps interop-deps check-config clean deb dist
+.PHONY: run test lint deps system-deps test-deps mta-deps interop-deps check-config clean deb dist
 
-$(BIN)/python:
+# The system packages come first (python3 and python3-venv among them: a minimal
+# Debian has neither), then the venv.  As root they are installed with apt;
+# otherwise the script prints the one apt-get line that would.
+system-deps:
+	@sh scripts/system-deps.sh
+
+# .venv/.complete is written last: a venv that a failed run left half made (no
+# pip, say) is made again from scratch instead of failing every later run.
+$(VENV)/.complete: | system-deps
+	rm -rf $(VENV)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip --version >/dev/null
+	touch $@
 
 deps: .stamp-deps
-.stamp-deps: setup.cfg pyproject.toml scripts/system-deps.sh | $(BIN)/python
-	sh scripts/system-deps.sh
+.stamp-deps: setup.cfg pyproject.toml $(VENV)/.complete
 	$(BIN)/python -m pip install -q -e .
 	touch $@
 
 test-deps: .stamp-test-deps
-.stamp-test-deps: .stamp-deps
+.stamp-test-deps: .stamp-deps scripts/system-deps.sh
 	sh scripts/system-deps.sh test
 	$(BIN)/python -m pip install -q -e '.[test]'
 	touch $@
@@ -30,8 +40,10 @@ test-deps: .stamp-test-deps
 mta-deps:
 	sh scripts/install-mtas.sh
 
-interop-deps:
-	sh scripts/install-interop.sh
+# SpamAssassin, OpenDMARC and the sample configurations of spf-engine (for the
+# migration tests: fetched here, never while the tests run).
+interop-deps: deps
+	SPFMILTER_PYTHON=$(BIN)/python sh scripts/install-interop.sh
 	sh scripts/install-opendmarc.sh
 
 run: deps
@@ -67,6 +79,8 @@ TREE    := $(wildcard $(shell git ls-files -co --exclude-standard 2>/dev/null))
 deb: $(DEB)
 $(DEB): $(TREE)
 	sh scripts/system-deps.sh deb
+	@git ls-files --error-unmatch Makefile >/dev/null || { echo "make deb: the package is built \
+	from the files git lists, and git cannot list this checkout's (see above)" >&2; exit 1; }
 	@v=$$(dpkg-parsechangelog -l debian/changelog -S Version); [ "$$v" = "$(VERSION)" ] || \
 	  { echo "debian/changelog says $$v but spfmilter/__init__.py says $(VERSION): add a changelog entry" >&2; exit 1; }
 	rm -rf build/deb && mkdir -p $(DEBSRC)

@@ -13,6 +13,10 @@
 #    nsenter and mount for the labs' private mount namespaces; iproute2 gives
 #    `ip netns` for Sendmail's client network namespace.
 #
+#  * It refuses (exit 1, one line, nothing installed) on a host whose installed
+#    mail server is not Postfix (exim4, sendmail, opensmtpd, ...): apt would
+#    replace it with Postfix.
+#
 # Idempotent: run it as often as you like.  Usage: scripts/install-mtas.sh
 set -eu
 
@@ -21,6 +25,19 @@ SM_DIR="$PREFIX/sendmail"
 APT_PKGS="postfix m4 liblockfile1 libwrap0 libsasl2-2 libldap-2.5-0 libdb5.3 libssl3 libnsl2 iproute2 util-linux mount"
 SM_PKGS="sendmail-bin sendmail-base sendmail-cf"
 INSTALL_CMD="sudo make -C $(cd "$(dirname "$0")/.." && pwd) mta-deps"
+
+# A test suite must never change which mail server a host runs: Postfix conflicts
+# with every other mail-transport-agent in Debian, so installing it would remove
+# the host's exim4, sendmail or opensmtpd.  Refuse before touching anything.
+if command -v dpkg-query >/dev/null 2>&1; then
+    other=$(dpkg-query -W -f='${db:Status-Status}\t${Package}\t${Provides}\n' 2>/dev/null |
+        awk -F '\t' '$1 != "not-installed" && $1 != "config-files" && $2 != "postfix" && $3 ~ /(^|[ ,])mail-transport-agent([ ,(]|$)/ {print $2}' |
+        tr '\n' ' ' | sed 's/ $//')
+    if [ -n "$other" ]; then
+        echo "install-mtas: this host's mail server is $other, not Postfix; installing the test lab's Postfix would replace it, so nothing was installed (run the tests in a container or VM without another MTA)" >&2
+        exit 1
+    fi
+fi
 
 if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1 || ! command -v dpkg >/dev/null 2>&1; then
     echo "install-mtas: needs root and apt-get/dpkg (Debian). As root, run:" >&2

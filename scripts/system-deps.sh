@@ -1,18 +1,20 @@
 #!/bin/sh
-# Install the system packages spfmilter needs to build (libmilter headers for
-# pymilter, a C compiler, Python headers and venv).  As root with apt this
-# installs them; otherwise it prints the one command that would.
+# Install the system packages spfmilter needs to build (Python itself and its
+# venv module, libmilter headers for pymilter, a C compiler, Python headers).
+# As root with apt this installs them; otherwise it prints the one command that
+# would.  A minimal Debian needs only `make` before `make run`: this is the rest.
 set -eu
 # publicsuffix: Debian's current Public Suffix List (DKIM_Rescue's organizational domains)
-PKGS="libmilter-dev gcc python3-dev python3-venv publicsuffix"
+PKGS="python3 python3-venv libmilter-dev gcc python3-dev publicsuffix"
 # `system-deps.sh test`: also what the test suite runs (systemd-analyze for the
 # unit file check, start-stop-daemon for the SysV script, man for the installed
-# package's manual pages, openssl for the tests' DKIM keys).
+# package's manual pages, openssl for the tests' DKIM keys, git for the list of
+# files the packages are built from).
 # `system-deps.sh deb`: only Debian's tools that build and check the package
-# (no compiler: the package runs on Debian's own python3-milter).
+# (no compiler: the package runs on Debian's own python3-milter), and git.
 case "${1:-}" in
-  test) PKGS="$PKGS systemd dpkg man-db openssl" ;;
-  deb) PKGS="debhelper dh-python pybuild-plugin-pyproject python3-all python3-setuptools python3-wheel python3-docutils dpkg-dev lintian fakeroot" ;;
+  test) PKGS="$PKGS systemd dpkg man-db openssl git" ;;
+  deb) PKGS="git debhelper dh-python pybuild-plugin-pyproject python3-all python3-setuptools python3-wheel python3-docutils dpkg-dev lintian fakeroot" ;;
 esac
 missing=""
 for p in $PKGS; do
@@ -26,7 +28,14 @@ missing=$(echo $missing)
 [ -z "$missing" ] && exit 0
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   export DEBIAN_FRONTEND=noninteractive
-  apt-get install -y -qq $missing >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq $missing; }
+  echo "spfmilter: installing$(printf ' %s' $missing)"
+  if ! apt-get install -y -qq $missing >/dev/null 2>&1; then
+    # a fresh system has no package lists yet
+    apt-get update -qq && apt-get install -y -qq $missing || {
+      echo "spfmilter: could not install$(printf ' %s' $missing) with apt-get (see above)" >&2
+      exit 1
+    }
+  fi
 else
   echo "spfmilter needs: $missing" >&2
   echo "install them with:  sudo apt-get install -y $missing" >&2

@@ -111,7 +111,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             logmod.log.error("%s", logmod.kv(action="config-error", error=str(exc)))
         return 1
     if args.check_config:
-        print(f"spfmilter: {path or 'built-in defaults'}: OK")
+        used = cfg.source(path)  # name what was validated: without -c, maybe the installed file
+        print(f"spfmilter: {used}: OK" if used else
+              f"spfmilter: built-in defaults (no {cfg.DEFAULT_PATH}): OK")
         return 0
     spf_check.install()
     if args.command == "check":

@@ -596,11 +596,18 @@ def parse(path: str | Path) -> Settings:
 DEFAULT_PATH = "/etc/spfmilter/spfmilter.conf"
 
 
+def source(path: str | None) -> str | None:
+    """The file :func:`load` reads for ``path``: itself, else the installed default
+    file when it exists; None means the built-in defaults."""
+    if path is None and Path(DEFAULT_PATH).exists():
+        return DEFAULT_PATH
+    return path
+
+
 def load(path: str | None, socket: str | None = None) -> Settings:
     """Settings from ``path`` (or the installed default file, or built-in defaults),
     with a command-line ``--socket`` applied on top."""
-    if path is None and Path(DEFAULT_PATH).exists():
-        path = DEFAULT_PATH
+    path = source(path)
     settings = parse(path) if path else Settings()
     if socket:
         try:

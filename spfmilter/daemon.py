@@ -147,16 +147,25 @@ def _control_loop(fd: int, drain: Callable[[], None]) -> None:
         if kind == "stop":
             drain()
             return
-        runtime.install(runtime.Runtime.create(value, runtime.current_or_none()))
+        current = runtime.Runtime.create(value, runtime.current_or_none())
+        runtime.install(current)
         set_level(value.debug_level)
-        log.info("%s", kv(action="reload", result="ok", pid=os.getpid()))
+        log.info("%s", kv(action="reload", result="ok", pid=os.getpid(), **_dns_fields(current)))
+
+
+def _dns_fields(current: runtime.Runtime) -> dict[str, str]:
+    """The servers this worker asks and where they come from (Nameservers or the
+    resolv.conf read), for its start and reload lines: what ``doctor`` cannot see."""
+    return {"nameservers": ",".join(current.resolver.servers) or "none",
+            "nameservers_from": current.resolver.source}
 
 
 def serve_worker(settings: cfg.Settings, control: int) -> int:
     """Serve the inherited listening socket until told to stop; never returns normally."""
     from spfmilter.frontends import listener, milter, policy
 
-    runtime.install(runtime.Runtime.create(settings))
+    first = runtime.Runtime.create(settings)
+    runtime.install(first)
     # pymilter reports exceptions raised before our code runs (a HELO or header
     # name that is not UTF-8) through sys.excepthook: make that one log line.
     sys.excepthook = lambda kind, exc, tb: log.error("%s", kv(
@@ -182,7 +191,7 @@ def serve_worker(settings: cfg.Settings, control: int) -> int:
         metrics.WORKERS.set(1)
         metrics.dns.source = lambda: runtime.current().resolver
     log.info("%s", kv(action="start", version=__version__, socket=spec, pid=os.getpid(),
-                      uid=os.getuid(), gid=os.getgid()))
+                      uid=os.getuid(), gid=os.getgid(), **_dns_fields(first)))
     policy.serve_in_background()  # Policy_Socket, if set: a thread pool beside libmilter
     milter.serve()
     # libmilter stopped by itself (it gave up on its socket): the supervisor decides what next.
@@ -501,6 +510,8 @@ def run(settings: cfg.Settings, reload_settings: Callable[[], cfg.Settings]) -> 
             except OSError as exc:
                 raise cfg.ConfigError(f"cannot listen on {_host_port(settings.metrics)}: "
                                       f"{exc.strerror or exc}", key="Metrics") from None
+        # Before the drop: what is imported later is read with UserID's rights.
+        runtime.preload()
         if settings.user_id:
             if path is not None and os.geteuid() == 0:
                 uid, gid, _ = _user_ids(settings.user_id)

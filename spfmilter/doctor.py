@@ -40,7 +40,7 @@ from typing import Any
 from spfmilter import config as cfg
 from spfmilter import milter_protocol
 from spfmilter.core.transaction import longest_wait
-from spfmilter.resolver import Resolver, TempFailure
+from spfmilter.resolver import Resolver, TempFailure, resolv_conf
 
 OK, NOTE, WARNING, PROBLEM = "ok", "note", "warning", "problem"
 DEFAULT_SENDMAIL_CF = "/etc/mail/sendmail.cf"
@@ -717,9 +717,10 @@ def _sendmail_spec(ep: Endpoint) -> str:
 def check_dns(ctx: Context) -> None:
     assert ctx.settings is not None
     s = ctx.settings
-    servers = (", ".join(f"{h}:{p}" if p != 53 else h for h, p in s.nameservers)
-               if s.nameservers else "the servers of /etc/resolv.conf")
     resolver = Resolver(s.nameservers, timeout=s.lookup_time)
+    # which servers, and from where: the daemon logs the same at start and reload
+    servers = (", ".join(resolver.servers) if s.nameservers else
+               f"the servers of {resolver.source} ({', '.join(resolver.servers) or 'none'})")
     name = "localhost"
     start = time.monotonic()
     try:
@@ -730,7 +731,7 @@ def check_dns(ctx: Context) -> None:
         ctx.add(PROBLEM, "dns", f"DNS: {servers} did not answer '{name} A' within Lookup_Time = "
                 f"{s.lookup_time:g}s ({why}, after {took:.1f}s): every SPF check would "
                 f"temperror; set Nameservers in {ctx.conf} to a resolver that answers "
-                "(empty: the servers of /etc/resolv.conf); try one with `dig A localhost @IP`")
+                f"(empty: the servers of {resolv_conf()}); try one with `dig A localhost @IP`")
         return
     took = (time.monotonic() - start) * 1000
     what = (", ".join(r.to_text() for r in answer.rrset) if answer is not None and answer.rrset

@@ -27,6 +27,7 @@ import contextvars
 import errno
 import ipaddress
 import logging
+import os
 import secrets
 import socket
 import struct
@@ -263,6 +264,25 @@ def _negative_expiration(exc: dns.resolver.NXDOMAIN) -> float | None:
         return None
 
 
+def resolv_conf() -> str:
+    """The file that names the system's servers when ``Nameservers`` is not set.
+
+    SPFMILTER_RESOLV_CONF points it elsewhere: the tests change "the system's
+    servers" without touching the host's /etc/resolv.conf."""
+    return os.environ.get("SPFMILTER_RESOLV_CONF", "/etc/resolv.conf")
+
+
+def _server_text(host: str, port: int) -> str:
+    return host if port == 53 else f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _server_list(res: dns.resolver.Resolver) -> tuple[str, ...]:
+    """The servers of resolv.conf as dnspython read them, as text (``IP``, ``IP:port``,
+    a URL)."""
+    return tuple(_server_text(ns, int(res.nameserver_ports.get(ns, res.port)))
+                 if isinstance(ns, str) else str(ns) for ns in res.nameservers)
+
+
 def _plain_servers(res: dns.resolver.Resolver) -> tuple[tuple[str, int], ...]:
     """The system resolver's servers as (address, port), or () if any is something
     else (a DoH URL, a DoT server): those need dnspython's Resolver."""
@@ -360,7 +380,12 @@ class Resolver:
                 res.nameserver_ports = {host: port for host, port in nameservers}
                 res.nameservers = [host for host, _ in nameservers]
         else:
-            res = dns.resolver.Resolver()
+            res = dns.resolver.Resolver(filename=resolv_conf())
+        #: where the servers come from: the Nameservers setting, or the file read
+        self.source = "Nameservers" if nameservers else resolv_conf()
+        #: the servers asked, as text (for the log and doctor)
+        self.servers = (tuple(_server_text(h, p) for h, p in nameservers) if nameservers
+                        else _server_list(res))
         # Each attempt may use the whole budget; the budget itself is enforced by
         # the caller through ``lifetime`` so a check never outlives Lookup_Time.
         res.timeout = timeout
@@ -371,6 +396,21 @@ class Resolver:
         self._cache = _Cache(cache_size)
         self._lock = threading.Lock()
         self.timeouts = 0
+
+    def system_servers_changed(self) -> bool:
+        """Whether the servers come from resolv.conf and the file now names others.
+
+        Why: a reload must see a change of /etc/resolv.conf (a new local
+        resolver, a DHCP lease), or the daemon keeps asking servers that are gone
+        while ``doctor``, which reads the file anew, says DNS is fine.  A file
+        that cannot be read now keeps the servers in use."""
+        if self.source == "Nameservers":
+            return False
+        try:
+            fresh = dns.resolver.Resolver(filename=resolv_conf())
+        except (dns.resolver.NoResolverConfiguration, OSError, ValueError):
+            return False
+        return self.source != resolv_conf() or _server_list(fresh) != self.servers
 
     @property
     def cache(self) -> _Cache:
@@ -505,3 +545,30 @@ class Resolver:
             for _, v in out) or "no data"
         lines.append(f"DNS {name} {qtype}{' (cached)' if cached else ''}: {shown}")
         return out
+
+
+def preload() -> None:
+    """Import now what dnspython would import on the first answer of each kind.
+
+    Why: dnspython loads the class of a record type (TXT, MX, ...) the first
+    time an answer carries one, from its package folder; a daemon that has
+    dropped to ``UserID`` by then may not be allowed to read that folder (a
+    checkout or venv under /root), and dnspython then quietly decodes the
+    record as an opaque GenericRdata -- every SPF check fails.  Run as root
+    before the drop (and before the fork, so the workers share it)."""
+    import importlib
+
+    import dns.rdata
+
+    for codec in ("encodings.idna", "encodings.punycode"):  # names with non-ASCII labels
+        importlib.import_module(codec)
+    for rdtype in dns.rdatatype.RdataType:
+        dns.rdata.get_rdata_class(dns.rdataclass.IN, rdtype)  # type: ignore[no-untyped-call]
+    # International names, both ways, with each codec: the ``idna`` package loads its
+    # UTS 46 tables on first use.
+    for idna_codec in (None, dns.name.IDNA_2003, dns.name.IDNA_2008_Practical):
+        try:
+            dns.name.from_unicode("b\u00fccher.example", idna_codec=idna_codec).to_unicode(
+                idna_codec=idna_codec)
+        except dns.name.NoIDNA2008:  # dnspython without the idna package
+            pass

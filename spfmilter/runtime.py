@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from spfmilter import config as cfg
+from spfmilter import resolver as resolvermod
 from spfmilter.checks import dkim, psl
 from spfmilter.checks.spf import Checker
 from spfmilter.resolver import Resolver
@@ -31,9 +32,11 @@ class Runtime:
     def create(cls, settings: cfg.Settings, previous: Runtime | None = None,
                resolver: Resolver | None = None) -> Runtime:
         """A runtime for ``settings``; it keeps the previous resolver (and its cache)
-        when the DNS settings did not change, so a reload does not start cold."""
+        when the DNS settings did not change, so a reload does not start cold --
+        unless the servers come from resolv.conf and the file names others now."""
         if resolver is None:
-            if previous is not None and _same_dns(previous.settings, settings):
+            if previous is not None and _same_dns(previous.settings, settings) \
+                    and not previous.resolver.system_servers_changed():
                 resolver = previous.resolver
             else:
                 resolver = Resolver(settings.nameservers, timeout=settings.lookup_time)
@@ -41,6 +44,19 @@ class Runtime:
                    Checker(resolver, receiver=settings.authserv_id, void_limit=settings.void_limit,
                            pass_all_records=settings.pass_all_records),
                    dkim.Checker(resolver))
+
+
+def preload() -> None:
+    """Load now every module and data file the checks would otherwise load on first use.
+
+    Why: a daemon started as root drops to ``UserID`` before it serves; what
+    Python or a library imports after that is read with that user's rights, and
+    spfmilter may be installed where it cannot read (a checkout or venv under
+    /root).  Such an import fails in the middle of a transaction (dnspython
+    even hides it: the record is decoded as opaque data).  So the daemon calls
+    this as root, before the drop."""
+    resolvermod.preload()
+    psl.preload()
 
 
 def _same_dns(a: cfg.Settings, b: cfg.Settings) -> bool:

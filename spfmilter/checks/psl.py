@@ -49,6 +49,21 @@ def _load() -> Callable[[str], str | None]:
 _registered: Callable[[str], str | None] | None = None
 
 
+def preload() -> None:
+    """Import the parser now and, when the list is the library's own copy, read it now.
+
+    Why: the list is loaded on first use, by then possibly in a worker that has
+    dropped to ``UserID`` and may not read the library's folder (a venv under
+    /root).  Debian's list in /usr/share is readable by anyone and, being large,
+    is still read on first use (only a DKIM rescue needs it)."""
+    try:
+        import publicsuffixlist  # noqa: F401
+    except ImportError:
+        import publicsuffix2  # noqa: F401
+    if not SYSTEM_LIST.is_file():
+        organizational_domain("example.com")
+
+
 @functools.lru_cache(maxsize=4096)
 def organizational_domain(name: str) -> str:
     """The registered domain under its public suffix (``mail.bank.example`` ->

@@ -271,3 +271,23 @@ def test_a_master_cf_override_of_the_default_action(postfix: mta.PostfixLab,
                             f"{postfix.ns_config_dir} reload")
     apply_fix(postfix, problem)   # the fix it names works: doctor is clean again
     assert postfix_doctor(postfix, milter)[0] == 0
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root: a resolv.conf server listens on port 53")
+def test_dns_line_names_the_resolv_conf_and_the_servers_it_asked(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without Nameservers, doctor says which file it read and which servers it asked
+    (the daemon's start and reload lines name theirs), not just "resolv.conf"."""
+    server = TestDNSServer({}, host="127.0.83.3", port=53).start()
+    try:
+        resolv = tmp_path / "resolv.conf"
+        resolv.write_text("nameserver 127.0.83.3\n")
+        monkeypatch.setenv("SPFMILTER_RESOLV_CONF", str(resolv))
+        conf = tmp_path / "spfmilter.conf"
+        conf.write_text(f"Socket = unix:{tmp_path}/none.sock\nLookup_Time = 3\n")
+        _, lines = run_doctor([], "-c", str(conf), "-C", str(tmp_path / "none"))
+    finally:
+        server.stop()
+    [dns] = [line for line in lines if "DNS:" in line]
+    assert dns.startswith(f"ok: DNS: the servers of {resolv} (127.0.83.3) answered 'localhost A'"), dns
+    assert ("localhost", "A") in [q[:2] for q in server.queries]

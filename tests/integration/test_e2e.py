@@ -59,7 +59,9 @@ def test_results_are_labelled(spfmilter, sender, ip, result):
     assert f"spf={result} smtp.mailfrom={sender.split('@')[1]}" in ar(eom)
     assert ar(eom).startswith("mx.test; ")
     assert [n for n, _ in eom.headers_on_top()][0] == "Authentication-Results"
-    line = milter.wait_for_log(rf"action=accept .*envelope_from={re.escape(sender)} .*\n")
+    # this transaction's line (the daemon is shared: other tests' lines name other HELOs)
+    line = milter.wait_for_log(rf"action=accept .*client_ip={re.escape(ip)} helo=unknown\.test "
+                               rf"envelope_from={re.escape(sender)} .*\n")
     assert f"result={result}" in line.group(0)
     assert "mta=mx.test daemon=smtpd-test" in line.group(0)  # the connect macros
 

@@ -78,3 +78,37 @@ def test_sysv_init_script_start_status_reload_stop(tmp_path, dns_server):
     assert stop.returncode == 0, stop.stdout + stop.stderr
     assert init("status").returncode == 3
     assert "action=stop" in log.read_text()
+
+
+def test_readme_pip_commands_install_what_the_unit_runs():
+    """The "With pip" commands of README.rst and init/spfmilter.service agree: the unit
+    runs the program and reads the file that those commands put in place."""
+    import re
+    import shlex
+
+    readme = (ROOT / "README.rst").read_text()
+    section = readme[readme.index("*With pip*"):readme.index("``make dist`` builds")]
+    block = section.split("::\n", 1)[1].split("\n\n")[0]
+    commands = [shlex.split(line.split("#")[0]) for line in block.splitlines() if line.strip()]
+    unit = (ROOT / "init" / "spfmilter.service").read_text()
+    [exec_start] = re.findall(r"^ExecStart=(\S+) -c (\S+) ", unit, re.M)
+    [pre] = re.findall(r"^ExecStartPre=(\S+) --check-config -c (\S+)$", unit, re.M)
+    program, conf = exec_start
+    assert pre == exec_start
+    venv = next(c[3] for c in commands if c[:3] == ["python3", "-m", "venv"])
+    assert any(c[0] == f"{venv}/bin/pip" and c[1] == "install" for c in commands)
+    # the program the unit runs is the venv's (a link to it)
+    assert ["ln", "-sf", f"{venv}/bin/spfmilter", program] in commands
+    # every file is installed where the unit expects it, folders made as needed
+    assert ["install", "-D", "-m", "644", "spfmilter.conf", conf] in commands
+    assert ["install", "-m", "644", "init/spfmilter.service", "/etc/systemd/system/"] in commands
+    for c in commands:
+        if c[0] == "install" and "-D" not in c:  # only into folders every Debian has
+            assert Path(c[-1]).is_dir(), c
+        if c[0] == "install":
+            assert (ROOT / c[-2]).is_file(), c  # the sources are this checkout's
+    # the user the unit runs as is the one the commands create
+    user = re.search(r"^User=(\S+)$", unit, re.M).group(1)
+    assert any(c[0] == "adduser" and "--system" in c and c[-1] == user for c in commands)
+    assert any(c[0] == "spfmilter" and "--check-config" in c for c in commands)
+    assert "pypi.org" not in unit and "Documentation=man:spfmilter(8)" in unit

@@ -342,7 +342,9 @@ def postfix(tmp_path_factory, _dns_session) -> Iterator[tuple[mta.PostfixLab, mt
             master_params={f"127.0.0.1:{second}/inet/smtpd_recipient_restrictions":
                            "reject_unauth_destination,check_policy_service,"
                            f"inet:127.0.0.1:{POLICY_PORT}"},
-            expose=[sys.base_prefix]))  # the venv's interpreter, for user nobody
+            # the venv's interpreter and the checkout (its .venv, its code) for user nobody,
+            # also when they are under /root
+            expose=[sys.base_prefix, str(ROOT)]))
         yield lab, cap, second, stdio
 
 

@@ -17,7 +17,10 @@ from tests.kit.wait import wait_for
 class SpfmilterProcess:
     """``python -m spfmilter -c CONF --log stderr`` with ``Socket`` in its own folder."""
 
-    def __init__(self, workdir: Path, settings: dict[str, str]) -> None:
+    def __init__(self, workdir: Path, settings: dict[str, str], hide_code: bool = False) -> None:
+        """``hide_code``: run from a view of the checkout (and its .venv) that only root
+        may read, as from a clone in /root (see :func:`hidden_checkout`)."""
+        self.hide_code = hide_code
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.socket_path = str(workdir / "spfmilter.sock")
@@ -35,10 +38,16 @@ class SpfmilterProcess:
     def start(self, timeout: float = 20.0) -> SpfmilterProcess:
         self._log = open(self.log_path, "ab")
         # its own process group: the supervisor and its workers go down together
+        argv = ["-m", "spfmilter", "-c", str(self.config_path), "--log", "stderr"]
+        if self.hide_code:
+            command = hidden_checkout(self.workdir / "code", argv)
+            env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+        else:
+            command = [sys.executable, *argv]
+            env = {**os.environ, "PYTHONPATH": str(ROOT)}
         self.proc = proc = subprocess.Popen(
-            [sys.executable, "-m", "spfmilter", "-c", str(self.config_path), "--log", "stderr"],
-            cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
-            env={**os.environ, "PYTHONPATH": str(ROOT)})
+            command, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT,
+            start_new_session=True, env=env)
         wait_for(lambda: proc.poll() is not None or "action=start" in self.log_text(),
                  timeout, "spfmilter to start")
         if proc.poll() is not None:
@@ -104,3 +113,24 @@ class SpfmilterProcess:
         if self._log:
             self._log.close()
         return self.proc.returncode
+
+
+def hidden_checkout(mountpoint: Path, argv: list[str]) -> list[str]:
+    """A command that runs this checkout's Python (its .venv) with ``argv``, from a copy
+    of the checkout only root can read: in a private mount namespace (the host's
+    mounts do not change), a 0700 tmpfs on ``mountpoint`` gets the checkout bound
+    inside it, and the checkout's own path is covered with an empty 0700 tmpfs, so
+    neither spfmilter's code nor its libraries are readable by anyone else --
+    what a clone in /root (mode 700) is to a daemon that drops to ``UserID``."""
+    venv_python = Path(sys.executable)
+    try:
+        inside = venv_python.relative_to(ROOT)
+    except ValueError:
+        raise AssertionError(f"the tests' Python ({venv_python}) is not the checkout's .venv: "
+                             "run them with .venv/bin/python (make test)") from None
+    mountpoint.mkdir(parents=True, exist_ok=True)
+    script = ('set -e; mount -t tmpfs -o mode=0700 spfmilter-hidden "$1"; mkdir "$1/c"; '
+              'mount --bind "$2" "$1/c"; mount -t tmpfs -o mode=0700 spfmilter-hidden "$2"; '
+              'cd "$1/c"; shift 2; exec "$@"')
+    return ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh",
+            str(mountpoint), str(ROOT), str(mountpoint / "c" / inside), *argv]

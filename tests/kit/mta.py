@@ -633,11 +633,19 @@ mkdir -p /srv/lab /srv/milter
 mount --rbind "$LAB_WORK" /srv/lab
 if [ -n "$LAB_MILTER_DIR" ]; then mount --bind "$LAB_MILTER_DIR" /srv/milter; fi
 mount --bind /srv/lab/default-main.cf /etc/postfix/main.cf
+# ANCESTOR=FOLDER: FOLDER reachable, ANCESTOR's other content hidden.  Three passes,
+# since several folders may share an ancestor (a Python and a checkout under /root):
+# every folder is set aside before any ancestor is covered, each ancestor once.
 i=0
-for pair in $LAB_EXPOSE; do  # ANCESTOR=FOLDER: FOLDER reachable, ANCESTOR's other content hidden
-    i=$((i + 1)); top="${pair%%=*}"; folder="${pair#*=}"
-    mkdir -p "/srv/expose/$i" && mount --rbind "$folder" "/srv/expose/$i"
+for pair in $LAB_EXPOSE; do
+    i=$((i + 1)); mkdir -p "/srv/expose/$i" && mount --rbind "${pair#*=}" "/srv/expose/$i"
+done
+for top in $(for pair in $LAB_EXPOSE; do echo "${pair%%=*}"; done | sort -u); do
     mount -t tmpfs -o mode=0755 spfmlab-expose "$top"
+done
+i=0
+for pair in $LAB_EXPOSE; do
+    i=$((i + 1)); folder="${pair#*=}"
     mkdir -p "$folder" && mount --rbind "/srv/expose/$i" "$folder"
 done
 postfix -c /srv/lab/config check

@@ -64,3 +64,56 @@ def test_socket_override_and_unusable_socket(tmp_path):
     path.write_text("Socket = unix:/nonexistent-dir/x/y.sock\n")
     res = run("-c", str(path), "--socket", "inet:notaport", "--log", "stderr")
     assert res.returncode == 1 and "--socket: bad port in 'inet:notaport'" in res.stderr
+
+
+def test_check_config_without_c_names_the_installed_file_it_validated(tmp_path, monkeypatch, capsys):
+    from spfmilter import cli
+    from spfmilter import config as cfg
+
+    installed = tmp_path / "spfmilter.conf"   # stands in for /etc/spfmilter/spfmilter.conf
+    installed.write_text("HELO_reject = Softfail\n")
+    monkeypatch.setattr(cfg, "DEFAULT_PATH", str(installed))
+    assert cli.main(["--check-config"]) == 0
+    assert capsys.readouterr().out == f"spfmilter: {installed}: OK\n"
+    installed.write_text("HELO_reject = yes\n")  # and it is that file that is validated
+    assert cli.main(["--check-config"]) == 1
+    assert capsys.readouterr().err.startswith(f"spfmilter: {installed}:1: HELO_reject: ")
+    monkeypatch.setattr(cfg, "DEFAULT_PATH", str(tmp_path / "absent.conf"))
+    assert cli.main(["--check-config"]) == 0
+    assert capsys.readouterr().out == \
+        f"spfmilter: built-in defaults (no {tmp_path / 'absent.conf'}): OK\n"
+
+
+def test_readme_example_of_a_config_error_is_the_real_output(tmp_path):
+    readme = (ROOT / "README.rst").read_text()
+    [example] = [line.strip() for line in readme.splitlines()
+                 if line.strip().startswith("spfmilter: /etc/spfmilter/spfmilter.conf:12: ")]
+    conf = tmp_path / "spfmilter.conf"
+    conf.write_text("#\n" * 11 + "HELO_reject = yes\n")
+    res = subprocess.run([sys.executable, "-m", "spfmilter", "--check-config", "-c", str(conf)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 1
+    assert res.stderr.strip() == example.replace("/etc/spfmilter/spfmilter.conf", str(conf))
+
+
+def test_manual_synopsis_names_every_command_and_option():
+    import argparse
+
+    from spfmilter import cli
+
+    page = (ROOT / "docs" / "man" / "spfmilter.8.rst").read_text()
+    synopsis = page.split("SYNOPSIS")[1].split("DESCRIPTION")[0]
+    lines = [line for line in synopsis.splitlines() if line.startswith("| ")]
+    parser = cli._parser()
+    [commands] = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    groups = {"": parser, **commands.choices}
+    for name, sub in groups.items():
+        mine = [line for line in lines if (f"``spfmilter {name}" in line if name
+                                           else not any(f"``spfmilter {c}" in line
+                                                        for c in commands.choices))]
+        assert mine, f"no synopsis line for {name or 'the daemon'}"
+        for action in sub._actions:
+            if action.help == argparse.SUPPRESS or action.dest in ("help", "command"):
+                continue
+            assert any(opt in "".join(mine) for opt in action.option_strings), \
+                (name, action.option_strings)
