@@ -83,7 +83,7 @@ class _KeyLookupFailed(Exception):
 
 
 class _Refused(Exception):
-    """The key or signature is not verified at all (its result and reason in args)."""
+    """The key or signature is not verified at all: the result to report, and why."""
 
     def __init__(self, result: str, reason: str) -> None:
         super().__init__(reason)
@@ -134,9 +134,11 @@ def key_problem(record: bytes, signature_bytes: int) -> _Refused | None:
         return _Refused("permerror", f"key too large: {bits} bits (at most {MAX_KEY_BITS})")
     if bits < MIN_KEY_BITS:
         return _Refused("permerror", f"key too small: {bits} bits (at least {MIN_KEY_BITS})")
-    if not 3 <= exponent <= MAX_EXPONENT:
+    if exponent > MAX_EXPONENT:
         return _Refused("permerror", f"key exponent of {exponent.bit_length()} bits "
                                      f"(at most {MAX_EXPONENT})")
+    if exponent < 3:
+        return _Refused("permerror", f"key exponent {exponent} (at least 3)")
     if signature_bytes > (bits + 7) // 8:
         return _Refused("fail", f"signature of {signature_bytes} bytes for a {bits}-bit key")
     return None

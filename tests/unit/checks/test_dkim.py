@@ -40,6 +40,11 @@ def test_a_large_exponent_is_refused_even_with_an_allowed_modulus():
                                                 "key exponent of 4096 bits (at most 65537)")
 
 
+def test_a_degenerate_exponent_is_refused():
+    problem = checker.key_problem(_record_bytes(dkimkeys.odd_number(2048, 1), 1), 256)
+    assert problem is not None and problem.reason == "key exponent 1 (at least 3)"
+
+
 def test_a_key_smaller_than_1024_bits_is_refused():
     problem = checker.key_problem(_record_bytes(dkimkeys.odd_number(512, 1), 65537), 64)
     assert problem is not None
