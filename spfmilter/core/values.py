@@ -62,7 +62,7 @@ class SPFResult:
 class DKIMResult:
     """The outcome of verifying one DKIM-Signature header (RFC 6376)."""
 
-    result: str            # pass, fail, neutral, temperror or permerror (RFC 8601 §2.7.1)
+    result: str            # pass, fail, policy, neutral, temperror or permerror (RFC 8601 §2.7.1)
     domain: str            # the signature's d=, lower case ("" when unreadable)
     selector: str          # its s=
     reason: str = ""       # why it did not pass, for the log

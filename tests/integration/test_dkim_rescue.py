@@ -15,6 +15,7 @@ import pytest
 
 from spfmilter.frontends.check import split_message
 from tests.kit import dkimkeys, mta
+from tests.kit.answertimes import AnswerTimes
 from tests.kit.milterclient import MilterSession
 
 pytestmark = pytest.mark.e2e
@@ -209,3 +210,109 @@ def test_a_refusal_behind_a_trusted_relay_is_held_and_rescued_too(spfmilter, zon
     unsigned = b"Received: " + hop.encode() + message()
     _, eom, _ = deliver(milter, unsigned, client="10.0.0.25", helo="gw.mx.test")
     assert eom.final.code == "550" and eom.final.text.startswith("5.7.23 ")
+
+
+# --- what a sender may not do with its own key, signature or body -------------------
+
+HUGE_KEY = {"huge._domainkey.bank.test": [{"TXT": dkimkeys.public_key_record(
+    dkimkeys.odd_number(16384, 1), dkimkeys.odd_number(16384, 2))}]}
+
+
+@pytest.fixture
+def attack_zones(zones):
+    """The attacker's keys: a 16,384-bit modulus with a 16,384-bit exponent (dkimpy
+    needed seconds of CPU for one exponentiation with it), a 4,096-bit modulus with a
+    4,096-bit exponent, a 512-bit key, and a real 4,096-bit key (the largest allowed)."""
+    zones.update({
+        **ZONES, **HUGE_KEY,
+        "fat._domainkey.bank.test": [{"TXT": dkimkeys.public_key_record(
+            dkimkeys.odd_number(4096, 3), dkimkeys.odd_number(4096, 4))}],
+        "tiny._domainkey.bank.test": [{"TXT": dkimkeys.public_key_record(
+            dkimkeys.odd_number(512, 5), 65537)}],
+        "big._domainkey.bank.test": [{"TXT": dkimkeys.key_record("big", 4096)}],
+    })
+    return zones
+
+
+@pytest.mark.parametrize("selector,why", [
+    ("huge", "key too large: 16384 bits (at most 4096)"),
+    ("fat", "key exponent of 4096 bits (at most 65537)"),
+    ("tiny", "key too small: 512 bits (at least 1024)"),
+])
+def test_an_oversized_key_or_exponent_is_a_permerror_and_never_rescues(spfmilter, attack_zones,
+                                                                         selector, why):
+    milter = spfmilter(**RESCUE)
+    _, eom, _ = deliver(milter, dkimkeys.sign(message(), "bank.test", selector=selector))
+    assert (eom.final.code, eom.final.text[:6]) == ("550", "5.7.23")
+    milter.wait_for_log(r"action=reject reason=\"mailfrom fail, not rescued: " + re.escape(why))
+
+
+def test_the_largest_allowed_key_still_rescues(spfmilter, attack_zones):
+    milter = spfmilter(**RESCUE)
+    _, eom, _ = deliver(milter, dkimkeys.sign(message(), "bank.test", selector="big", tag="big",
+                                              bits=4096))
+    assert eom.final.kind == "accept"
+    assert "dkim=pass header.d=bank.test header.s=big" in our_ar(eom)
+
+
+def test_an_l_signature_with_content_appended_is_not_rescued(spfmilter, zones):
+    milter = spfmilter(**RESCUE)
+    signed = dkimkeys.sign(message(), "bank.test", length=True)
+    signed_length = int(re.search(rb"[;\s]l=(\d+)", signed).group(1))
+    appended = b"PAY INVOICE TO IBAN XX00 1234 5678 9000\r\n"
+    _, eom, _ = deliver(milter, signed + appended)
+    assert (eom.final.code, eom.final.text[:6]) == ("550", "5.7.23")
+    milter.wait_for_log(r"action=reject reason=\"mailfrom fail, not rescued: l= covers "
+                        f"{signed_length} of {signed_length + len(appended)} body bytes\"")
+    # the same signature over the whole body, nothing appended, is a pass
+    _, eom, _ = deliver(milter, signed)
+    assert eom.final.kind == "accept"
+    assert "dkim=pass header.d=bank.test header.s=sel1" in our_ar(eom)
+
+
+def _worst_allowed_message() -> bytes:
+    """A message at every limit, whose eight signatures all verify: a 4,096-bit key, a
+    body of nearly DKIM_Max_Bytes made of long runs of blanks (dkimpy's canonicalization
+    is quadratic in each run), and one signature field of 8 KiB folded with runs of 63
+    blanks (dkimpy's b= pattern is quadratic in each run)."""
+    line = b"a" + b" \t" * 40_000 + b"b\r\n"
+    body = line * 50                                   # 4,000,200 bytes
+    raw = message(body="a b\n" * 50)                   # what relaxed makes of that body
+    for _ in range(7):
+        raw = dkimkeys.sign(raw, "bank.test", selector="big", tag="big", bits=4096)
+    signed = dkimkeys.sign(raw, "bank.test", selector="big", tag="big", bits=4096)
+    name, _, value = signed[:len(signed) - len(raw)].partition(b":")
+    b64 = re.search(rb"b=([A-Za-z0-9+/=\s]+)$", value.rstrip()).group(1)
+    letters = b"".join(b64.split())
+    fold = b"\r\n" + b" " * 61
+    padded = b""
+    while len(value) - len(b64) + len(padded) + len(letters) + len(fold) + 2 <= 8192 and letters:
+        padded, letters = padded + letters[:1] + fold, letters[1:]
+    value = value.replace(b64, padded + letters)
+    assert len(value) <= 8192 and not re.search(rb"\s{65}", value)
+    headers, _ = raw.split(b"\r\n\r\n", 1)
+    return name + b":" + value + headers + b"\r\n\r\n" + body
+
+
+def test_an_attack_message_does_not_delay_another_connections_answers(spfmilter, attack_zones):
+    """One worker: while it verifies the attacker's messages, another client's
+    transactions are answered as usual (a huge key or a long run of blanks held the
+    interpreter, and so every other connection of the worker, for seconds)."""
+    import time
+
+    milter = spfmilter(**RESCUE, Workers="1")
+    attacks = [("huge key", dkimkeys.sign(message(), "bank.test", selector="huge"), "550"),
+               ("worst allowed", _worst_allowed_message(), "")]
+    deliver(milter, message(sender="user@allowed.test"), sender="user@allowed.test",
+            client="192.0.2.10", helo="helo.test")       # SPF of allowed.test cached
+    with AnswerTimes(milter.socket_path) as ordinary:
+        for name, raw, code in attacks:
+            started = time.monotonic()
+            _, eom, _ = deliver(milter, raw)
+            ended = time.monotonic()
+            assert eom.final.code == code, (name, milter.decisions()[-1])
+            during = ordinary.during(started, ended)
+            assert len(during) >= 2, (name, ended - started)
+            slowest = max(s.took for s in during)
+            assert slowest < 0.5, (name, slowest, ended - started)
+    milter.wait_for_log(r"rescued by DKIM d=bank\.test")
