@@ -137,7 +137,7 @@ def _pvalue_domain(name: str) -> str:
     §9.2's example: OpenDMARC 1.4 takes a trusted SPF result only in that form.
     """
     value = clean(name)
-    if value.endswith(".") and not value.endswith(".."):
+    if value.endswith(".") and not value.endswith("..") and len(value) > 1:
         value = value[:-1]  # an absolute name; the pvalue grammar has no trailing dot
     ace = _ascii_domain(value)
     return ace if ace is not None else _for_authres(_ascii(value))

@@ -472,6 +472,7 @@ def test_received_spf_matches_rfc7208_grammar(result, identity, sender, helo, ip
 @example(results=["fail", "none"], sender="ceo@bank.example",        # a HELO must not add a clause
          helo="x; dkim=pass header.i=@bank.example", authserv_id="mx.test")
 @example(results=["pass"], sender="a b", helo="h.example", authserv_id="mx.test")  # quoted once
+@example(results=["pass"], sender="", helo=".", authserv_id="mx.test")  # the root is no empty pvalue
 def test_authentication_results_parse_and_round_trip(results, sender, helo, authserv_id):
     clauses = [_result("mailfrom", results[0], sender or f"postmaster@{helo}", "", None)]
     if len(results) > 1 and helo:   # the milter checks HELO only when one was given
