@@ -39,7 +39,6 @@ from typing import Any
 
 from spfmilter import config as cfg
 from spfmilter import milter_protocol
-from spfmilter.core.transaction import longest_wait
 from spfmilter.resolver import Resolver, TempFailure, resolv_conf
 
 OK, NOTE, WARNING, PROBLEM = "ok", "note", "warning", "problem"
@@ -494,7 +493,7 @@ def check_postfix(ctx: Context) -> None:
     where = f" in {ctx.postfix_dir}" if ctx.postfix_dir else ""
     queue = v.get("queue_directory", "/var/spool/postfix")
     owner = v.get("mail_owner", "postfix")
-    lookup = longest_wait(ctx.settings)
+    lookup = ctx.settings.lookup_time
 
     _wrap(ctx, "postfix", lambda: _postfix_smtpds(ctx, pf, queue, owner, where))
 
@@ -661,7 +660,7 @@ def check_sendmail(ctx: Context) -> None:
                 f"{effect} while spfmilter is down; write F=T in its INPUT_MAIL_FILTER: "
                 f"{mc_line}" + then, rebuild)
     timeouts = dict(t.partition(":")[::2] for t in fields.get("T", "").split(";") if ":" in t)
-    lookup = longest_wait(ctx.settings)
+    lookup = ctx.settings.lookup_time
     for key, default, what in (("R", "10s", "reading a reply"), ("E", "5m", "end of message")):
         value = timeouts.get(key, default)
         secs = seconds(value)

@@ -8,10 +8,11 @@ that tie them together are policy, and every front end needs the same ones --
 * the null sender's MAIL FROM identity is postmaster@HELO (RFC 7208 §2.4),
   which is exactly the HELO evaluation: it is reused, never looked up twice;
 * each identity gets its own full Lookup_Time (each Domain_Whitelist domain
-  its Whitelist_Lookup_Time), and they are evaluated concurrently: a HELO
-  whose DNS never answers cannot spend MAIL FROM's budget (which would turn
-  a forger's fail into temperror), and a message still waits no longer than
-  the longest of those budgets for DNS -- within the MTA's milter timeouts;
+  its Whitelist_Lookup_Time, at most Lookup_Time), and they are evaluated
+  concurrently: a HELO whose DNS never answers cannot spend MAIL FROM's
+  budget (which would turn a forger's fail into temperror), and a message
+  still waits no longer than Lookup_Time for DNS -- within the MTA's milter
+  timeouts;
 * evaluation happens once per message, at its first recipient, and every
   recipient is then decided on the same results.
 
@@ -74,14 +75,6 @@ class DKIMChecker(Protocol):
 
 _SPLIT = Reply("452", "4.5.3", "Recipients with another policy than the first: send this one "
                                "in a transaction of its own")
-
-
-def longest_wait(settings: Settings) -> float:
-    """The longest a message's SPF evaluation waits for DNS: its identities and
-    Domain_Whitelist domains are evaluated concurrently, each within its own budget.
-    An MTA's milter timeouts must be longer than this (``spfmilter doctor`` checks)."""
-    return max(settings.lookup_time,
-               settings.whitelist_lookup_time if settings.domain_whitelist else 0.0)
 
 
 class Connection:
@@ -181,9 +174,10 @@ class Transaction:
             calls.append((("id", "helo"), run("helo", "")))
         if plan.check_mailfrom and not reuse_helo:
             calls.append((("id", "mailfrom"), run("mailfrom", self.sender)))
-        for domain in plan.whitelist_domains:
+        for domain in plan.whitelist_domains:   # never longer than the message waits anyway
             calls.append((("whitelist", domain), run("mailfrom", f"postmaster@{domain}",
-                                      s.whitelist_lookup_time, local=False)))
+                                                     min(s.whitelist_lookup_time, s.lookup_time),
+                                                     local=False)))
         results = dict(zip([name for name, _ in calls],
                            check.each([call for _, call in calls]), strict=True))
         helo = results.get(("id", "helo"), helo_known)

@@ -165,7 +165,8 @@ def test_dns_fault_gives_rfc_result_and_configured_action(spfmilter, dns_server,
 
 
 def test_whitelist_lookups_share_the_message_budget(spfmilter, dns_server):
-    """Domain_Whitelist checks have their own limit, but never beyond the message's Lookup_Time."""
+    """Domain_Whitelist checks have their own limit, but never beyond the message's Lookup_Time
+    (they run beside HELO and MAIL FROM, each within its own budget)."""
     slow, listed = unique("slow"), unique("listed")
     dns_server.update({slow: ["TIMEOUT"], listed: ["TIMEOUT"]})
     milter = spfmilter(Lookup_Time=str(LOOKUP_TIME), Whitelist_Lookup_Time="10",

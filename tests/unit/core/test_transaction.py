@@ -68,15 +68,21 @@ def test_null_sender_reuses_the_helo_evaluation():
 def test_each_identity_has_its_own_full_budget_and_the_waits_overlap():
     conn, check = Connection("192.0.2.10"), Concurrent(cost=0.3)
     conn.hello("h.test")
-    txn = Transaction(conn, settings(Lookup_Time="1", Domain_Whitelist="fwd.test",
-                                     Whitelist_Lookup_Time="5"), "u@x.test")
+    txn = Transaction(conn, settings(Lookup_Time="2", Domain_Whitelist="fwd.test, fwd2.test",
+                                     Whitelist_Lookup_Time="1.5"), "u@x.test")
     check.results["postmaster@fwd.test"] = "fail"
+    check.results["postmaster@fwd2.test"] = "fail"
     started = time.monotonic()
     txn.evaluate(check)
     took = time.monotonic() - started
-    assert sorted(c[2] for c in check.calls) == [1.0, 1.0, 5.0]
+    assert sorted(c[2] for c in check.calls) == [1.5, 1.5, 2.0, 2.0]
     assert took < 0.3 * 2, took            # concurrently: the slowest, not the sum
     assert txn.whitelisted_by is None
+    capped = Transaction(conn, settings(Lookup_Time="1", Domain_Whitelist="fwd.test",
+                                        Whitelist_Lookup_Time="5"), "u@x.test")
+    check.calls.clear()
+    capped.evaluate(check)                 # never longer than the message's Lookup_Time
+    assert sorted(c[2] for c in check.calls) == [1.0, 1.0]   # HELO known: MAIL FROM, whitelist
 
 
 def test_a_helo_that_spends_its_budget_leaves_mail_froms_intact():
