@@ -239,6 +239,23 @@ def test_reload_restart_stop_and_start_again(booted: tuple[dict[str, Any], Boot]
     assert reply(life["mail_after_start"], "data")[0] == 250, life["mail_after_start"]
 
 
+def test_socket_outside_the_chroot_is_named_by_doctor_and_its_fix_restores_the_layout(
+        booted: tuple[dict[str, Any], Boot]) -> None:
+    """The issue's failure, reproduced: /run/spfmilter a real folder, Postfix chrooted."""
+    s = booted[0]["socket_outside_chroot"]
+    assert s["manual"]["rc"] == 0 and s["run_dir"]["type"] == "d", s
+    code, text = reply(s["mail"], "mail")
+    assert (code, text[:5]) == (451, "4.7.1"), s["mail"]
+    assert s["doctor"]["rc"] == 1, s["doctor"]["out"]
+    [problem] = [line for line in s["doctor"]["out"].splitlines() if line.startswith("problem:")]
+    assert "inside the chroot /var/spool/postfix" in problem and "symlink" in problem, problem
+    # the fix keeps Postfix's chroot: it remakes the package's folder and symlink
+    assert problem.endswith("run: systemd-tmpfiles --create spfmilter.conf && systemctl restart spfmilter"), problem
+    assert s["fix"]["rc"] == 0, s["fix"]
+    assert s["doctor_after"]["rc"] == 0, s["doctor_after"]["out"]
+    assert reply(s["mail_after"], "data")[0] == 250, s["mail_after"]
+
+
 def test_upgrade_keeps_the_conffile_edits_and_restarts(booted: tuple[dict[str, Any], Boot]) -> None:
     up = booted[0]["upgrade"]
     assert up["apt"]["rc"] == 0, up["apt"]["out"]

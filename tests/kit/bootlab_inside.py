@@ -220,6 +220,27 @@ def main() -> None:
         return out
     step("lifecycle", lifecycle)
 
+    def socket_outside_chroot() -> dict[str, Any]:
+        """The layout of a plain install: /run/spfmilter a real folder.  The chrooted
+        smtpd cannot find the socket; doctor names it, and its fix restores the package's."""
+        out: dict[str, Any] = {"stop": sh("systemctl", "stop", "spfmilter", timeout=90)}
+        sh("rm", "-f", "/run/spfmilter")
+        sh("install", "-d", "-o", "spfmilter", "-g", "spfmilter", "-m", "0750", "/run/spfmilter")
+        out["manual"] = sh("systemd-run", "--unit=spfmilter-manual", "--uid=spfmilter", "--gid=spfmilter",
+                           "-p", "UMask=0007", "/usr/bin/spfmilter", "-c", str(CONFFILE), "--log", "syslog")
+        wait_until(lambda: describe("/run/spfmilter/spfmilter.sock") is not None, 30)
+        out["run_dir"] = describe("/run/spfmilter")
+        out["mail"] = send(GOOD, subject="socket outside")
+        out["doctor"] = sh("spfmilter", "doctor", timeout=90)
+        out["stop_manual"] = sh("systemctl", "stop", "spfmilter-manual", timeout=90)
+        fixes = re.findall(r"(?m)^problem: .*; run: (.*)$", out["doctor"]["out"])
+        out["fix"] = sh("sh", "-c", fixes[0], timeout=120) if fixes else None
+        wait_until(socket_ready, 30)
+        out["doctor_after"] = sh("spfmilter", "doctor", timeout=90)
+        out["mail_after"] = send(GOOD, subject="after doctor fix")
+        return out
+    step("socket_outside_chroot", socket_outside_chroot)
+
     def upgrade() -> dict[str, Any]:
         before = unit()
         conf = CONFFILE.read_text()
