@@ -1,9 +1,9 @@
 """Operations: metrics endpoint, `check --trace`, local policy, and migration from policyd-spf."""
 
+import os
 import re
 import subprocess
 import sys
-import tarfile
 from pathlib import Path
 
 import pytest
@@ -80,15 +80,14 @@ def test_local_rules_and_best_guess(spfmilter):
 
 @pytest.fixture(scope="module")
 def spf_engine_samples() -> Path:
-    """The sample configurations shipped in spf-engine's source distribution (PyPI)."""
-    cache = ROOT / ".cache" / "spf-engine"
-    target = cache / "spf-engine-3.1.0" / "data" / "etc"
-    if not target.exists():
-        cache.mkdir(parents=True, exist_ok=True)
-        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary",
-                        ":all:", "spf-engine==3.1.0", "-d", str(cache)], check=True, timeout=300)
-        with tarfile.open(next(cache.glob("spf*engine-3.1.0.tar.gz"))) as tar:
-            tar.extractall(cache, filter="data")
+    """The sample configurations shipped in spf-engine's source distribution, which
+    ``make interop-deps`` (scripts/install-interop.sh) downloads and unpacks."""
+    target = ROOT / ".cache" / "spf-engine" / "spf-engine-3.1.0" / "data" / "etc"
+    if not target.is_dir():
+        what = f"spf-engine's samples ({target}): run `make interop-deps`"
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(what)
+        pytest.skip(what)
     return target
 
 
