@@ -26,9 +26,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from spfmilter import __version__
-from tests.kit import DATA, ROOT
+from tests.kit import DATA, ROOT, dkimkeys, mta
 from tests.kit.bootlab import Boot, BootLab, BootLabMissing, base_root
 
 DEB = ROOT / f"spfmilter_{__version__}_all.deb"
@@ -117,7 +118,14 @@ def booted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[dict[str,
         lab.put(f"{INSIDE}/upgrade.deb", upgrade_deb(DEB, work).read_bytes())
         lab.put(f"{INSIDE}/bootlab_inside.py", (ROOT / "tests/kit/bootlab_inside.py").read_text())
         lab.put(f"{INSIDE}/dnsserver.py", (ROOT / "tests/kit/dnsserver.py").read_text())
-        lab.put(f"{INSIDE}/zones.yml", (DATA / "zones.yml").read_text())
+        zones = {**yaml.safe_load((DATA / "zones.yml").read_text()),
+                 "bank.test": [{"TXT": "v=spf1 ip4:192.0.2.0/24 -all"}],
+                 "sel1._domainkey.bank.test": [{"TXT": dkimkeys.key_record()}]}
+        lab.put(f"{INSIDE}/zones.yml", yaml.safe_dump(zones))
+        lab.put(f"{INSIDE}/signed.eml", dkimkeys.sign(
+            mta.make_message("user@bank.test", "alice@mx.test", subject="dkim rescued"), "bank.test"))
+        lab.put(f"{INSIDE}/unsigned.eml",
+                mta.make_message("user@bank.test", "alice@mx.test", subject="dkim unsigned"))
         lab.put(f"{INSIDE}/dns.py", DNS_MAIN)
         lab.put("/etc/resolv.conf", "nameserver 127.0.0.1\n")
         lab.put("/etc/hostname", "mx\n")
@@ -205,6 +213,20 @@ def test_testonly_zero_labels_a_forgery_instead_of_refusing_it(booted: tuple[dic
     assert reply(t["forged"], "rcpt")[0] == 250 and reply(t["forged"], "data")[0] == 250, t["forged"]
     assert t["delivered"] is not None
     assert re.search(r"(?m)^Received-SPF: fail ", t["delivered"].split("\n\n", 1)[0]), t["delivered"]
+
+
+def test_dkim_rescue_delivers_a_signed_forward_and_refuses_it_unsigned(
+        booted: tuple[dict[str, Any], Boot]) -> None:
+    d = booted[0]["dkim_rescue"]
+    assert d["reload"]["rc"] == 0 and d["reload"]["logged"], d["reload"]
+    assert reply(d["signed"], "rcpt")[0] == 250 and reply(d["signed"], "data")[0] == 250, d["signed"]
+    ar = " ".join(re.findall(r"(?m)^Authentication-Results: mx\.test;.*", d["delivered"] or ""))
+    assert "dkim=pass header.d=bank.test header.s=sel1" in ar and "spf=fail smtp.mailfrom=bank.test" in ar, \
+        d["delivered"]
+    assert reply(d["unsigned"], "rcpt")[0] == 250, d["unsigned"]  # held at RCPT
+    code, text = reply(d["unsigned"], "data")
+    assert (code, text[:6]) == (550, "5.7.23"), d["unsigned"]
+    assert d["unsigned_delivered"] is None and d["reload_back"]["rc"] == 0
 
 
 def test_same_lines_work_with_postfix_chroot_off(booted: tuple[dict[str, Any], Boot]) -> None:

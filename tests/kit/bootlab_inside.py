@@ -71,7 +71,8 @@ def unit(name: str = "spfmilter") -> dict[str, str]:
     return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
 
 
-def send(client: tuple[str, str, str], rcpt: str = "alice@mx.test", subject: str = "test") -> dict[str, Any]:
+def send(client: tuple[str, str, str], rcpt: str = "alice@mx.test", subject: str = "test",
+         raw: bytes | None = None) -> dict[str, Any]:
     """One SMTP transaction from a documentation address on lo (this namespace's own)."""
     ip, helo, sender = client
     out: dict[str, Any] = {"client": ip, "helo": helo, "from": sender}
@@ -81,9 +82,10 @@ def send(client: tuple[str, str, str], rcpt: str = "alice@mx.test", subject: str
             out["mail"] = list(s.mail(sender))
             out["rcpt"] = list(s.rcpt(rcpt))
             if out["rcpt"][0] == 250:
-                body = (f"From: {sender}\r\nTo: {rcpt}\r\nSubject: {subject}\r\n"
-                        f"Message-ID: <{subject.replace(' ', '-')}.{time.time()}@allowed.test>\r\n\r\nhello\r\n")
-                out["data"] = list(s.data(body.encode()))
+                body = raw or (f"From: {sender}\r\nTo: {rcpt}\r\nSubject: {subject}\r\n"
+                               f"Message-ID: <{subject.replace(' ', '-')}.{time.time()}@allowed.test>\r\n"
+                               "\r\nhello\r\n").encode()
+                out["data"] = list(s.data(body))
             else:
                 s.rset()
     except (OSError, smtplib.SMTPException) as exc:
@@ -195,6 +197,22 @@ def main() -> None:
                 "forged": forged, "doctor": doctor, "on": on, "restart_back": r2,
                 "chroot": sh("postconf", "-F", "smtp/inet/chroot")["out"].strip()}
     step("no_chroot", no_chroot)
+
+    def dkim_rescue() -> dict[str, Any]:
+        """A forward that keeps the sender's envelope: SPF fails, bank.test's DKIM
+        signature (made on the host, key in the tests' DNS) rescues it."""
+        before = CONFFILE.read_text()
+        conf_set("DKIM_Rescue = True\n")
+        r = reload()
+        fwd = ("198.51.100.7", "forwarder.test", "user@bank.test")
+        here = Path(deb).parent
+        signed = send(fwd, raw=(here / "signed.eml").read_bytes())
+        unsigned = send(fwd, raw=(here / "unsigned.eml").read_bytes())
+        msg = delivered("dkim rescued")
+        CONFFILE.write_text(before)
+        return {"reload": r, "signed": signed, "unsigned": unsigned, "delivered": msg,
+                "unsigned_delivered": delivered("dkim unsigned", 2), "reload_back": reload()}
+    step("dkim_rescue", dkim_rescue)
 
     def lifecycle() -> dict[str, Any]:
         out: dict[str, Any] = {"before": unit()}
