@@ -35,6 +35,10 @@ pkgs=$(printf '%s\n' systemd systemd-sysv dbus postfix python3 iproute2 python3-
     ca-certificates $depends | sort -u | tr '\n' ',' | sed 's/,$//')
 key=$(printf '%s %s\n' "$suite" "$pkgs" | sha256sum | cut -c1-12)
 root="$cache/$suite-$key"
+mkdir -p "$cache"
+# One builder at a time (two test runs may ask at once); the second finds it made.
+exec 9>"$cache/.lock"
+flock -w 1800 9 || { echo "install-boot-lab: $cache/.lock held for 30 minutes" >&2; exit 1; }
 if [ -f "$root/.complete" ]; then
     echo "$root"
     exit 0

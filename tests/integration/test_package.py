@@ -238,6 +238,12 @@ def test_user_service_enablement_and_postfix_group(installed: subprocess.Complet
     user = run(["getent", "passwd", "spfmilter"]).stdout.strip().split(":")
     assert user[0] == "spfmilter" and user[6] == "/usr/sbin/nologin"
     assert unit_settings()["User"] == "spfmilter"
+    # Documentation= names what is installed (the manual pages, the README), no web page
+    docs = configparser.ConfigParser(interpolation=None, strict=False)
+    docs.read_string(UNIT.read_text())
+    assert docs["Unit"]["Documentation"].split() == [
+        "man:spfmilter(8)", "man:spfmilter.conf(5)", "file:/usr/share/doc/spfmilter/README.rst.gz"]
+    assert Path("/usr/share/doc/spfmilter/README.rst.gz").exists()
     # SysV links (update-rc.d) and the systemd enablement (deb-systemd-helper)
     assert list(Path("/etc/rc2.d").glob("S*spfmilter"))
     assert Path("/etc/systemd/system/multi-user.target.wants/spfmilter.service").is_symlink()
