@@ -256,6 +256,28 @@ def test_user_service_enablement_and_postfix_group(installed: subprocess.Complet
         assert "spfmilter" in run(["id", "-nG", "postfix"]).stdout.split()
 
 
+def test_tmpfiles_makes_socket_folder_and_link_also_without_postfix(installed: subprocess.CompletedProcess[str],
+                                                                   tmp_path: Path) -> None:
+    """On a host without Postfix the spool folder is made too (installing Postfix later then
+    just works); a second run changes nothing.  The installed snippet, in a root of its own."""
+    root = tmp_path / "root"
+    (root / "etc").mkdir(parents=True)
+    (root / "run").mkdir()
+    for db in ("passwd", "group"):
+        lines = [run(["getent", db, name]).stdout.strip() for name in ("root", "spfmilter")]
+        (root / "etc" / db).write_text("\n".join(lines) + "\n")
+    snippet = "/usr/lib/tmpfiles.d/spfmilter.conf"
+    for _ in range(2):
+        run(["systemd-tmpfiles", f"--root={root}", "--create", snippet])
+        spool, folder = root / "var/spool/postfix", root / str(SOCKET_DIR).lstrip("/")
+        assert (spool.stat().st_uid, spool.stat().st_mode & 0o7777) == (0, 0o755)
+        st = folder.stat()
+        assert (st.st_uid, st.st_gid, st.st_mode & 0o7777) == \
+            (installed_uid("spfmilter"), installed_gid("spfmilter"), 0o750)
+        link = root / str(RUNTIME_DIR).lstrip("/")
+        assert link.is_symlink() and os.readlink(link) == str(SOCKET_DIR)
+
+
 def test_check_through_debians_dnspython(installed: subprocess.CompletedProcess[str],
                                         dns_server: TestDNSServer, tmp_path: Path) -> None:
     """``Nameservers = 127.0.0.1:PORT``: the dnspython 2.3 form of a custom server."""
