@@ -278,6 +278,30 @@ def test_tmpfiles_makes_socket_folder_and_link_also_without_postfix(installed: s
         assert link.is_symlink() and os.readlink(link) == str(SOCKET_DIR)
 
 
+def test_sysv_script_remakes_the_link_and_listens_in_the_socket_folder(
+        installed: subprocess.CompletedProcess[str], tmp_path: Path) -> None:
+    """A host without systemd: nothing remade /run/spfmilter at boot; the packaged SysV
+    script does before it starts the milter (as root, UserID = spfmilter, as the README says)."""
+    conf = tmp_path / "spfmilter.conf"
+    conf.write_text(CONFFILE.read_text() + "\nUserID = spfmilter\nUMask = 007\n")
+    conf.chmod(0o644)
+    log = tmp_path / "spfmilter.log"
+    env = {**CLEAN_ENV, "SPFMILTER_CONF": str(conf), "SPFMILTER_LOGFILE": str(log)}
+    run(["rm", "-rf", str(RUNTIME_DIR)])   # /run is a tmpfs: what a reboot leaves
+    sock = RUNTIME_DIR / "spfmilter.sock"
+    try:
+        res = run(["/etc/init.d/spfmilter", "start"], env=env, check=False, timeout=90)
+        assert res.returncode == 0, res.stdout + res.stderr
+        wait_for(lambda: sock.exists(), 30, "the socket", on_timeout=lambda: log.read_text(errors="replace"))
+        assert RUNTIME_DIR.is_symlink() and os.readlink(RUNTIME_DIR) == str(SOCKET_DIR)
+        assert os.path.realpath(sock) == str(SOCKET_DIR / "spfmilter.sock")
+        assert run(["/etc/init.d/spfmilter", "status"], env=env, check=False).returncode == 0
+    finally:
+        stop = run(["/etc/init.d/spfmilter", "stop"], env=env, check=False, timeout=90)
+    assert stop.returncode == 0, stop.stdout + stop.stderr
+    assert not sock.exists(), "the socket outlived the milter"
+
+
 def test_check_through_debians_dnspython(installed: subprocess.CompletedProcess[str],
                                         dns_server: TestDNSServer, tmp_path: Path) -> None:
     """``Nameservers = 127.0.0.1:PORT``: the dnspython 2.3 form of a custom server."""
