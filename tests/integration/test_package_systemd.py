@@ -278,6 +278,15 @@ def test_socket_outside_the_chroot_is_named_by_doctor_and_its_fix_restores_the_l
     assert reply(s["mail_after"], "data")[0] == 250, s["mail_after"]
 
 
+def test_postfix_installed_later_joins_group_spfmilter_through_the_trigger(
+        booted: tuple[dict[str, Any], Boot]) -> None:
+    later = booted[0]["postfix_installed_later"]
+    assert later["remove"]["rc"] == 0 and "spfmilter" not in later["groups_before"], later
+    assert later["trigger"]["rc"] == 0 and later["process"]["rc"] == 0, later
+    assert "Processing triggers for spfmilter" in later["process"]["out"], later["process"]["out"]
+    assert "spfmilter" in later["groups_after"], later
+
+
 def test_upgrade_keeps_the_conffile_edits_and_restarts(booted: tuple[dict[str, Any], Boot]) -> None:
     up = booted[0]["upgrade"]
     assert up["apt"]["rc"] == 0, up["apt"]["out"]

@@ -259,6 +259,17 @@ def main() -> None:
         return out
     step("socket_outside_chroot", socket_outside_chroot)
 
+    def postfix_installed_later() -> dict[str, Any]:
+        """Postfix arriving after spfmilter fires spfmilter's file trigger on
+        /usr/sbin/postfix, whose postinst then adds postfix to group spfmilter."""
+        out = {"remove": sh("gpasswd", "-d", "postfix", "spfmilter"),
+               "groups_before": sh("id", "-nG", "postfix")["out"].split(),
+               "trigger": sh("dpkg-trigger", "--no-await", "/usr/sbin/postfix"),
+               "process": sh("dpkg", "--triggers-only", "--pending", timeout=120)}
+        out["groups_after"] = sh("id", "-nG", "postfix")["out"].split()
+        return out
+    step("postfix_installed_later", postfix_installed_later)
+
     def upgrade() -> dict[str, Any]:
         before = unit()
         conf = CONFFILE.read_text()
