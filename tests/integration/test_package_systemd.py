@@ -183,6 +183,8 @@ def test_readme_postfix_lines_on_chrooted_postfix_label_a_pass_and_refuse_a_forg
     conf = facts["configure"]
     assert "smtpd_milters = unix:/run/spfmilter/spfmilter.sock" in conf["settings"]
     assert all(r["rc"] == 0 for r in conf["postconf"]), conf["postconf"]
+    # the socket folder inside the queue folder is nothing `postfix check` complains about
+    assert conf["postfix_check"]["rc"] == 0 and conf["postfix_check"]["out"] == "", conf["postfix_check"]
     assert conf["restart_postfix"]["rc"] == 0 and conf["reload_spfmilter"]["rc"] == 0
     assert conf["chroot"] == "smtp/inet/chroot = y", "the test must not turn the chroot off here"
     mail = facts["mail"]

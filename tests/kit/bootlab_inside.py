@@ -158,9 +158,10 @@ def main() -> None:
         applied = [sh("postconf", "-e", s.replace(" = ", "=", 1)) for s in settings]
         # the mail domain of this test host (not about milters)
         applied.append(sh("postconf", "-e", "myhostname=mx.test", "mydestination=mx.test, localhost"))
+        check = sh("postfix", "check", timeout=60)  # Postfix's own view of its queue folder
         reload_pf = sh("systemctl", "restart", "postfix", timeout=120)
         reload_sm = reload()
-        return {"settings": settings, "postconf": applied, "restart_postfix": reload_pf,
+        return {"settings": settings, "postconf": applied, "postfix_check": check, "restart_postfix": reload_pf,
                 "reload_spfmilter": reload_sm, "chroot": sh("postconf", "-F", "smtp/inet/chroot")["out"].strip(),
                 "smtpd_milters": sh("postconf", "-h", "smtpd_milters")["out"].strip()}
     step("configure", configure)
