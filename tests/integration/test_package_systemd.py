@@ -55,6 +55,9 @@ CHECK_UNIT = f"""\
 Description=spfmilter package checks
 After=spfmilter-test-dns.service postfix.service
 
+# the script powers off when it is done; if it cannot even start, systemd does
+FailureAction=poweroff
+
 [Service]
 Type=exec
 ExecStart=/usr/bin/python3 {INSIDE}/bootlab_inside.py {INSIDE}/{DEB.name} {INSIDE}/upgrade.deb
