@@ -583,15 +583,40 @@ def _postfix_smtpds(ctx: Context, pf: Postfix, queue: str, owner: str, where: st
 
 def _postfix_name_fix(ctx: Context, pf: Postfix, name: str, chrooted: bool,
                       queue: str) -> tuple[str, str | None]:
-    """How to make smtpd find spfmilter's socket: chroot off, or the socket inside it."""
+    """How to make smtpd find spfmilter's socket: the socket folder inside the chroot
+    with a symlink to it (what the Debian package sets up), or the chroot off."""
     assert ctx.endpoint is not None
     if chrooted:
+        folder = os.path.dirname(ctx.endpoint.path)
         inside = os.path.join(queue, "spfmilter", "spfmilter.sock")
-        return (f"it runs chrooted in {queue} (master.cf chroot column y): turn the chroot "
-                f"off, or set Socket = unix:{inside} in {ctx.conf} and smtpd_milters = "
-                "unix:/spfmilter/spfmilter.sock", pf.cmd("-F", f"{name}/chroot=n"))
+        text = (f"it runs chrooted in {queue} (master.cf chroot column y); let the socket's "
+                f"folder be {queue.rstrip('/')}{folder} with {folder} a symlink to it (as the "
+                f"Debian package does), or set Socket = unix:{inside} in {ctx.conf} and "
+                "smtpd_milters = unix:/spfmilter/spfmilter.sock, or turn the chroot off")
+        if ctx.endpoint.kind == "unix" and _tmpfiles_link(folder, queue):
+            return text, f"systemd-tmpfiles --create {TMPFILES_SNIPPET} && systemctl restart spfmilter"
+        return text, pf.cmd("-F", f"{name}/chroot=n")
     return "point smtpd_milters at it", pf.cmd(
         "-e", shlex.quote(f"smtpd_milters={ctx.endpoint}"))
+
+
+TMPFILES_SNIPPET = "spfmilter.conf"
+TMPFILES_DIRS = ("/etc/tmpfiles.d", "/run/tmpfiles.d", "/usr/lib/tmpfiles.d")
+
+
+def _tmpfiles_link(folder: str, queue: str) -> bool:
+    """Whether spfmilter's tmpfiles.d snippet makes ``folder`` a symlink into the queue
+    folder (the Debian package's set-up): then recreating it is the fix."""
+    for d in TMPFILES_DIRS:  # the first one found wins, as for systemd-tmpfiles
+        snippet = Path(d, TMPFILES_SNIPPET)
+        if snippet.exists():
+            for line in snippet.read_text(errors="replace").splitlines():
+                f = line.split()
+                if len(f) >= 7 and f[0] in ("L", "L+") and f[1] == folder and \
+                        f[6].startswith(queue.rstrip("/") + "/"):
+                    return True
+            return False
+    return False
 
 
 def _chroot_spec(ctx: Context, queue: str) -> str:

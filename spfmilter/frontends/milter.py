@@ -273,8 +273,11 @@ class SPFMilter(Milter.Base):  # type: ignore[misc]  # pymilter has no type hint
             metrics.FORGED.inc()
             log.info("%s", kv(action="removed-forged-header", header=name, index=index,
                                 queue_id=txn.queue_id or self._macro("i") or None))
+        # With SMFIP_HDR_LEADSPC negotiated (DKIM_Rescue) the MTA writes "Name:" and
+        # the value as given, so the space after the colon is ours to send.
+        lead = " " if self._protocol & Milter.P_HDR_LEADSPC else ""
         for name, value in reversed(txn.result_headers()):
-            self.addheader(name, value, 0)
+            self.addheader(name, lead + value, 0)
         self.txn = self.message = None
         return int(Milter.ACCEPT)
 

@@ -45,6 +45,9 @@ def test_signed_forward_delivered_with_dkim_pass(lab, rescuing, canon):
             if v.lower().startswith("mx.test;")]
     assert len(ours) == 1 and "dkim=pass header.d=bank.test header.s=sel1" in ours[0]
     assert ours[0].endswith("spf=fail smtp.mailfrom=bank.test")
+    # as written in the message: "Name: value", as without DKIM_Rescue
+    assert re.search(r"(?m)^Authentication-Results: mx\.test;", m.text), m.text
+    assert re.search(r"(?m)^Received-SPF: fail ", m.text), m.text
     rescuing.wait_for_log(r"rescued by DKIM d=bank\.test")
 
 

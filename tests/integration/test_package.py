@@ -41,7 +41,9 @@ from tests.kit.wait import wait_for
 DEB = ROOT / f"spfmilter_{__version__}_all.deb"
 UNIT = Path("/lib/systemd/system/spfmilter.service")
 CONFFILE = Path("/etc/spfmilter/spfmilter.conf")
-RUNTIME_DIR = Path("/run/spfmilter")
+RUNTIME_DIR = Path("/run/spfmilter")          # a symlink to SOCKET_DIR (tmpfiles.d/spfmilter.conf)
+SOCKET_DIR = Path("/var/spool/postfix/run/spfmilter")
+POLICY_RC_D = Path("/usr/sbin/policy-rc.d")
 DEBIAN_LIBS = {  # Debian package -> the module it gives Debian's python3
     "python3-milter": "Milter", "python3-spf": "spf", "python3-dnspython": "dns",
     "python3-authres": "authres", "python3-prometheus-client": "prometheus_client",
@@ -99,6 +101,28 @@ def apt_install(*args: str) -> subprocess.CompletedProcess[str]:
     return res
 
 
+def policy_denies(action: str) -> bool:
+    """Whether this machine's policy-rc.d (Debian's container images have one) refuses
+    ``action`` for spfmilter: invoke-rc.d then skips the postinst's start/restart."""
+    if not os.access(POLICY_RC_D, os.X_OK):
+        return False
+    return run([str(POLICY_RC_D), "spfmilter", action], check=False).returncode == 101
+
+
+def started_by_postinst(res: subprocess.CompletedProcess[str], action: str) -> None:
+    """The postinst asked invoke-rc.d to (re)start the service: without systemd as
+    PID 1 here, that is the SysV script, unless a policy-rc.d refuses it.  The tests
+    start the program themselves, so stop it if it did start."""
+    out = res.stdout + res.stderr
+    if policy_denies(action):
+        assert f"denied execution of {action}" in out, out
+        assert sysv("status").returncode != 0
+    else:
+        status = sysv("status")
+        assert status.returncode == 0, f"the postinst's {action} did not leave it running\n{status.stdout}{out}"
+        assert sysv("stop").returncode == 0
+
+
 def sysv(action: str) -> subprocess.CompletedProcess[str]:
     return run(["/etc/init.d/spfmilter", action], check=False, timeout=90)
 
@@ -127,13 +151,7 @@ def installed() -> Iterator[subprocess.CompletedProcess[str]]:
         purge()  # left by an interrupted run: start from a machine without it
     res = apt_install(f"./{DEB.name}")
     try:
-        # No systemd as PID 1 here: the postinst asked invoke-rc.d to start the
-        # SysV script, which a policy-rc.d may refuse.  The tests start the
-        # program themselves, so stop it if it did start.
-        if sysv("status").returncode == 0:
-            assert sysv("stop").returncode == 0
-        else:  # what Debian's docker images say: the postinst did ask for the start
-            assert "denied execution of start" in res.stdout + res.stderr, res.stdout + res.stderr
+        started_by_postinst(res, "start")
         yield res
     finally:
         with contextlib.suppress(Exception):
@@ -220,6 +238,12 @@ def test_user_service_enablement_and_postfix_group(installed: subprocess.Complet
     user = run(["getent", "passwd", "spfmilter"]).stdout.strip().split(":")
     assert user[0] == "spfmilter" and user[6] == "/usr/sbin/nologin"
     assert unit_settings()["User"] == "spfmilter"
+    # Documentation= names what is installed (the manual pages, the README), no web page
+    docs = configparser.ConfigParser(interpolation=None, strict=False)
+    docs.read_string(UNIT.read_text())
+    assert docs["Unit"]["Documentation"].split() == [
+        "man:spfmilter(8)", "man:spfmilter.conf(5)", "file:/usr/share/doc/spfmilter/README.rst.gz"]
+    assert Path("/usr/share/doc/spfmilter/README.rst.gz").exists()
     # SysV links (update-rc.d) and the systemd enablement (deb-systemd-helper)
     assert list(Path("/etc/rc2.d").glob("S*spfmilter"))
     assert Path("/etc/systemd/system/multi-user.target.wants/spfmilter.service").is_symlink()
@@ -230,6 +254,52 @@ def test_user_service_enablement_and_postfix_group(installed: subprocess.Complet
     assert res.returncode == 0 and "spfmilter.service" not in res.stdout + res.stderr, res.stdout + res.stderr
     if run(["getent", "passwd", "postfix"], check=False).returncode == 0:
         assert "spfmilter" in run(["id", "-nG", "postfix"]).stdout.split()
+
+
+def test_tmpfiles_makes_socket_folder_and_link_also_without_postfix(installed: subprocess.CompletedProcess[str],
+                                                                   tmp_path: Path) -> None:
+    """On a host without Postfix the spool folder is made too (installing Postfix later then
+    just works); a second run changes nothing.  The installed snippet, in a root of its own."""
+    root = tmp_path / "root"
+    (root / "etc").mkdir(parents=True)
+    (root / "run").mkdir()
+    for db in ("passwd", "group"):
+        lines = [run(["getent", db, name]).stdout.strip() for name in ("root", "spfmilter")]
+        (root / "etc" / db).write_text("\n".join(lines) + "\n")
+    snippet = "/usr/lib/tmpfiles.d/spfmilter.conf"
+    for _ in range(2):
+        run(["systemd-tmpfiles", f"--root={root}", "--create", snippet])
+        spool, folder = root / "var/spool/postfix", root / str(SOCKET_DIR).lstrip("/")
+        assert (spool.stat().st_uid, spool.stat().st_mode & 0o7777) == (0, 0o755)
+        st = folder.stat()
+        assert (st.st_uid, st.st_gid, st.st_mode & 0o7777) == \
+            (installed_uid("spfmilter"), installed_gid("spfmilter"), 0o750)
+        link = root / str(RUNTIME_DIR).lstrip("/")
+        assert link.is_symlink() and os.readlink(link) == str(SOCKET_DIR)
+
+
+def test_sysv_script_remakes_the_link_and_listens_in_the_socket_folder(
+        installed: subprocess.CompletedProcess[str], tmp_path: Path) -> None:
+    """A host without systemd: nothing remade /run/spfmilter at boot; the packaged SysV
+    script does before it starts the milter (as root, UserID = spfmilter, as the README says)."""
+    conf = tmp_path / "spfmilter.conf"
+    conf.write_text(CONFFILE.read_text() + "\nUserID = spfmilter\nUMask = 007\n")
+    conf.chmod(0o644)
+    log = tmp_path / "spfmilter.log"
+    env = {**CLEAN_ENV, "SPFMILTER_CONF": str(conf), "SPFMILTER_LOGFILE": str(log)}
+    run(["rm", "-rf", str(RUNTIME_DIR)])   # /run is a tmpfs: what a reboot leaves
+    sock = RUNTIME_DIR / "spfmilter.sock"
+    try:
+        res = run(["/etc/init.d/spfmilter", "start"], env=env, check=False, timeout=90)
+        assert res.returncode == 0, res.stdout + res.stderr
+        wait_for(lambda: sock.exists(), 30, "the socket", on_timeout=lambda: log.read_text(errors="replace"))
+        assert RUNTIME_DIR.is_symlink() and os.readlink(RUNTIME_DIR) == str(SOCKET_DIR)
+        assert os.path.realpath(sock) == str(SOCKET_DIR / "spfmilter.sock")
+        assert run(["/etc/init.d/spfmilter", "status"], env=env, check=False).returncode == 0
+    finally:
+        stop = run(["/etc/init.d/spfmilter", "stop"], env=env, check=False, timeout=90)
+    assert stop.returncode == 0, stop.stdout + stop.stderr
+    assert not sock.exists(), "the socket outlived the milter"
 
 
 def test_check_through_debians_dnspython(installed: subprocess.CompletedProcess[str],
@@ -268,17 +338,20 @@ exec "$@"
 
 def test_mail_through_postfix_to_the_installed_program(installed: subprocess.CompletedProcess[str],
                                                        tmp_path: Path) -> None:
-    """The unit's ExecStart, as its User= with its UMask and RuntimeDirectory, in a
-    network namespace whose resolv.conf names the tests' DNS server on 127.0.0.1:53
-    (the conffile has no Nameservers); Postfix reaches the socket through group
-    spfmilter, as the postinst arranged."""
+    """The unit's ExecStart, as its User= with its UMask, on the package's socket
+    folder (/run/spfmilter a symlink into Postfix's chroot), in a network namespace
+    whose resolv.conf names the tests' DNS server on 127.0.0.1:53 (the conffile has
+    no Nameservers).  A non-chrooted Postfix reaches the socket through the symlink
+    and group spfmilter, as the postinst arranged; so does Sendmail with
+    init/sendmail.mc's S= path unchanged."""
     mta.require_or_skip("postfix")
     unit = unit_settings()
     cmd = shlex.split(unit["ExecStart"])
     assert cmd[0] == "/usr/bin/spfmilter" and cmd[1:3] == ["-c", str(CONFFILE)], cmd
     user, group = unit["User"], unit["Group"]
-    runtime = Path("/run") / unit["RuntimeDirectory"]
-    assert runtime == RUNTIME_DIR
+    assert "RuntimeDirectory" not in unit, "/run/spfmilter is the tmpfiles.d symlink, not systemd's folder"
+    assert unit["ReadWritePaths"] == f"-{SOCKET_DIR}", unit["ReadWritePaths"]
+    runtime = RUNTIME_DIR
     umask = unit["UMask"]
     log = tmp_path / "syslog.log"
     with contextlib.ExitStack() as stack:
@@ -287,18 +360,21 @@ def test_mail_through_postfix_to_the_installed_program(installed: subprocess.Com
         if not netns_etc.parent.exists():
             netns_etc.parent.mkdir(exist_ok=True)
             # gone again once empty (other namespaces may have their folder there meanwhile)
-            stack.callback(lambda: contextlib.suppress(OSError)(netns_etc.parent.rmdir)())
+            stack.callback(_rmdir_if_empty, netns_etc.parent)
         netns_etc.mkdir()
         stack.callback(shutil.rmtree, netns_etc, True)
         (netns_etc / "resolv.conf").write_text("nameserver 127.0.0.1\n")
         dns = ns.run(lambda: TestDNSServer(ZONES, port=53).start())
         assert isinstance(dns, TestDNSServer)
         stack.callback(dns.stop)
-        # what systemd does for RuntimeDirectory= before it starts the service
-        runtime.mkdir(mode=0o700, exist_ok=True)
-        shutil.chown(runtime, user, group)
-        runtime.chmod(int(unit["RuntimeDirectoryMode"], 8))
-        stack.callback(shutil.rmtree, runtime, True)
+        # what the unit's first ExecStartPre does (the postinst did it too)
+        pre = [shlex.split(line) for line in UNIT.read_text().splitlines() if line.startswith("ExecStartPre=+")]
+        assert pre == [["ExecStartPre=+/usr/bin/systemd-tmpfiles", "--create", "spfmilter.conf"]], pre
+        run(["/usr/bin/systemd-tmpfiles", "--create", "spfmilter.conf"])
+        assert runtime.is_symlink() and os.readlink(runtime) == str(SOCKET_DIR)
+        st_dir = SOCKET_DIR.stat()
+        assert (st_dir.st_uid, st_dir.st_gid, st_dir.st_mode & 0o777) == \
+            (installed_uid(user), installed_gid(group), 0o750)
         service = [*ns.exec_prefix(), "unshare", "-m", "--", "sh", "-c", _PRIVATE_DEV, "private-dev",
                    *mta.syslog_wrap(str(log)),
                    "env", "-i", *(f"{k}={v}" for k, v in CLEAN_ENV.items()),
@@ -335,7 +411,7 @@ def test_mail_through_postfix_to_the_installed_program(installed: subprocess.Com
         st = sock.stat()
         assert (st.st_uid, st.st_gid) == (installed_uid(user), installed_gid(group))
         assert st.st_mode & 0o777 == 0o770, oct(st.st_mode)  # UMask 0007
-        modes = {runtime: runtime.stat().st_mode & 0o777, sock: st.st_mode & 0o777}
+        modes = {SOCKET_DIR: SOCKET_DIR.stat().st_mode & 0o777, sock: st.st_mode & 0o777}
 
         cap = stack.enter_context(mta.CaptureSMTP())
         lab = stack.enter_context(mta.PostfixLab(tmp_path / "postfix", f"unix:{sock}", cap.port))
@@ -360,10 +436,44 @@ def test_mail_through_postfix_to_the_installed_program(installed: subprocess.Com
                  "the decision lines in syslog", on_timeout=log_text)
         assert "uid=%d" % installed_uid(user) in log_text()
         lab.stop()
+
+        if not mta.missing_components("sendmail"):
+            ns.ensure_address("198.51.100.7")
+            ns.ensure_address("192.0.2.10")
+            ns_cap = stack.enter_context(mta.CaptureSMTP(netns=ns))
+            sendmail = stack.enter_context(SendmailAtThePath(tmp_path / "sendmail", f"unix:{sock}",
+                                                             ns_cap.port, netns=ns))
+            assert f"S=unix:{sock}," in sendmail.cf_file.read_text()
+            forged = sendmail.send("198.51.100.7", "unknown.test", "user@allowed.test", ["user@example.com"],
+                                   mta.make_message("user@allowed.test", "user@example.com"))
+            rcpt = forged.rcpt("user@example.com")
+            assert rcpt is not None and rcpt.code == 550 and rcpt.enhanced == "5.7.23", str(forged)
+            good = sendmail.send("192.0.2.10", "mail.allowed.test", "user@allowed.test", ["user@example.com"],
+                                 mta.make_message("user@allowed.test", "user@example.com", subject="via sendmail"))
+            assert good.final is not None and good.final.code == 250, str(good)
+            msg = ns_cap.wait_for(1)[0]
+            assert "spf=pass smtp.mailfrom=allowed.test" in (msg.header("Authentication-Results") or ""), msg.text
+            sendmail.stop()
+        elif os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail("Sendmail lab missing: " + ", ".join(mta.missing_components("sendmail")))
         stop()
         assert proc.returncode == 0, log_text()
         assert "action=stop" in log_text()
         assert dns.query_count("allowed.test", "TXT"), "the program did not use its namespace's resolver"
+
+
+class SendmailAtThePath(mta.SendmailLab):
+    """The lab's Sendmail with S= the socket's path exactly as given (the lab
+    otherwise binds the socket's real folder elsewhere): Sendmail itself follows
+    /run/spfmilter's symlink and checks the folders on the way."""
+
+    def _milter_parts(self, spec: str) -> tuple[str, str | None]:
+        return spec, None
+
+
+def _rmdir_if_empty(folder: Path) -> None:
+    with contextlib.suppress(OSError):
+        folder.rmdir()
 
 
 def installed_uid(user: str) -> int:
@@ -384,20 +494,20 @@ def test_upgrade_keeps_the_admins_edits(installed: subprocess.CompletedProcess[s
     assert CONFFILE.read_text() == edited
     assert run(["/usr/bin/spfmilter", "--check-config", "-c", str(CONFFILE)]).stdout.strip().endswith(": OK")
     # the upgrade restarts the service: here through invoke-rc.d (no systemd as PID 1)
-    if sysv("status").returncode == 0:  # a permissive policy-rc.d let it (re)start
-        assert sysv("stop").returncode == 0
-    else:
-        assert "denied execution of restart" in res.stdout + res.stderr, res.stdout + res.stderr
+    started_by_postinst(res, "restart")
 
 
-def test_purge_removes_conffile_and_runtime_folder(installed: subprocess.CompletedProcess[str]) -> None:
-    RUNTIME_DIR.mkdir(exist_ok=True)
+def test_purge_removes_conffile_socket_folder_and_link(installed: subprocess.CompletedProcess[str]) -> None:
+    run(["/usr/bin/systemd-tmpfiles", "--create", "spfmilter.conf"])
     (RUNTIME_DIR / "spfmilter-init.pid").write_text("")
+    postfix_spool = Path("/var/spool/postfix/private").exists()  # Postfix is installed here
     purge()
     assert installed_version("spfmilter") is None
     assert not Path("/usr/bin/spfmilter").exists()
     assert not CONFFILE.exists() and not CONFFILE.parent.exists()
-    assert not RUNTIME_DIR.exists()
+    assert not RUNTIME_DIR.exists() and not RUNTIME_DIR.is_symlink()
+    assert not SOCKET_DIR.exists() and not SOCKET_DIR.parent.exists()
+    assert Path("/var/spool/postfix").exists() == postfix_spool  # Postfix's own folder stays
     assert not Path("/etc/systemd/system/multi-user.target.wants/spfmilter.service").exists()
     assert not list(Path("/etc/rc2.d").glob("S*spfmilter"))
 
