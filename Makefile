@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 # one under ./run, which the current user can create.
 RUN_SOCKET := $(if $(filter 0,$(shell id -u)),,--socket unix:$(CURDIR)/run/spfmilter.sock)
 
-.PHONY: run test lint deps system-deps test-deps mta-deps interop-deps check-config clean deb dist
+.PHONY: run test lint deps system-deps test-deps mta-deps interop-deps boot-lab-deps check-config clean deb dist
 
 # The system packages come first (python3 and python3-venv among them: a minimal
 # Debian has neither), then the venv.  As root they are installed with apt;
@@ -46,6 +46,12 @@ interop-deps: deps
 	SPFMILTER_PYTHON=$(BIN)/python sh scripts/install-interop.sh
 	sh scripts/install-opendmarc.sh
 
+# The debootstrap'd Debian 12 root the package is booted in with systemd
+# (tests/integration/test_package_systemd.py); cached, made again only when its
+# package list changes.
+boot-lab-deps:
+	sh scripts/install-boot-lab.sh
+
 run: deps
 	@mkdir -p run
 	$(BIN)/spfmilter -c $(CONF) $(RUN_SOCKET)
@@ -58,9 +64,10 @@ lint: test-deps
 	$(BIN)/mypy
 	$(BIN)/ruff check .
 
-# The suite installs the Debian package `make deb` built (tests/integration/test_package.py)
-# and checks the sdist and wheel of `make dist`.
-test: lint mta-deps interop-deps deb dist
+# The suite installs the Debian package `make deb` built (tests/integration/test_package.py,
+# and in a Debian booted with systemd: test_package_systemd.py) and checks the sdist and
+# wheel of `make dist`.
+test: lint mta-deps interop-deps boot-lab-deps deb dist
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 clean:
