@@ -107,7 +107,7 @@ dist: test-deps
 # pyspf-milter and a no-op pymilter milter, over the milter protocol and through Postfix.
 # Installs what it needs itself (bench/setup.sh); results in bench/results/.
 .PHONY: bench
-bench: deps
+bench: test-deps
 	sh bench/setup.sh $(PYTHON)
 	$(BIN)/python -m bench.bench $(BENCH_ARGS)
 
