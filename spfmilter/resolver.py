@@ -34,6 +34,7 @@ import struct
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any, cast
 
 import dns.exception
@@ -94,6 +95,42 @@ class CacheOnly:
 
 cache_only: contextvars.ContextVar[CacheOnly | None] = contextvars.ContextVar(
     "dns_cache_only", default=None)
+
+
+class SlowWatch:
+    """Calls ``fire`` once, from inside a lookup's wait, when the evaluation it is set
+    for (in ``slow_wait``) has waited for DNS past ``at``: so other evaluations can be
+    started beside a slow one, and none is started (no thread, no contention for the
+    interpreter lock) while answers come quickly."""
+
+    def __init__(self, after: float, fire: Callable[[], None]) -> None:
+        self.at = time.monotonic() + after
+        self._fire = fire
+        self.fired = False
+
+    def fire(self) -> None:
+        if not self.fired:
+            self.fired = True
+            self._fire()
+
+    def left(self, deadline: float) -> float:
+        """Seconds to wait before waking: until ``deadline``, or until ``at`` while
+        the watch is still to fire (firing it first if that time has come)."""
+        now = time.monotonic()
+        if not self.fired:
+            if now >= self.at:
+                self.fire()
+            else:
+                return min(deadline, self.at) - now
+        return deadline - now
+
+
+slow_wait: contextvars.ContextVar[SlowWatch | None] = contextvars.ContextVar(
+    "dns_slow_wait", default=None)
+
+
+def _left(deadline: float, watch: SlowWatch | None) -> float:
+    return watch.left(deadline) if watch is not None else deadline - time.monotonic()
 
 
 class TempFailure(Exception):
@@ -312,7 +349,7 @@ _TIMEVAL = struct.Struct("@ll") if struct.calcsize("@l") == 8 and hasattr(socket
 
 def _wait_at_most(sock: socket.socket, left: float) -> None:
     if _TIMEVAL is None:
-        sock.settimeout(left)
+        sock.settimeout(max(left, 1e-6))
         return
     micro = max(int(left * 1e6), 1)  # 0 would mean "no timeout"
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _TIMEVAL.pack(*divmod(micro, 1_000_000)))
@@ -342,15 +379,20 @@ def _udp_exchange(wire: bytes, question: bytes, host: str, port: int, deadline: 
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     qid = wire[:2]
     end = 12 + len(question)
+    watch = slow_wait.get()
     with socket.socket(family, socket.SOCK_DGRAM) as sock:
-        _wait_at_most(sock, deadline - time.monotonic())
+        _wait_at_most(sock, _left(deadline, watch))
         sock.connect((host, port))
         sock.send(wire)
         while True:
             try:
                 data = sock.recv(65535)
             except (BlockingIOError, TimeoutError):  # the receive timeout ran out
-                raise dns.exception.Timeout() from None  # type: ignore[no-untyped-call]
+                if watch is None or time.monotonic() >= deadline:
+                    raise dns.exception.Timeout() from None  # type: ignore[no-untyped-call]
+                watch.fire()          # woken before the deadline: for the watch
+                _wait_at_most(sock, deadline - time.monotonic())
+                continue
             if len(data) >= 12 and data[:2] == qid and data[2] & _QR:
                 if data[4:6] == b"\0\1" and data[12:end].lower() == question:
                     return data
@@ -360,10 +402,9 @@ def _udp_exchange(wire: bytes, question: bytes, host: str, port: int, deadline: 
                     # sections of a TC answer to it); from this server with this id, it
                     # answers this query, and TC sends the question over TCP
                     return data
-            left = deadline - time.monotonic()
-            if left <= 0:
+            if deadline - time.monotonic() <= 0:
                 raise dns.exception.Timeout()  # type: ignore[no-untyped-call]
-            _wait_at_most(sock, left)
+            _wait_at_most(sock, _left(deadline, watch))
 
 
 class Resolver:

@@ -24,7 +24,16 @@ from spfmilter.config import PassAllPolicy
 from spfmilter.core.addresses import domain_of, parse_ip
 from spfmilter.core.decision import NO_CLIENT_ADDRESS, reported
 from spfmilter.core.values import RESULTS, Identity, SPFResult
-from spfmilter.resolver import CacheOnly, NotCached, Resolver, TempFailure, cache_only, trace
+from spfmilter.resolver import (
+    CacheOnly,
+    NotCached,
+    Resolver,
+    SlowWatch,
+    TempFailure,
+    cache_only,
+    slow_wait,
+    trace,
+)
 
 _current: contextvars.ContextVar[Resolver] = contextvars.ContextVar("spfmilter_resolver")
 _void_limit: contextvars.ContextVar[int] = contextvars.ContextVar("spfmilter_void_limit",
@@ -418,14 +427,13 @@ def evaluate(identity: Identity, ip: str, sender: str, helo: str, *, resolver: R
 
 
 class _Beside(threading.Thread):
-    """One evaluation on a thread of its own, beside the calling thread's.  A thread
-    per evaluation, not a pool: only evaluations that wait for DNS get one, and
-    none is left behind after a burst of them."""
+    """One evaluation on a thread of its own, beside the calling thread's (in the
+    context it was given: a copy made before that thread's evaluation began)."""
 
-    def __init__(self, call: Callable[[], SPFResult]) -> None:
+    def __init__(self, call: Callable[[], SPFResult], context: contextvars.Context) -> None:
         super().__init__(name="spf-evaluation", daemon=True)
         self._call = call
-        self._context = contextvars.copy_context()
+        self._context = context
         self._result: SPFResult | None = None
         self._error: BaseException | None = None
         self.start()
@@ -442,6 +450,11 @@ class _Beside(threading.Thread):
             raise self._error
         assert self._result is not None
         return self._result
+
+
+#: How long an evaluation may wait for DNS before the evaluations queued behind it are
+#: started beside it, each on a thread of its own.
+SLOW_START = 0.1
 
 
 def _from_cache(call: Callable[[], SPFResult]) -> SPFResult | None:
@@ -461,25 +474,41 @@ def _from_cache(call: Callable[[], SPFResult]) -> SPFResult | None:
 
 
 def each(calls: Sequence[Callable[[], SPFResult]]) -> list[SPFResult]:
-    """The results of ``calls`` in order, evaluated concurrently: the first in the
-    calling thread, each other one on a thread of its own.  Why: each identity has its own
-    Lookup_Time, and a message must wait for the slowest of them, not their sum.
+    """The results of ``calls`` in order, each within its own budget, and none waiting
+    for another's slow DNS.  Why: each identity has its own Lookup_Time, and a message
+    must wait about the slowest of them, not their sum.
 
-    Evaluations the cache answers in full are done first, in this thread: handing
-    them to a thread would cost more than they do."""
+    Threads cost: two evaluations running Python at once contend for the interpreter
+    lock, which costs more CPU than a cold evaluation's lookups.  So evaluations the
+    cache answers in full run first, inline; the others one after another in this
+    thread, and only when one has waited SLOW_START for DNS are the ones behind it
+    started beside it, each on a thread of its own."""
     done: list[SPFResult] = []
-    if trace.get() is None:       # a trace is read in order: it never uses the pool
+    if trace.get() is None:       # a trace is read in order: one evaluation at a time
         for call in calls:
             result = _from_cache(call)
             if result is None:
                 break
             done.append(result)
-    rest = calls[len(done):]
-    if len(rest) <= 1:
-        return done + [call() for call in rest]
-    others = [_Beside(call) for call in rest[1:]]
-    first = rest[0]()
-    return [*done, first, *(other.result() for other in others)]
+    return done + _in_turn(calls[len(done):])
+
+
+def _in_turn(calls: Sequence[Callable[[], SPFResult]]) -> list[SPFResult]:
+    if len(calls) <= 1 or trace.get() is not None:
+        return [call() for call in calls]
+    rest = calls[1:]
+    contexts = [contextvars.copy_context() for _ in rest]   # before this one sets its own
+    beside: list[_Beside] = []
+    watch = SlowWatch(SLOW_START, lambda: beside.extend(
+        _Beside(call, context) for call, context in zip(rest, contexts, strict=True)))
+    token = slow_wait.set(watch)
+    try:
+        first = calls[0]()
+    finally:
+        slow_wait.reset(token)
+    if beside:
+        return [first, *(b.result() for b in beside)]
+    return [first, *_in_turn(rest)]
 
 
 class Checker:

@@ -23,8 +23,11 @@ So the address is read only from the part the relay itself wrote: the
 after nothing but ordinary comments (TLS details) -- by the relay's
 ``by`` clause.  Whatever a HELO contains, it stands before that comment;
 the envelope addresses, which come after it, are blanked first (the caller
-knows them exactly).  A header that still does not read is no hop: the
-transaction then decides with Relay_Unreadable, never as if it were clean.
+knows them exactly).  Where the relay copied in an address that is not this
+message's envelope (a recipient its aliases rewrote), text that imitates the
+comment could stand on both sides of it: with more than one candidate such a
+header is ambiguous.  A header that does not read is no hop: the transaction
+then decides with Trusted_Relays_Unreadable, never as if it were clean.
 """
 
 from __future__ import annotations
@@ -105,10 +108,18 @@ def _followed_by_by(text: str, pos: int) -> bool:
 
 
 def _blank(text: str, envelope: Iterable[str]) -> str:
-    """``text`` with every occurrence of the envelope addresses replaced by spaces."""
+    """``text`` with the envelope addresses, where the relays write them (``<address>``,
+    Exim's ``for address``), replaced by spaces."""
     for address in sorted({a for a in envelope if a}, key=len, reverse=True):
-        text = re.sub(re.escape(address), lambda m: " " * len(m.group()), text, flags=re.I)
+        where = re.escape(address)
+        text = re.sub(rf"(?<=<){where}(?=>)|(?<=\bfor ){where}(?=;|\s|$)",
+                      lambda m: " " * len(m.group()), text, flags=re.I)
     return text
+
+
+# What is left of an envelope address the relay wrote after its comment and _blank did
+# not know: text between angle brackets, or after Exim's "for".
+_UNKNOWN_ADDRESS = re.compile(r"<\s*[^\s>]|[^\s<]\s*>|\bfor\s+[^\s;<]", re.I)
 
 
 def read(value: str, envelope: Iterable[str] = ()) -> Hop | Unreadable:
@@ -126,9 +137,16 @@ def read(value: str, envelope: Iterable[str] = ()) -> Hop | Unreadable:
     text = _blank(text, envelope)
     clause = text[:text.rfind(";")] if ";" in text else text   # the date is the relay's
     chosen: re.Match[str] | None = None
+    count = 0
     for m in _ADDRESS_COMMENT.finditer(clause, start.end()):
         if _followed_by_by(clause, m.end()):
-            chosen = m
+            chosen, count = m, count + 1
+    if count > 1 and chosen is not None and _UNKNOWN_ADDRESS.search(clause, chosen.end()):
+        # an address the relay copied in after its comment that is not this message's
+        # envelope (rewritten by an alias, say), beside more than one comment: which
+        # one the relay wrote cannot be told
+        return Unreadable("its Received header is ambiguous: an address comment in the "
+                          "HELO or an envelope address")
     name_end = chosen.start() if chosen else len(clause)
     exim = _EXIM_BARE.match(clause, start.end())
     if exim and (chosen is None or exim.end() > chosen.start()) and \

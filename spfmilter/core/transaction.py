@@ -8,11 +8,11 @@ that tie them together are policy, and every front end needs the same ones --
 * the null sender's MAIL FROM identity is postmaster@HELO (RFC 7208 §2.4),
   which is exactly the HELO evaluation: it is reused, never looked up twice;
 * each identity gets its own full Lookup_Time (each Domain_Whitelist domain
-  its Whitelist_Lookup_Time, at most Lookup_Time), and they are evaluated
-  concurrently: a HELO whose DNS never answers cannot spend MAIL FROM's
-  budget (which would turn a forger's fail into temperror), and a message
-  still waits no longer than Lookup_Time for DNS -- within the MTA's milter
-  timeouts;
+  its Whitelist_Lookup_Time, at most Lookup_Time), and the checker does not
+  let one wait for another's slow DNS (``SPFChecker.each``): a HELO whose DNS
+  never answers cannot spend MAIL FROM's budget (which would turn a forger's
+  fail into temperror), and a message still waits about Lookup_Time for DNS
+  at most -- within the MTA's milter timeouts;
 * evaluation happens once per message, at its first recipient, and every
   recipient is then decided on the same results.
 
@@ -62,7 +62,7 @@ class SPFChecker(Protocol):
                  best_guess: str = "") -> SPFResult: ...
 
     def each(self, calls: Sequence[Callable[[], SPFResult]]) -> list[SPFResult]:
-        """The results of ``calls``, in order, run concurrently (their waits overlap)."""
+        """The results of ``calls``, in order; none waits for another's slow DNS."""
         ...
 
 

@@ -246,3 +246,26 @@ def test_the_check_names_the_term_of_a_pass_from_every_address(dns_server, recor
     res = evaluate("mailfrom", "192.0.2.10", "u@everything.test", "helo.test", resolver=resolver,
                    receiver="mx.test", lookup_time=2.0, void_limit=2)
     assert (res.result, res.authorizes_all) == (result, term)
+
+
+def test_each_starts_no_thread_while_dns_answers_quickly(dns_server, monkeypatch):
+    """Cold but quick: one evaluation after the other in the calling thread (threads would
+    contend for the interpreter lock); a slow one has the others started beside it."""
+    started = []
+
+    class Counted(spf_check._Beside):
+        def __init__(self, *args):
+            started.append(1)
+            super().__init__(*args)
+
+    monkeypatch.setattr(spf_check, "_Beside", Counted)
+    results = spf_check.each(_calls(Resolver((dns_server.address,), timeout=2.0)))
+    assert [r.result for r in results] == ["fail", "fail", "fail"] and started == []
+    slow_first = [lambda: evaluate("helo", "198.51.100.7", "", "slow.test",
+                                   resolver=Resolver((dns_server.address,), timeout=1.0),
+                                   receiver="mx.test", lookup_time=1.0, void_limit=2),
+                  *_calls(Resolver((dns_server.address,), timeout=2.0))[1:]]
+    started_at = time.monotonic()
+    results = spf_check.each(slow_first)
+    assert [r.result for r in results] == ["temperror", "fail", "fail"] and started == [1, 1]
+    assert time.monotonic() - started_at < 1.8

@@ -145,3 +145,25 @@ def test_whatever_the_helo_the_address_is_the_one_the_relay_wrote(helo, write, t
     value = postfix(helo, tls=tls) if write is postfix else write(helo)
     hop = parse(value, ["r@mx.test"])
     assert hop is not None and hop.client_ip == REAL
+
+
+@pytest.mark.parametrize("rcpt", ['"(y [192.0.2.10]) by z"@mx.test',
+                                  'x> (y [192.0.2.10]) by relay.test (Postfix) with ESMTP id Q for <y'])
+def test_an_envelope_address_the_relay_rewrote_is_ambiguous_not_a_guess(rcpt):
+    """The relay wrote a recipient this message does not have (an alias rewrote it):
+    the comment it imitates cannot be told from the relay's, so nothing is read."""
+    found = read(postfix("helo.test", rcpt), ["u@bank.example", "other@mx.test"])
+    assert found == Unreadable("its Received header is ambiguous: an address comment in the "
+                               "HELO or an envelope address")
+
+
+@given(helo=st.lists(_TRICKY, max_size=20).map("".join).filter(lambda h: h.strip()),
+       rcpt=st.lists(_TRICKY, max_size=20).map("".join), known=st.booleans(), tls=st.booleans())
+@settings(max_examples=400, deadline=None)
+def test_whatever_the_helo_and_recipient_no_other_address_is_read(helo, rcpt, known, tls):
+    """Both sides hostile, the recipient known or not: the relay's address or nothing."""
+    value = postfix(helo, rcpt=rcpt, tls=tls)
+    hop = parse(value, [rcpt] if known else ["other@mx.test"])
+    assert hop is None or hop.client_ip == REAL
+    if known:
+        assert hop is not None
