@@ -201,3 +201,40 @@ def test_workers_is_a_count_or_auto():
         with pytest.raises(cfg.ConfigError,
                            match=r"^x:1: Workers: expected (1 to 256|a number of) processes or auto"):
             cfg.parse_text(f"Workers = {bad}\n", "x")
+
+
+def test_every_key_lands_in_the_policy_or_the_service_settings_never_both():
+    service = {f.name for f in dataclasses.fields(cfg.Settings)} - {"policy"}
+    policy = {f.name for f in dataclasses.fields(cfg.Policy)}
+    assert not service & policy
+    fields = {field_name for _, field_name, _ in cfg._KEYS.values()}
+    # nothing parsed is dropped, nothing is left unset ([recipient] sections fill the last)
+    assert fields | {"recipient_policies"} == service | policy
+    assert cfg.RECIPIENT_KEYS <= policy          # a section changes only what decides
+
+
+def test_the_core_gets_the_policy_and_never_the_service_settings():
+    s = cfg.parse_text("Socket = unix:/run/x.sock\nUserID = mail\nWorkers = 3\n"
+                       "Mail_From_reject = Softfail\n[recipient @strict.test]\nTestOnly = 0\n")
+    assert isinstance(s.policy, cfg.Policy)
+    assert s.policy.mail_from_reject is cfg.MailFromPolicy.SOFTFAIL
+    assert not any(hasattr(s.policy, name) for name in ("socket", "user_id", "workers", "umask"))
+    strict = s.policy.for_recipient("a@strict.test")
+    assert strict.never_refuse is True and s.policy.never_refuse is False
+    assert strict.mail_from_reject is cfg.MailFromPolicy.SOFTFAIL
+
+
+def test_testonly_1_is_normal_operation_and_0_never_refuses():
+    assert cfg.parse_text("TestOnly = 1\n").policy.never_refuse is False
+    assert cfg.parse_text("TestOnly = 0\n").policy.never_refuse is True
+    assert cfg.Settings().policy.never_refuse is False
+
+
+def test_overrides_reach_the_policy_and_the_service_settings():
+    s = cfg.Settings().with_overrides(socket="unix:/tmp/x.sock", dkim_rescue=True,
+                                      trusted_relays=(ipaddress.ip_network("10.0.0.0/8"),))
+    assert s.socket == "unix:/tmp/x.sock"
+    assert s.policy.dkim_rescue and s.policy.trusted_relays == (ipaddress.ip_network("10.0.0.0/8"),)
+    assert cfg.Settings().policy.dkim_rescue is False     # the original is untouched
+    with pytest.raises(TypeError):
+        cfg.Settings().with_overrides(no_such_setting=1)
