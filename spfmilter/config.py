@@ -1,5 +1,10 @@
 """Configuration: parse ``Key = value`` files once into a frozen, typed Settings.
 
+The file says two kinds of things: how mail is decided (parsed into the core's
+``Policy``, in the core's own words, so the core never reads this module) and
+how the service runs (sockets, user, workers, ...: fields of ``Settings`` that
+only the daemon and the front ends read).
+
 Key names follow python policyd-spf / pyspf-milter where the concept is the same,
 so that their users can point spfmilter at the files they already have.  Every
 mistake is reported as one ``ConfigError`` line naming file, line and key; the
