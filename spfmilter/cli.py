@@ -81,7 +81,7 @@ def run_check(settings: cfg.Settings, args: argparse.Namespace) -> int:
     if args.message is not None:
         with args.message as fp:
             extra["message"] = fp.read()
-    outcome = check(settings, Resolver(settings.nameservers, timeout=settings.lookup_time),
+    outcome = check(settings, Resolver(settings.nameservers, timeout=settings.policy.lookup_time),
                     ip=args.ip, helo=args.helo, sender=args.sender,
                     recipients=args.rcpt or ["postmaster@localhost"], auth_user=args.auth,
                     trace=args.trace, **extra)

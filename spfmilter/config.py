@@ -1,5 +1,10 @@
 """Configuration: parse ``Key = value`` files once into a frozen, typed Settings.
 
+The file says two kinds of things: how mail is decided (parsed into the core's
+``Policy``, in the core's own words, so the core never reads this module) and
+how the service runs (sockets, user, workers, ...: fields of ``Settings`` that
+only the daemon and the front ends read).
+
 Key names follow python policyd-spf / pyspf-milter where the concept is the same,
 so that their users can point spfmilter at the files they already have.  Every
 mistake is reported as one ``ConfigError`` line naming file, line and key; the
@@ -11,14 +16,34 @@ from __future__ import annotations
 import dataclasses
 import enum
 import ipaddress
-import os
 import re
 import string
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from spfmilter.core.addresses import IPNetwork, is_domain, recipient_matches, recipient_pattern
+from spfmilter.core.addresses import IPNetwork, is_domain, recipient_pattern
+from spfmilter.core.policy import (
+    DEFAULT_REASON,
+    DEFAULT_URL,
+    POLICY_FIELDS,
+    REASON_FIELDS,
+    HeaderType,
+    HeloPolicy,
+    MailFromPolicy,
+    PassAllPolicy,
+    Policy,
+    RecipientPolicy,
+    UnreadableHop,
+    gethostname,
+)
+
+# The policy's words are the core's; callers that configure (and the tests) name them
+# through this module too, as what a value in the file is parsed into.
+__all__ = ["DEFAULT_REASON", "DEFAULT_URL", "DEFAULT_SOCKET", "REASON_FIELDS", "ConfigError",
+           "HeaderType", "HeloPolicy", "MailFromPolicy", "PassAllPolicy", "Policy",
+           "RecipientPolicy", "Settings", "UnreadableHop", "from_mapping", "load", "parse",
+           "parse_policy_socket", "parse_socket", "parse_text", "source"]
 
 
 class ConfigError(Exception):
@@ -41,148 +66,35 @@ class ConfigError(Exception):
         return f"{where}: {self.message}"
 
 
-class HeloPolicy(enum.Enum):
-    """When a HELO result refuses mail (policyd-spf's HELO_reject values)."""
-
-    FAIL = "Fail"
-    SOFTFAIL = "Softfail"
-    NEUTRAL = "Neutral"    # fail, softfail or neutral (qmail spfbehavior 5)
-    SPF_NOT_PASS = "SPF_Not_Pass"
-    STRICT = "Strict"      # anything but pass (qmail spfbehavior 6); temperror per TempError_Defer
-    NULL = "Null"          # refuse a HELO fail only for the null sender (SPF classic)
-    FALSE = "False"        # never refuse, header only
-    NO_CHECK = "No_Check"  # do not evaluate HELO at all
-
-
-class MailFromPolicy(enum.Enum):
-    """When a MAIL FROM result refuses mail (policyd-spf's Mail_From_reject values)."""
-
-    FAIL = "Fail"
-    SOFTFAIL = "Softfail"
-    NEUTRAL = "Neutral"
-    SPF_NOT_PASS = "SPF_Not_Pass"
-    STRICT = "Strict"
-    FALSE = "False"
-    NO_CHECK = "No_Check"
-
-
-class PassAllPolicy(enum.Enum):
-    """What a pass from a record that authorizes every address (``+all``) is reported as."""
-
-    NEUTRAL = "neutral"    # what it is: the domain designates no host at all
-    PASS = "pass"          # what the record says (pyspf's and RFC 7208's reading)
-
-
-class HeaderType(enum.Enum):
-    """Which result headers spfmilter adds."""
-
-    SPF = "SPF"
-    AR = "AR"
-    BOTH = "both"
-    NONE = "None"
-
-
-class UnreadableHop(enum.Enum):
-    """Trusted_Relays_Unreadable: what a relay's Received header that names no client
-    gives (the header may have been made unreadable on purpose, so never a pass)."""
-
-    DEFER = "Defer"
-    REJECT = "Reject"
-    ACCEPT = "Accept"    # labelled spf=none, "not checked"
-
-
 DEFAULT_SOCKET = "unix:/run/spfmilter/spfmilter.sock"
-DEFAULT_REASON = "Message {rejectdefer} due to SPF {result} for {identity} {sender}: {exp}"
-DEFAULT_URL = "https://www.open-spf.org/Why?s={0};id={1};ip={2};r={3}"
-REASON_FIELDS = frozenset(
-    {"rejectdefer", "result", "identity", "sender", "domain", "ip", "helo", "exp", "spf", "url"})
-
-
-def gethostname() -> str:
-    """This host's name (what socket.gethostname gives, without importing sockets)."""
-    return os.uname().nodename
-
-
-@dataclass(frozen=True)
-class RecipientPolicy:
-    """A ``[recipient PATTERN]`` section: stricter or laxer handling for some recipients."""
-
-    pattern: str                      # user@domain, user@ or @domain (lower case)
-    changes: tuple[tuple[str, object], ...]
-    line: int = 0
 
 
 @dataclass(frozen=True)
 class Settings:
-    """Everything spfmilter decides with; built only by ``parse``/``from_mapping``."""
+    """What the file says: the policy the core decides with, and the service settings
+    only the daemon and the front ends read; built only by ``parse``/``from_mapping``."""
 
+    policy: Policy = field(default_factory=Policy)
     socket: str = DEFAULT_SOCKET
-    helo_reject: HeloPolicy = HeloPolicy.FAIL
-    mail_from_reject: MailFromPolicy = MailFromPolicy.FAIL
-    permerror_reject: bool = False
-    temperror_defer: bool = False
-    test_only: bool = False
-    skip_addresses: tuple[IPNetwork, ...] = (
-        ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
-    whitelist: tuple[IPNetwork, ...] = ()
-    domain_whitelist: tuple[str, ...] = ()
-    helo_whitelist: tuple[str, ...] = ()
-    exempt_recipients: tuple[str, ...] = ()
-    header_type: HeaderType = HeaderType.BOTH
-    authserv_id: str = field(default_factory=gethostname)
-    hide_receiver: bool = False
-    lookup_time: float = 20.0
-    void_limit: int = 2
-    reason_message: str = DEFAULT_REASON
     nameservers: tuple[tuple[str, int], ...] = ()
     user_id: str | None = None
     pid_file: str | None = None
     umask: int = 0o007
     debug_level: int = 1
-    internal_hosts: tuple[IPNetwork, ...] = ()
-    reject_not_pass_domains: tuple[str, ...] = ()
-    enhanced_status_codes: bool = True
-    whitelist_lookup_time: float = 10.0
-    reason_url: str = DEFAULT_URL
     log_queue_id: bool = True
-    local_rules: str = ""
-    best_guess: str = ""
-    pass_all_records: PassAllPolicy = PassAllPolicy.NEUTRAL
     metrics: tuple[str, int] | None = None
-    dkim_rescue: bool = False
-    dkim_max_bytes: int = 4 * 1024 * 1024
-    trusted_relays: tuple[IPNetwork, ...] = ()
-    trusted_relays_unreadable: UnreadableHop = UnreadableHop.DEFER
     policy_socket: str = ""
     policy_idle_timeout: float = 330.0
     helo_pass_restriction: str = ""
     mail_from_pass_restriction: str = ""
     workers: int = 0                  # 0: "auto", one per CPU this process may run on
-    recipient_policies: tuple[RecipientPolicy, ...] = ()
-
-    def section_for(self, recipient: str) -> int | None:
-        """Which ``[recipient ...]`` section applies to this recipient (the first that
-        matches), None for none."""
-        for index, policy in enumerate(self.recipient_policies):
-            if recipient_matches(recipient, policy.pattern):
-                return index
-        return None
-
-    def for_recipient(self, recipient: str) -> Settings:
-        """These settings as they apply to one recipient (the first matching section)."""
-        index = self.section_for(recipient)
-        if index is None:
-            return self
-        changes = dict(self.recipient_policies[index].changes)
-        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
-
-    def exempt(self, recipient: str) -> bool:
-        """Exempt_Recipients: this recipient is never refused."""
-        return any(recipient_matches(recipient, p) for p in self.exempt_recipients)
 
     def with_overrides(self, **changes: object) -> Settings:
-        """A copy with some fields replaced, for command-line overrides and tests."""
-        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+        """A copy with some fields (of the settings or of the policy) replaced, for
+        command-line overrides, reloads and tests."""
+        policy_changes = {k: changes.pop(k) for k in list(changes) if k in POLICY_FIELDS}
+        policy = dataclasses.replace(self.policy, **policy_changes)  # type: ignore[arg-type]
+        return dataclasses.replace(self, policy=policy, **changes)  # type: ignore[arg-type]
 
 
 # --- value parsers: each takes the raw text and returns the typed value or raises
@@ -436,12 +348,12 @@ def _optional_text(text: str) -> str | None:
     return text.strip() or None
 
 
-def _test_only(text: str) -> bool:
+def _never_refuse(text: str) -> bool:
     # policyd-spf: TestOnly = 1 is normal operation, 0 means "never reject".
     return not _bool(text)
 
 
-# key (lower case) -> (canonical key as documented, Settings field, parser)
+# key (lower case) -> (canonical key as documented, Policy or Settings field, parser)
 _KEYS: dict[str, tuple[str, str, Callable[[str], object]]] = {
     k.lower(): (k, f, p) for k, f, p in [
         ("Socket", "socket", parse_socket),
@@ -449,7 +361,7 @@ _KEYS: dict[str, tuple[str, str, Callable[[str], object]]] = {
         ("Mail_From_reject", "mail_from_reject", _enum(MailFromPolicy)),
         ("PermError_reject", "permerror_reject", _bool),
         ("TempError_Defer", "temperror_defer", _bool),
-        ("TestOnly", "test_only", _test_only),
+        ("TestOnly", "never_refuse", _never_refuse),
         ("skip_addresses", "skip_addresses", _networks),
         ("Whitelist", "whitelist", _networks),
         ("Domain_Whitelist", "domain_whitelist", _domains),
@@ -504,7 +416,7 @@ REFUSED_KEYS: dict[str, str] = {k.lower(): v for k, v in {
 
 # What a [recipient ...] section may change: the decision, not what is evaluated.
 RECIPIENT_KEYS = frozenset({"helo_reject", "mail_from_reject", "permerror_reject",
-                            "temperror_defer", "test_only", "reject_not_pass_domains"})
+                            "temperror_defer", "never_refuse", "reject_not_pass_domains"})
 
 KNOWN_KEYS: tuple[str, ...] = tuple(v[0] for v in _KEYS.values())
 
@@ -575,7 +487,9 @@ def parse_text(text: str, path: str = "<string>") -> Settings:
     if policy_socket and policy_socket == values.get("socket", DEFAULT_SOCKET):
         raise ConfigError("must differ from Socket (the milter listens there)", path,
                           seen["policy_socket"], "Policy_Socket")
-    return Settings(**values)  # type: ignore[arg-type]
+    policy = Policy(**{k: v for k, v in values.items() if k in POLICY_FIELDS})  # type: ignore[arg-type]
+    return Settings(policy, **{k: v for k, v in values.items()  # type: ignore[arg-type]
+                               if k not in POLICY_FIELDS})
 
 
 def parse(path: str | Path) -> Settings:

@@ -493,7 +493,7 @@ def check_postfix(ctx: Context) -> None:
     where = f" in {ctx.postfix_dir}" if ctx.postfix_dir else ""
     queue = v.get("queue_directory", "/var/spool/postfix")
     owner = v.get("mail_owner", "postfix")
-    lookup = ctx.settings.lookup_time
+    lookup = ctx.settings.policy.lookup_time
 
     _wrap(ctx, "postfix", lambda: _postfix_smtpds(ctx, pf, queue, owner, where))
 
@@ -685,7 +685,7 @@ def check_sendmail(ctx: Context) -> None:
                 f"{effect} while spfmilter is down; write F=T in its INPUT_MAIL_FILTER: "
                 f"{mc_line}" + then, rebuild)
     timeouts = dict(t.partition(":")[::2] for t in fields.get("T", "").split(";") if ":" in t)
-    lookup = ctx.settings.lookup_time
+    lookup = ctx.settings.policy.lookup_time
     for key, default, what in (("R", "10s", "reading a reply"), ("E", "5m", "end of message")):
         value = timeouts.get(key, default)
         secs = seconds(value)
@@ -741,19 +741,19 @@ def _sendmail_spec(ep: Endpoint) -> str:
 def check_dns(ctx: Context) -> None:
     assert ctx.settings is not None
     s = ctx.settings
-    resolver = Resolver(s.nameservers, timeout=s.lookup_time)
+    resolver = Resolver(s.nameservers, timeout=s.policy.lookup_time)
     # which servers, and from where: the daemon logs the same at start and reload
     servers = (", ".join(resolver.servers) if s.nameservers else
                f"the servers of {resolver.source} ({', '.join(resolver.servers) or 'none'})")
     name = "localhost"
     start = time.monotonic()
     try:
-        answer = resolver.resolve(name, "A", s.lookup_time)
+        answer = resolver.resolve(name, "A", s.policy.lookup_time)
     except TempFailure as exc:
         took = time.monotonic() - start
         why = f"{exc}: {exc.detail}" if exc.detail else str(exc)
         ctx.add(PROBLEM, "dns", f"DNS: {servers} did not answer '{name} A' within Lookup_Time = "
-                f"{s.lookup_time:g}s ({why}, after {took:.1f}s): every SPF check would "
+                f"{s.policy.lookup_time:g}s ({why}, after {took:.1f}s): every SPF check would "
                 f"temperror; set Nameservers in {ctx.conf} to a resolver that answers "
                 f"(empty: the servers of {resolv_conf()}); try one with `dig A localhost @IP`")
         return
@@ -761,7 +761,7 @@ def check_dns(ctx: Context) -> None:
     what = (", ".join(r.to_text() for r in answer.rrset) if answer is not None and answer.rrset
             else "no such name")
     ctx.add(OK, "dns", f"DNS: {servers} answered '{name} A' in {took:.0f} ms ({what}), within "
-            f"Lookup_Time = {s.lookup_time:g}s")
+            f"Lookup_Time = {s.policy.lookup_time:g}s")
 
 
 def _status_ids(pid: int) -> tuple[int, int] | None:

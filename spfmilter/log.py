@@ -88,11 +88,13 @@ def kv(**fields: object) -> str:
     return " ".join(parts)
 
 
-def decision(txn: Transaction, verdict: Verdict, recipient: str, **extra: object) -> None:
-    """The decision line, the same from every front end (``extra``: where it came from)."""
+def decision(txn: Transaction, verdict: Verdict, recipient: str, *, log_queue_id: bool,
+             **extra: object) -> None:
+    """The decision line, the same from every front end (``extra``: where it came from;
+    ``log_queue_id``: QueueID, a setting of the service, not of the policy)."""
     h, m = txn.helo_result, txn.mailfrom_result
     main = m or h
-    s, facts = txn.settings, txn.facts
+    facts = txn.facts
     log.info("%s", kv(
         action=verdict.action.value, reason=verdict.reason,
         identity=main.identity if main else None, result=main.result if main else None,
@@ -101,6 +103,6 @@ def decision(txn: Transaction, verdict: Verdict, recipient: str, **extra: object
         client_ip=facts.client_ip, helo=facts.helo, envelope_from=txn.sender,
         relay=txn.connection.client_ip if txn.hop is not None or txn.via_relay else None,
         dkim=" ".join(f"{d.result}:{d.domain}" for d in txn.dkim_results) or None,
-        rcpt=recipient, receiver=s.authserv_id,
-        queue_id=(txn.queue_id or None) if s.log_queue_id else None, **extra,
+        rcpt=recipient, receiver=txn.policy.authserv_id,
+        queue_id=(txn.queue_id or None) if log_queue_id else None, **extra,
         reply=f"{verdict.reply.code} {verdict.reply.status}" if verdict.reply else None))

@@ -39,10 +39,11 @@ class Runtime:
                     and not previous.resolver.system_servers_changed():
                 resolver = previous.resolver
             else:
-                resolver = Resolver(settings.nameservers, timeout=settings.lookup_time)
+                resolver = Resolver(settings.nameservers, timeout=settings.policy.lookup_time)
         return cls(settings, resolver,
-                   Checker(resolver, receiver=settings.authserv_id, void_limit=settings.void_limit,
-                           pass_all_records=settings.pass_all_records),
+                   Checker(resolver, receiver=settings.policy.authserv_id,
+                           void_limit=settings.policy.void_limit,
+                           pass_all_records=settings.policy.pass_all_records),
                    dkim.Checker(resolver))
 
 
@@ -60,7 +61,7 @@ def preload() -> None:
 
 
 def _same_dns(a: cfg.Settings, b: cfg.Settings) -> bool:
-    return (a.nameservers, a.lookup_time) == (b.nameservers, b.lookup_time)
+    return (a.nameservers, a.policy.lookup_time) == (b.nameservers, b.policy.lookup_time)
 
 
 _lock = threading.Lock()

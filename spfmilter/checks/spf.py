@@ -20,9 +20,9 @@ from typing import Any
 
 import spf
 
-from spfmilter.config import PassAllPolicy
 from spfmilter.core.addresses import domain_of, parse_ip
 from spfmilter.core.decision import NO_CLIENT_ADDRESS, reported
+from spfmilter.core.policy import PassAllPolicy
 from spfmilter.core.values import RESULTS, Identity, SPFResult
 from spfmilter.resolver import (
     CacheOnly,

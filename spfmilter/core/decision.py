@@ -3,7 +3,7 @@
 Pure functions of plain values, so every policy rule is tested on plain
 values.  ``plan`` says which evaluations a message needs (or why it needs
 none); the transaction runs them; ``decide`` turns the results into the
-verdict for one recipient, under that recipient's settings.
+verdict for one recipient, under that recipient's policy.
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from spfmilter.config import HeloPolicy, MailFromPolicy, PassAllPolicy, Settings, UnreadableHop
 from spfmilter.core import headers
 from spfmilter.core.addresses import ascii_address, ascii_domain, escape_non_ascii, in_networks
+from spfmilter.core.policy import HeloPolicy, MailFromPolicy, PassAllPolicy, Policy, UnreadableHop
 from spfmilter.core.values import Action, DKIMResult, Facts, Refusal, Reply, SPFResult, Verdict
 
 #: Why an identity is reported as none, unchecked, when the MTA gave no client IP address
@@ -50,18 +50,18 @@ class Plan:
     whitelist_domains: tuple[str, ...] = ()
 
 
-def plan(facts: Facts, settings: Settings) -> Plan:
+def plan(facts: Facts, policy: Policy) -> Plan:
     """Which SPF evaluations this message needs, or why it needs none."""
     if facts.auth_user:
         return Plan(skip="authenticated")
-    for reason, networks in (("skip_addresses", settings.skip_addresses),
-                             ("InternalHosts", settings.internal_hosts),
-                             ("whitelist", settings.whitelist)):
+    for reason, networks in (("skip_addresses", policy.skip_addresses),
+                             ("InternalHosts", policy.internal_hosts),
+                             ("whitelist", policy.whitelist)):
         if networks and in_networks(facts.client_ip, networks):
             return Plan(skip=reason)
-    return Plan(check_helo=settings.helo_reject is not HeloPolicy.NO_CHECK,
-                check_mailfrom=settings.mail_from_reject is not MailFromPolicy.NO_CHECK,
-                whitelist_domains=settings.domain_whitelist)
+    return Plan(check_helo=policy.helo_reject is not HeloPolicy.NO_CHECK,
+                check_mailfrom=policy.mail_from_reject is not MailFromPolicy.NO_CHECK,
+                whitelist_domains=policy.domain_whitelist)
 
 
 _NOT_PASS = {"fail", "softfail", "neutral", "permerror"}
@@ -81,22 +81,22 @@ _REFUSING_RESULTS: dict[HeloPolicy | MailFromPolicy, set[str]] = {
 _NEVER = (HeloPolicy.FALSE, HeloPolicy.NO_CHECK, MailFromPolicy.FALSE, MailFromPolicy.NO_CHECK)
 
 
-def _refuses(res: SPFResult | None, policy: HeloPolicy | MailFromPolicy,
-             settings: Settings) -> Action | None:
-    """REJECT or DEFER if this identity's result refuses mail under its policy."""
+def _refuses(res: SPFResult | None, rule: HeloPolicy | MailFromPolicy,
+             policy: Policy) -> Action | None:
+    """REJECT or DEFER if this identity's result refuses mail under its rule."""
     if res is None:
         return None
     # Reject_Not_Pass_Domains: these domains promise to pass, whatever the general policy.
-    if res.identity == "mailfrom" and res.domain.lower() in settings.reject_not_pass_domains \
+    if res.identity == "mailfrom" and res.domain.lower() in policy.reject_not_pass_domains \
             and res.result in _NOT_PASS | {"none"}:
         return Action.REJECT
-    if policy in _NEVER:
+    if rule in _NEVER:
         return None
-    if res.result in _REFUSING_RESULTS.get(policy, set()):
+    if res.result in _REFUSING_RESULTS.get(rule, set()):
         return Action.REJECT
-    if res.result == "permerror" and settings.permerror_reject:
+    if res.result == "permerror" and policy.permerror_reject:
         return Action.REJECT
-    if res.result == "temperror" and settings.temperror_defer:
+    if res.result == "temperror" and policy.temperror_defer:
         return Action.DEFER
     return None
 
@@ -109,20 +109,20 @@ def _explanation(res: SPFResult, ip: str) -> str:
     return f"{ascii_domain(res.domain) or 'the sender'} does not authorize {ip} to send mail"
 
 
-def defer_status(settings: Settings) -> tuple[str, str]:
+def defer_status(policy: Policy) -> tuple[str, str]:
     """The code and status of a defer for a DNS problem (RFC 7372 §3.3)."""
-    return "451", "4.7.24" if settings.enhanced_status_codes else "4.4.3"
+    return "451", "4.7.24" if policy.enhanced_status_codes else "4.4.3"
 
 
-def reply(res: SPFResult, action: Action, facts: Facts, settings: Settings) -> Reply:
+def reply(res: SPFResult, action: Action, facts: Facts, policy: Policy) -> Reply:
     """The SMTP reply refusing (or deferring) mail for ``res``: code, status and
     the Reason_Message text with the domain's own explanation."""
     if action is Action.DEFER:
-        code, status = defer_status(settings)
+        code, status = defer_status(policy)
     elif res.result == "permerror":
-        code, status = "550", "5.7.24" if settings.enhanced_status_codes else "5.7.1"
+        code, status = "550", "5.7.24" if policy.enhanced_status_codes else "5.7.1"
     else:
-        code, status = "550", "5.7.23" if settings.enhanced_status_codes else "5.7.1"
+        code, status = "550", "5.7.23" if policy.enhanced_status_codes else "5.7.1"
     # A reply is ASCII, SMTPUTF8 or not (the MTA sends it as given): domains in A-labels,
     # any other non-ASCII character as \x{HEX}; the sender stays recognisable.
     exp = escape_non_ascii(headers.clean(_explanation(res, facts.client_ip), 300))
@@ -139,16 +139,16 @@ def reply(res: SPFResult, action: Action, facts: Facts, settings: Settings) -> R
         "helo": ascii_domain(headers.clean(facts.helo)),
         "exp": exp,
         "spf": f"SPF {res.result} - {exp}",
-        "url": settings.reason_url.format(kind, sender, ip, settings.authserv_id),
+        "url": policy.reason_url.format(kind, sender, ip, policy.authserv_id),
     }
-    text = escape_non_ascii(settings.reason_message.format(**values))
+    text = escape_non_ascii(policy.reason_message.format(**values))
     return Reply(code, status, headers.clean(text, 450))
 
 
 def decide(facts: Facts, recipient: str, helo: SPFResult | None, mailfrom: SPFResult | None,
-           settings: Settings, *, skip: str | None = None,
+           policy: Policy, *, skip: str | None = None,
            whitelisted_by: str | None = None) -> Verdict:
-    """The verdict for ``recipient``, under the settings that apply to it.
+    """The verdict for ``recipient``, under the policy that applies to it.
 
     ``skip`` is ``plan().skip``; ``whitelisted_by`` names the Domain_Whitelist
     domain the client passed SPF for, if any.  HELO is judged before MAIL FROM
@@ -157,34 +157,34 @@ def decide(facts: Facts, recipient: str, helo: SPFResult | None, mailfrom: SPFRe
     """
     if skip:
         return Verdict(Action.ACCEPT, f"skipped ({skip})")
-    settings = settings.for_recipient(recipient)
+    policy = policy.for_recipient(recipient)
     if whitelisted_by:
         return Verdict(Action.ACCEPT, f"whitelisted (Domain_Whitelist {whitelisted_by})")
     if helo is not None and helo.result == "pass" and \
-            facts.helo.rstrip(".").lower() in settings.helo_whitelist:
+            facts.helo.rstrip(".").lower() in policy.helo_whitelist:
         return Verdict(Action.ACCEPT, "whitelisted (HELO_Whitelist)")
 
-    helo_policy: HeloPolicy = settings.helo_reject
+    helo_policy: HeloPolicy = policy.helo_reject
     if helo_policy is HeloPolicy.NULL and facts.sender:
         helo_policy = HeloPolicy.FALSE
-    candidates = [(_refuses(helo, helo_policy, settings), helo),
-                  (_refuses(mailfrom, settings.mail_from_reject, settings), mailfrom)]
+    candidates = [(_refuses(helo, helo_policy, policy), helo),
+                  (_refuses(mailfrom, policy.mail_from_reject, policy), mailfrom)]
     refusals = [(a, r) for a, r in candidates if a is not None and r is not None]
     for wanted in (Action.REJECT, Action.DEFER):
         for action, res in refusals:
             if action is not wanted:
                 continue
             why = f"{res.identity} {res.result}"
-            if settings.exempt(recipient):
+            if policy.exempt(recipient):
                 return Verdict(Action.ACCEPT, f"{why}, exempt recipient")
-            if settings.test_only:
+            if policy.never_refuse:
                 return Verdict(Action.ACCEPT, f"{why}, TestOnly: would {wanted.value}")
-            refused = reply(res, wanted, facts, settings)
-            if wanted is Action.REJECT and settings.dkim_rescue:
+            refused = reply(res, wanted, facts, policy)
+            if wanted is Action.REJECT and policy.dkim_rescue:
                 deferred = next((r for a, r in refusals if a is Action.DEFER), None)
                 if deferred is not None:  # what would rescue is unknown until that is known
                     return Verdict(Action.DEFER, f"{deferred.identity} {deferred.result}",
-                                   reply(deferred, Action.DEFER, facts, settings))
+                                   reply(deferred, Action.DEFER, facts, policy))
                 domain = facts.helo if res.identity == "helo" else res.domain
                 return Verdict(Action.ACCEPT, f"{why}, held for DKIM_Rescue",
                                held=Refusal(res.identity, domain, refused, why))
@@ -194,7 +194,7 @@ def decide(facts: Facts, recipient: str, helo: SPFResult | None, mailfrom: SPFRe
 
 
 def rescue(held: Refusal, signatures: Sequence[DKIMResult], org_domain: Callable[[str], str],
-           settings: Settings) -> tuple[Verdict, tuple[DKIMResult, ...]]:
+           policy: Policy) -> tuple[Verdict, tuple[DKIMResult, ...]]:
     """End of message for a held refusal: accepted when a signature of the refused
     identity's organizational domain verifies (RFC 7489 §3.2 relaxed alignment);
     deferred when one such signature could not be checked for a DNS error; refused
@@ -206,7 +206,7 @@ def rescue(held: Refusal, signatures: Sequence[DKIMResult], org_domain: Callable
         return (Verdict(Action.ACCEPT, f"{held.reason} rescued by DKIM d={passed[0].domain}"),
                 (passed[0],))
     if any(s.result == "temperror" for s in aligned):
-        code, status = defer_status(settings)
+        code, status = defer_status(policy)
         domain = ascii_domain(headers.clean(held.domain))
         text = headers.clean(f"Message deferred: the DKIM key of {domain} could not be "
                              "looked up (DNS error); try again later", 450)
@@ -222,23 +222,23 @@ def too_large(held: Refusal, limit: int) -> Verdict:
                                   f"DKIM_Max_Bytes ({limit})", held.reply)
 
 
-def unreadable_hop(why: str, recipient: str, settings: Settings) -> Verdict:
+def unreadable_hop(why: str, recipient: str, policy: Policy) -> Verdict:
     """A trusted relay's Received header that names no client: Trusted_Relays_Unreadable
     says what that gives; it is never a pass, since a sender who can make the
     header unreadable must not gain by it.  Exempt recipients and TestOnly apply."""
-    settings = settings.for_recipient(recipient)
-    mode = settings.trusted_relays_unreadable
+    policy = policy.for_recipient(recipient)
+    mode = policy.trusted_relays_unreadable
     if mode is UnreadableHop.ACCEPT:
         return Verdict(Action.ACCEPT, f"not checked: {why}")
     action = Action.DEFER if mode is UnreadableHop.DEFER else Action.REJECT
-    if settings.exempt(recipient):
+    if policy.exempt(recipient):
         return Verdict(Action.ACCEPT, f"{why}, exempt recipient")
-    if settings.test_only:
+    if policy.never_refuse:
         return Verdict(Action.ACCEPT, f"{why}, TestOnly: would {action.value}")
     if action is Action.DEFER:
-        code, status = defer_status(settings)
+        code, status = defer_status(policy)
     else:
-        code, status = "550", "5.7.24" if settings.enhanced_status_codes else "5.7.1"
+        code, status = "550", "5.7.24" if policy.enhanced_status_codes else "5.7.1"
     text = headers.clean(f"Message {'deferred' if action is Action.DEFER else 'rejected'}: "
                          f"SPF could not be checked ({why})", 450)
     return Verdict(action, why, Reply(code, status, text))

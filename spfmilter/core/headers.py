@@ -18,8 +18,8 @@ from collections.abc import Sequence
 
 import authres
 
-from spfmilter.config import HeaderType, Settings
 from spfmilter.core.addresses import domain_of, is_domain
+from spfmilter.core.policy import HeaderType, Policy
 from spfmilter.core.values import DKIMResult, Facts, SPFResult
 
 RECEIVED_SPF = "Received-SPF"
@@ -190,20 +190,20 @@ def authentication_results(authserv_id: str, results: Sequence[SPFResult | DKIMR
 
 
 def result_headers(facts: Facts, helo: SPFResult | None, mailfrom: SPFResult | None,
-                   settings: Settings, dkim: Sequence[DKIMResult] = ()) -> tuple[tuple[str, str], ...]:
+                   policy: Policy, dkim: Sequence[DKIMResult] = ()) -> tuple[tuple[str, str], ...]:
     """The headers a message gets, top-down in the order they appear.
 
     ``helo`` and ``mailfrom`` are None for an identity that was not checked.
     In Authentication-Results the DKIM clauses come first and the MAIL FROM
     clause last: SpamAssassin reads only the last ``spf=`` of a field.
     """
-    receiver = None if settings.hide_receiver else settings.authserv_id
+    receiver = None if policy.hide_receiver else policy.authserv_id
     spf = [r for r in (mailfrom, helo) if r is not None]
     out: list[tuple[str, str]] = []
-    if settings.header_type in (HeaderType.AR, HeaderType.BOTH) and (spf or dkim):
+    if policy.header_type in (HeaderType.AR, HeaderType.BOTH) and (spf or dkim):
         out.append((AUTH_RESULTS, authentication_results(
-            settings.authserv_id, [*dkim, *spf[::-1]], helo=facts.helo)))
-    if settings.header_type in (HeaderType.SPF, HeaderType.BOTH):
+            policy.authserv_id, [*dkim, *spf[::-1]], helo=facts.helo)))
+    if policy.header_type in (HeaderType.SPF, HeaderType.BOTH):
         for res in spf:
             out.append((RECEIVED_SPF, received_spf(
                 res, client_ip=facts.client_ip, helo=facts.helo,

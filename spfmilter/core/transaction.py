@@ -34,7 +34,7 @@ deferred with ``452 4.5.3`` -- the sending MTA then delivers it in a
 transaction of its own (RFC 5321 §4.5.3.1.10).  Nobody is refused or accepted
 against their own policy, and nothing is dropped.
 
-Front ends that never see the message (the policy service) give settings
+Front ends that never see the message (the policy service) give a policy
 with DKIM_Rescue and Trusted_Relays off.  The front end supplies the checkers
 (pyspf and dkimpy behind spfmilter's resolver) as callables, so this module
 imports no DNS code.
@@ -47,10 +47,10 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-from spfmilter.config import Settings
 from spfmilter.core import decision, headers, received
 from spfmilter.core.addresses import in_networks
 from spfmilter.core.forged import ForgedHeaders
+from spfmilter.core.policy import Policy
 from spfmilter.core.values import Action, DKIMResult, Facts, Identity, Refusal, Reply, SPFResult, Verdict
 
 
@@ -94,10 +94,10 @@ class Connection:
 class Transaction:
     """One message: its envelope, its evaluation and the verdicts that follow."""
 
-    def __init__(self, connection: Connection, settings: Settings, sender: str = "", *,
+    def __init__(self, connection: Connection, policy: Policy, sender: str = "", *,
                  auth_user: str = "", queue_id: str = "") -> None:
         self.connection = connection
-        self.settings = settings
+        self.policy = policy
         self.sender = sender
         self.auth_user = auth_user
         self.queue_id = queue_id
@@ -106,14 +106,14 @@ class Transaction:
         self.mailfrom_result: SPFResult | None = None   # None: not checked
         self.whitelisted_by: str | None = None
         self.seconds = 0.0                               # time the evaluation took
-        self.forged = ForgedHeaders(settings.authserv_id)
+        self.forged = ForgedHeaders(policy.authserv_id)
         self.recipients: list[str] = []                  # accepted so far
         self.held: Refusal | None = None                 # refused at end of message unless rescued
         self.dkim_results: tuple[DKIMResult, ...] = ()   # reported in Authentication-Results
         self._course: tuple[object, ...] | None = None   # what every recipient must share
         # Trusted_Relays: the client is a relay; SPF is for the host behind it
-        self.via_relay = bool(settings.trusted_relays) and \
-            in_networks(connection.client_ip, settings.trusted_relays)
+        self.via_relay = bool(policy.trusted_relays) and \
+            in_networks(connection.client_ip, policy.trusted_relays)
         self.received: list[str] = []                    # Received values, top down (relays)
         self.hop: Facts | None = None                    # the host behind the relays
         self.no_hop: str | None = None                   # why there is none to check
@@ -150,7 +150,7 @@ class Transaction:
 
     def _run(self, facts: Facts, check: SPFChecker, conn: Connection | None) -> None:
         """Evaluate for ``facts``; ``conn`` keeps the HELO result across messages."""
-        s = self.settings
+        s = self.policy
         self.plan = plan = decision.plan(facts, s)
         if plan.skip:
             return
@@ -196,14 +196,14 @@ class Transaction:
     def _decide(self, recipient: str) -> Verdict:
         assert self.plan is not None, "evaluate() first"
         return decision.decide(self.facts, recipient, self.helo_result, self.mailfrom_result,
-                               self.settings, skip=self.plan.skip,
+                               self.policy, skip=self.plan.skip,
                                whitelisted_by=self.whitelisted_by)
 
     def rcpt(self, recipient: str) -> Verdict:
         """The verdict for one recipient (after ``evaluate``)."""
         if self.via_relay:  # verdicts come at end of headers: recipients must share a policy
-            course: tuple[object, ...] = ("relay", self.settings.section_for(recipient),
-                                          self.settings.exempt(recipient))
+            course: tuple[object, ...] = ("relay", self.policy.section_for(recipient),
+                                          self.policy.exempt(recipient))
             verdict = Verdict(Action.ACCEPT, "trusted relay: SPF at end of headers")
         else:
             verdict = self._decide(recipient)
@@ -234,7 +234,7 @@ class Transaction:
             return False
         relay = self.connection.client_ip
         first = self.recipients[0] if self.recipients else ""
-        found = received.client_behind(self.received, self.settings.trusted_relays,
+        found = received.client_behind(self.received, self.policy.trusted_relays,
                                        (self.sender, *self.recipients))
         if isinstance(found, received.Unreadable) and found.local:
             # mail the relay originated itself: the relay is the client, as without
@@ -246,7 +246,7 @@ class Transaction:
             self.mailfrom_result = SPFResult("mailfrom", "none", self.sender,
                                              self.sender.rpartition("@")[2], self.no_hop, False,
                                              note=self.no_hop)
-            self._relay_verdict = decision.unreadable_hop(self.no_hop, first, self.settings)
+            self._relay_verdict = decision.unreadable_hop(self.no_hop, first, self.policy)
             return False
         self.hop = Facts(client_ip=found.client_ip, helo=found.helo, sender=self.sender,
                          auth_user=self.auth_user, queue_id=self.queue_id)
@@ -264,11 +264,11 @@ class Transaction:
         if held is None:
             return self._relay_verdict
         if message is None:
-            return decision.too_large(held, self.settings.dkim_max_bytes)
+            return decision.too_large(held, self.policy.dkim_max_bytes)
         org = org_domain(held.domain)
-        signatures = dkim(message, lookup_time=self.settings.lookup_time,
+        signatures = dkim(message, lookup_time=self.policy.lookup_time,
                           wanted=lambda d: org_domain(d) == org)
-        verdict, self.dkim_results = decision.rescue(held, signatures, org_domain, self.settings)
+        verdict, self.dkim_results = decision.rescue(held, signatures, org_domain, self.policy)
         return verdict
 
     def result_headers(self) -> tuple[tuple[str, str], ...]:
@@ -276,4 +276,4 @@ class Transaction:
         if self.plan is None or self.plan.skip:
             return ()
         return headers.result_headers(self.facts, self.helo_result, self.mailfrom_result,
-                                      self.settings, self.dkim_results)
+                                      self.policy, self.dkim_results)

@@ -139,7 +139,7 @@ def check(settings: Settings, resolver: Resolver, *, ip: str, helo: str, sender:
     trace_token = resolver_mod.trace.set(trace_lines)
     try:
         ctx = RecordingCtx()
-        ctx._setsymval("j", settings.authserv_id)
+        ctx._setsymval("j", settings.policy.authserv_id)
         if auth_user:
             ctx._setsymval("{auth_authen}", auth_user)
         out = Outcome()
@@ -201,4 +201,4 @@ def _describe(out: Outcome, txn: Transaction, settings: Settings,
     if trace_lines is not None:
         out.trace = trace_lines
         for res in txn.results():
-            trace_lines.append(_explain(res, settings.void_limit))
+            trace_lines.append(_explain(res, settings.policy.void_limit))

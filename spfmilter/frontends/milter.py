@@ -21,6 +21,7 @@ from spfmilter import log as logmod
 from spfmilter import metrics, runtime
 from spfmilter.config import Settings
 from spfmilter.core.addresses import client_address, strip_brackets
+from spfmilter.core.policy import Policy
 from spfmilter.core.transaction import Connection, Transaction
 from spfmilter.core.values import Action, Verdict
 from spfmilter.frontends.inflight import InFlight
@@ -114,7 +115,7 @@ class SPFMilter(Milter.Base):  # type: ignore[misc]  # pymilter has no type hint
     def __init__(self) -> None:
         self._counted = False
         self.runtime = runtime.current()
-        self.settings: Settings = self.runtime.settings
+        self.policy: Policy = self.runtime.settings.policy
         self.connection = Connection()
         self.mta = self.daemon = ""
         self.fault: str | None = None
@@ -132,7 +133,7 @@ class SPFMilter(Milter.Base):  # type: ignore[misc]  # pymilter has no type hint
     def _transaction(self) -> Transaction:
         """The current message (one is started if the MTA skipped MAIL FROM)."""
         if self.txn is None:
-            self.txn = Transaction(self.connection, self.settings)
+            self.txn = Transaction(self.connection, self.policy)
         return self.txn
 
     def _evaluate(self, txn: Transaction) -> None:
@@ -172,7 +173,7 @@ class SPFMilter(Milter.Base):  # type: ignore[misc]  # pymilter has no type hint
     @noreply
     @guarded
     def envfrom(self, mailfrom: str, *params: str) -> int:
-        self.txn = Transaction(self.connection, self.settings, strip_brackets(mailfrom),
+        self.txn = Transaction(self.connection, self.policy, strip_brackets(mailfrom),
                                auth_user=self._macro("{auth_authen}"), queue_id=self._macro("i"))
         self.message = None
         return int(Milter.CONTINUE)
@@ -196,14 +197,15 @@ class SPFMilter(Milter.Base):  # type: ignore[misc]  # pymilter has no type hint
         return int(Milter.REJECT if verdict.action is Action.REJECT else Milter.TEMPFAIL)
 
     def _log(self, txn: Transaction, verdict: Verdict, recipient: str) -> None:
-        logmod.decision(txn, verdict, recipient, mta=self.mta or None, daemon=self.daemon or None)
+        logmod.decision(txn, verdict, recipient, log_queue_id=self.runtime.settings.log_queue_id,
+                        mta=self.mta or None, daemon=self.daemon or None)
 
     def header_bytes(self, name: str, value: bytes) -> int:
         """pymilter's entry point for a header: the raw bytes are what DKIM verifies."""
         txn = self._transaction()
-        if self.settings.dkim_rescue and (txn.held is not None or txn.via_relay):
+        if self.policy.dkim_rescue and (txn.held is not None or txn.via_relay):
             if self.message is None:
-                self.message = _HeldMessage(self.settings.dkim_max_bytes)
+                self.message = _HeldMessage(self.policy.dkim_max_bytes)
             self.message.header(name, value, bool(self._protocol & Milter.P_HDR_LEADSPC))
         return int(super().header_bytes(name, value))
 
@@ -244,9 +246,9 @@ class SPFMilter(Milter.Base):  # type: ignore[misc]  # pymilter has no type hint
         each connection; spfmilter declares none, so only the masks matter.)"""
         self._actions, protocol, _, _ = opts
         wanted = type(self).protocol_mask()
-        if not self.settings.trusted_relays:
+        if not self.policy.trusted_relays:
             wanted &= ~Milter.P_NOEOH
-        if self.settings.dkim_rescue:
+        if self.policy.dkim_rescue:
             wanted &= ~Milter.P_HDR_LEADSPC
         else:
             wanted &= ~Milter.P_NOBODY

@@ -29,6 +29,7 @@ workers (a listener the supervisor opened before forking).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import select
@@ -41,9 +42,10 @@ from pathlib import Path
 
 from spfmilter import log as logmod
 from spfmilter import metrics, runtime
-from spfmilter.config import ConfigError, HeaderType, Settings
+from spfmilter.config import ConfigError, Settings
 from spfmilter.core.addresses import client_address
 from spfmilter.core.headers import AUTH_RESULTS, RECEIVED_SPF, clean
+from spfmilter.core.policy import HeaderType, Policy
 from spfmilter.core.transaction import Connection, Transaction
 from spfmilter.core.values import Action, Verdict
 from spfmilter.frontends.inflight import InFlight
@@ -64,13 +66,13 @@ _INTERNAL = "DEFER_IF_PERMIT 4.3.0 spfmilter: internal error, try again later"
 
 
 @functools.lru_cache(maxsize=4)
-def _without_the_message(settings: Settings) -> Settings:
-    """The settings as the policy service applies them: it never sees the message,
+def _without_the_message(policy: Policy) -> Policy:
+    """The policy as the policy service applies it: it never sees the message,
     so what needs it -- DKIM_Rescue (a held refusal would be lost) and
     Trusted_Relays (the hop is in the Received headers) -- is off."""
-    if not (settings.dkim_rescue or settings.trusted_relays):
-        return settings
-    return settings.with_overrides(dkim_rescue=False, trusted_relays=())
+    if not (policy.dkim_rescue or policy.trusted_relays):
+        return policy
+    return dataclasses.replace(policy, dkim_rescue=False, trusted_relays=())
 
 
 class Session:
@@ -115,13 +117,14 @@ class Session:
         # anything else that is no IP address) is no address, reported as such
         client = client_address(attrs["client_address"])
         txn = self._transaction(attrs, client)
+        assert self._runtime is not None
         if txn.plan is None:
-            assert self._runtime is not None
             txn.evaluate(self._runtime.spf)
             metrics.record_evaluation(txn)
         recipient = attrs.get("recipient", "")
         verdict = txn.rcpt(recipient)
-        logmod.decision(txn, verdict, recipient, via=self.via)
+        logmod.decision(txn, verdict, recipient, log_queue_id=self._runtime.settings.log_queue_id,
+                        via=self.via)
         metrics.record_verdict(verdict)
         return self._translate(txn, verdict)
 
@@ -133,7 +136,7 @@ class Session:
             self._runtime = runtime.current()
             connection = Connection(client)
             connection.hello(attrs.get("helo_name", ""))
-            self.txn = Transaction(connection, _without_the_message(self._runtime.settings),
+            self.txn = Transaction(connection, _without_the_message(self._runtime.settings.policy),
                                    attrs["sender"],
                                    auth_user=attrs.get("sasl_username", ""),
                                    queue_id=attrs.get("queue_id", ""))
@@ -147,7 +150,8 @@ class Session:
             if verdict.action is Action.REJECT:
                 return f"{r.code} {r.status} {r.text}"
             return f"DEFER_IF_PERMIT {r.status} {r.text}"
-        s = txn.settings
+        assert self._runtime is not None
+        s = self._runtime.settings  # the runtime the transaction was started with
         if not txn.skipped:
             m, h = txn.mailfrom_result, txn.helo_result
             if s.mail_from_pass_restriction and m is not None and m.result == "pass":
@@ -167,7 +171,7 @@ def result_header(txn: Transaction) -> tuple[str, str] | None:
     """The one header a policy answer can prepend: Received-SPF for Header_Type SPF
     (MAIL FROM's, else HELO's), Authentication-Results for AR and for both (it
     reports both identities in one field); folded lines joined into one."""
-    wanted = RECEIVED_SPF if txn.settings.header_type is HeaderType.SPF else AUTH_RESULTS
+    wanted = RECEIVED_SPF if txn.policy.header_type is HeaderType.SPF else AUTH_RESULTS
     for name, value in txn.result_headers():
         if name == wanted:
             return name, " ".join(part.strip() for part in value.splitlines())

@@ -113,8 +113,8 @@ def headers(raw: bytes) -> None:
     helo_res = next((r for r in results if r.identity == "helo"), None)
     mail_res = next((r for r in results if r.identity == "mailfrom"), None)
     facts = Facts(client_ip=ip, helo=helo, sender=sender)
-    verdict = decide(facts, d.text(30), helo_res, mail_res, _SETTINGS)
-    for name, value in result_headers(facts, helo_res, mail_res, _SETTINGS):
+    verdict = decide(facts, d.text(30), helo_res, mail_res, _SETTINGS.policy)
+    for name, value in result_headers(facts, helo_res, mail_res, _SETTINGS.policy):
         check_header(name, value)
     if verdict.reply is not None:
         text = str(verdict.reply)

@@ -96,7 +96,7 @@ def test_pyspf_milter_and_policyd_spf_samples_are_accepted(spf_engine_samples):
     for sample in ("pyspf-milter/pyspf-milter.conf", "python-policyd-spf/policyd-spf.conf",
                    "python-policyd-spf/policyd-spf.conf.commented"):
         s = cfg.parse(spf_engine_samples / sample)
-        assert s.helo_reject is cfg.HeloPolicy.FAIL and s.mail_from_reject is cfg.MailFromPolicy.FAIL
+        assert s.policy.helo_reject is cfg.HeloPolicy.FAIL and s.policy.mail_from_reject is cfg.MailFromPolicy.FAIL
     milter_conf = cfg.parse(spf_engine_samples / "pyspf-milter/pyspf-milter.conf")
     assert milter_conf.socket == "inet:8893@localhost" and milter_conf.user_id == "pyspf-milter"
 

@@ -15,11 +15,11 @@ from tests.kit import ROOT
 def test_defaults_are_safe():
     s = cfg.Settings()
     assert s.socket.startswith("unix:")
-    assert s.helo_reject is cfg.HeloPolicy.FAIL
-    assert s.mail_from_reject is cfg.MailFromPolicy.FAIL
-    assert not s.permerror_reject and not s.temperror_defer
-    assert ipaddress.ip_network("127.0.0.0/8") in s.skip_addresses
-    assert s.header_type is cfg.HeaderType.BOTH
+    assert s.policy.helo_reject is cfg.HeloPolicy.FAIL
+    assert s.policy.mail_from_reject is cfg.MailFromPolicy.FAIL
+    assert not s.policy.permerror_reject and not s.policy.temperror_defer
+    assert ipaddress.ip_network("127.0.0.0/8") in s.policy.skip_addresses
+    assert s.policy.header_type is cfg.HeaderType.BOTH
     assert s.umask == 0o007
 
 
@@ -51,16 +51,16 @@ def test_parses_every_key_with_policyd_spf_spelling():
     """
     s = cfg.parse_text(text, "x.conf")
     assert s.socket == "inet:8894@127.0.0.1"
-    assert s.helo_reject is cfg.HeloPolicy.SPF_NOT_PASS
-    assert s.mail_from_reject is cfg.MailFromPolicy.SOFTFAIL
-    assert s.permerror_reject and s.temperror_defer
-    assert ipaddress.ip_network("10.1.2.3/32") in s.skip_addresses
-    assert s.domain_whitelist == ("pobox.com", "forwarder.example")
-    assert s.exempt_recipients == ("postmaster@", "abuse@example.com", "@example.org")
-    assert s.header_type is cfg.HeaderType.AR
-    assert s.hide_receiver and s.lookup_time == 7.5 and s.void_limit == 3
+    assert s.policy.helo_reject is cfg.HeloPolicy.SPF_NOT_PASS
+    assert s.policy.mail_from_reject is cfg.MailFromPolicy.SOFTFAIL
+    assert s.policy.permerror_reject and s.policy.temperror_defer
+    assert ipaddress.ip_network("10.1.2.3/32") in s.policy.skip_addresses
+    assert s.policy.domain_whitelist == ("pobox.com", "forwarder.example")
+    assert s.policy.exempt_recipients == ("postmaster@", "abuse@example.com", "@example.org")
+    assert s.policy.header_type is cfg.HeaderType.AR
+    assert s.policy.hide_receiver and s.policy.lookup_time == 7.5 and s.policy.void_limit == 3
     assert s.nameservers == (("127.0.0.1", 5353), ("::1", 53), ("192.0.2.53", 53))
-    assert s.umask == 0o002 and s.debug_level == 2 and s.test_only is False
+    assert s.umask == 0o002 and s.debug_level == 2 and s.policy.never_refuse is False
 
 
 def test_settings_are_frozen():
@@ -119,8 +119,8 @@ def test_every_key_is_in_the_shipped_file_and_the_readme():
 
 
 def test_pass_all_records_defaults_to_neutral_and_takes_pass():
-    assert cfg.Settings().pass_all_records is cfg.PassAllPolicy.NEUTRAL
-    assert cfg.parse_text("Pass_All_Records = Pass").pass_all_records is cfg.PassAllPolicy.PASS
+    assert cfg.Settings().policy.pass_all_records is cfg.PassAllPolicy.NEUTRAL
+    assert cfg.parse_text("Pass_All_Records = Pass").policy.pass_all_records is cfg.PassAllPolicy.PASS
 
 
 def _run(*args):
@@ -168,9 +168,9 @@ def test_policyd_spf_values_are_honoured():
     s = cfg.parse_text("Authserv_Id = HEADER\nHide_Receiver = Yes\nInternalHosts = 127.0.0.1\n"
                        "Whitelist_Lookup_Time = 5\nQueueID = False\n")
     import socket
-    assert s.authserv_id == socket.gethostname() and s.hide_receiver
-    assert s.internal_hosts == (ipaddress.ip_network("127.0.0.1/32"),)
-    assert s.whitelist_lookup_time == 5 and s.log_queue_id is False
+    assert s.policy.authserv_id == socket.gethostname() and s.policy.hide_receiver
+    assert s.policy.internal_hosts == (ipaddress.ip_network("127.0.0.1/32"),)
+    assert s.policy.whitelist_lookup_time == 5 and s.log_queue_id is False
 
 
 def test_recipient_sections_are_validated():
@@ -185,8 +185,8 @@ def test_recipient_sections_are_validated():
 def test_local_rules_best_guess_and_metrics_values():
     s = cfg.parse_text("Local_Rules = include:spf.trusted-forwarder.org ip4:192.0.2.0/24\n"
                        "Best_Guess = v=spf1 a/24 mx/24 ptr\nMetrics = 127.0.0.1:9095\n")
-    assert s.local_rules == "include:spf.trusted-forwarder.org ip4:192.0.2.0/24"
-    assert s.best_guess == "v=spf1 a/24 mx/24 ptr" and s.metrics == ("127.0.0.1", 9095)
+    assert s.policy.local_rules == "include:spf.trusted-forwarder.org ip4:192.0.2.0/24"
+    assert s.policy.best_guess == "v=spf1 a/24 mx/24 ptr" and s.metrics == ("127.0.0.1", 9095)
     for bad in ("Local_Rules = frobnicate", "Best_Guess = a mx", "Metrics = 9095"):
         with pytest.raises(cfg.ConfigError):
             cfg.parse_text(bad + "\n")
@@ -201,3 +201,40 @@ def test_workers_is_a_count_or_auto():
         with pytest.raises(cfg.ConfigError,
                            match=r"^x:1: Workers: expected (1 to 256|a number of) processes or auto"):
             cfg.parse_text(f"Workers = {bad}\n", "x")
+
+
+def test_every_key_lands_in_the_policy_or_the_service_settings_never_both():
+    service = {f.name for f in dataclasses.fields(cfg.Settings)} - {"policy"}
+    policy = {f.name for f in dataclasses.fields(cfg.Policy)}
+    assert not service & policy
+    fields = {field_name for _, field_name, _ in cfg._KEYS.values()}
+    # nothing parsed is dropped, nothing is left unset ([recipient] sections fill the last)
+    assert fields | {"recipient_policies"} == service | policy
+    assert cfg.RECIPIENT_KEYS <= policy          # a section changes only what decides
+
+
+def test_the_core_gets_the_policy_and_never_the_service_settings():
+    s = cfg.parse_text("Socket = unix:/run/x.sock\nUserID = mail\nWorkers = 3\n"
+                       "Mail_From_reject = Softfail\n[recipient @strict.test]\nTestOnly = 0\n")
+    assert isinstance(s.policy, cfg.Policy)
+    assert s.policy.mail_from_reject is cfg.MailFromPolicy.SOFTFAIL
+    assert not any(hasattr(s.policy, name) for name in ("socket", "user_id", "workers", "umask"))
+    strict = s.policy.for_recipient("a@strict.test")
+    assert strict.never_refuse is True and s.policy.never_refuse is False
+    assert strict.mail_from_reject is cfg.MailFromPolicy.SOFTFAIL
+
+
+def test_testonly_1_is_normal_operation_and_0_never_refuses():
+    assert cfg.parse_text("TestOnly = 1\n").policy.never_refuse is False
+    assert cfg.parse_text("TestOnly = 0\n").policy.never_refuse is True
+    assert cfg.Settings().policy.never_refuse is False
+
+
+def test_overrides_reach_the_policy_and_the_service_settings():
+    s = cfg.Settings().with_overrides(socket="unix:/tmp/x.sock", dkim_rescue=True,
+                                      trusted_relays=(ipaddress.ip_network("10.0.0.0/8"),))
+    assert s.socket == "unix:/tmp/x.sock"
+    assert s.policy.dkim_rescue and s.policy.trusted_relays == (ipaddress.ip_network("10.0.0.0/8"),)
+    assert cfg.Settings().policy.dkim_rescue is False     # the original is untouched
+    with pytest.raises(TypeError):
+        cfg.Settings().with_overrides(no_such_setting=1)

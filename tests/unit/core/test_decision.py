@@ -10,7 +10,7 @@ from spfmilter.core.values import Action, Facts, SPFResult
 ACCEPT, REJECT, DEFER = Action.ACCEPT, Action.REJECT, Action.DEFER
 RCPT = "rcpt@mx.test"
 
-BASE = cfg.from_mapping({"Authserv_Id": "mx.test", "skip_addresses": "127.0.0.0/8, ::1"})
+BASE = cfg.from_mapping({"Authserv_Id": "mx.test", "skip_addresses": "127.0.0.0/8, ::1"}).policy
 
 
 def res(identity, result, sender="user@example.com", exp="", published=False):
@@ -24,7 +24,7 @@ def facts(**kw):
 
 
 def settings(**kw):
-    return cfg.from_mapping({"Authserv_Id": "mx.test", **kw})
+    return cfg.from_mapping({"Authserv_Id": "mx.test", **kw}).policy
 
 
 def test_pass_is_accepted_with_both_headers():
@@ -189,7 +189,7 @@ Mail_From_reject = SPF_Not_Pass
 [recipient postmaster@]
 Mail_From_reject = False
 TestOnly = 0
-""")
+""").policy
     soft = res("mailfrom", "softfail")
     assert decide(facts(), "a@strict.test", None, soft, s).action == REJECT
     assert decide(facts(), "a@mx.test", None, soft, s).action == ACCEPT

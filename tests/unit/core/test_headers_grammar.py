@@ -495,7 +495,7 @@ def test_authentication_results_parse_and_round_trip(results, sender, helo, auth
 def test_message_headers_conform(client_ip, helo, sender, helo_result, mailfrom_result,
                                  explanation, mechanism, authserv_id, header_type, hide_receiver):
     s = cfg.from_mapping({"Authserv_Id": authserv_id, "Header_Type": header_type,
-                          "Hide_Receiver": str(hide_receiver)})
+                          "Hide_Receiver": str(hide_receiver)}).policy
     facts = Facts(client_ip=client_ip, helo=helo, sender=sender)
     helo_res = None if helo_result is None or not helo else \
         _result("helo", helo_result, f"postmaster@{helo}", explanation, mechanism)

@@ -25,11 +25,24 @@ def test_importing_spfmilter_core_imports_no_adapter():
 def test_every_core_module_is_pure():
     modules = [f"spfmilter.core.{m.name}" for m in pkgutil.iter_modules(spfmilter.core.__path__)]
     assert {"spfmilter.core.transaction", "spfmilter.core.decision",
-            "spfmilter.core.headers"} <= set(modules)
+            "spfmilter.core.headers", "spfmilter.core.policy"} <= set(modules)
     res = _imports_in_fresh_interpreter(
         "import importlib, sys\n"
         f"for m in {modules!r}: importlib.import_module(m)\n"
         "tops = {n.split('.')[0] for n in sys.modules}\n"
         f"print(sorted(tops & {FORBIDDEN!r}))\n")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "[]"
+
+
+def test_the_core_loads_nothing_of_spfmilter_outside_it():
+    """The core defines its own words (core.policy): importing every core module loads
+    no configuration, front end or checker of spfmilter."""
+    modules = [f"spfmilter.core.{m.name}" for m in pkgutil.iter_modules(spfmilter.core.__path__)]
+    res = _imports_in_fresh_interpreter(
+        "import importlib, sys\n"
+        f"for m in {modules!r}: importlib.import_module(m)\n"
+        "print(sorted(n for n in sys.modules if n.startswith('spfmilter.')"
+        " and not n.startswith('spfmilter.core')))\n")
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "[]"

@@ -38,7 +38,7 @@ class Concurrent(Recorder):
 
 
 def settings(**kw):
-    return cfg.from_mapping({"Authserv_Id": "mx.test", "skip_addresses": "", **kw})
+    return cfg.from_mapping({"Authserv_Id": "mx.test", "skip_addresses": "", **kw}).policy
 
 
 def test_helo_is_evaluated_once_per_connection_and_again_for_a_new_name():
@@ -208,7 +208,7 @@ def test_mail_the_relay_originated_is_checked_for_the_relay_itself():
 
 def test_recipients_of_another_policy_wait_for_their_own_transaction_behind_a_relay():
     s = cfg.parse_text("Authserv_Id = mx.test\nTrusted_Relays = 10.0.0.0/8\n"
-                       "[recipient @strict.test]\nMail_From_reject = Strict\n")
+                       "[recipient @strict.test]\nMail_From_reject = Strict\n").policy
     txn = Transaction(Connection("10.0.0.1"), s, "u@x.test")
     assert txn.rcpt("a@mx.test").action is Action.ACCEPT
     assert txn.rcpt("b@mx.test").action is Action.ACCEPT

@@ -59,7 +59,7 @@ PROPERTY = settings(max_examples=150, deadline=None, derandomize=True,
 def class_runtime(dns_server):
     settings_ = cfg.from_mapping({"Nameservers": dns_server.nameserver, "Authserv_Id": OUR_ID,
                                   "skip_addresses": "", "Lookup_Time": "1"})
-    resolver = Resolver(settings_.nameservers, settings_.lookup_time)
+    resolver = Resolver(settings_.nameservers, settings_.policy.lookup_time)
     records = LogRecords()
     logger = logging.getLogger("spfmilter")
     logger.addHandler(records)

@@ -163,6 +163,13 @@ def test_decision_line_is_the_milters_with_via(use, caplog):
             "rcpt=rcpt@example.com receiver=mx.test queue_id=ABC123 via=policy") in caplog.text
 
 
+def test_queueid_false_keeps_the_queue_id_out_of_the_decision_line(use, caplog):
+    with caplog.at_level(logging.INFO, logger="spfmilter"):
+        use(QueueID="False").answer(req(queue_id="ABC123"))
+    assert "action=accept " in caplog.text and "receiver=mx.test via=policy" in caplog.text
+    assert "ABC123" not in caplog.text
+
+
 def test_a_fault_in_the_engine_is_a_tempfail_not_a_crash(use, monkeypatch):
     s = use()
 
