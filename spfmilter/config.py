@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from spfmilter.core.addresses import IPNetwork, is_domain, recipient_matches, recipient_pattern
+from spfmilter.endpoint import Endpoint
 
 
 class ConfigError(Exception):
@@ -91,7 +92,7 @@ class UnreadableHop(enum.Enum):
     ACCEPT = "Accept"    # labelled spf=none, "not checked"
 
 
-DEFAULT_SOCKET = "unix:/run/spfmilter/spfmilter.sock"
+DEFAULT_SOCKET = Endpoint.parse("unix:/run/spfmilter/spfmilter.sock")
 DEFAULT_REASON = "Message {rejectdefer} due to SPF {result} for {identity} {sender}: {exp}"
 DEFAULT_URL = "https://www.open-spf.org/Why?s={0};id={1};ip={2};r={3}"
 REASON_FIELDS = frozenset(
@@ -116,7 +117,7 @@ class RecipientPolicy:
 class Settings:
     """Everything spfmilter decides with; built only by ``parse``/``from_mapping``."""
 
-    socket: str = DEFAULT_SOCKET
+    socket: Endpoint = DEFAULT_SOCKET
     helo_reject: HeloPolicy = HeloPolicy.FAIL
     mail_from_reject: MailFromPolicy = MailFromPolicy.FAIL
     permerror_reject: bool = False
@@ -153,7 +154,7 @@ class Settings:
     dkim_max_bytes: int = 4 * 1024 * 1024
     trusted_relays: tuple[IPNetwork, ...] = ()
     trusted_relays_unreadable: UnreadableHop = UnreadableHop.DEFER
-    policy_socket: str = ""
+    policy_socket: Endpoint | None = None
     policy_idle_timeout: float = 330.0
     helo_pass_restriction: str = ""
     mail_from_pass_restriction: str = ""
@@ -302,37 +303,9 @@ def _umask(text: str) -> int:
     return value
 
 
-def parse_socket(text: str) -> str:
-    """Validate a libmilter socket spec early, so a typo fails at start, not at bind."""
-    spec = text.strip()
-    kind, sep, rest = spec.partition(":")
-    kind = kind.lower()
-    if not sep or not rest:
-        raise ValueError(f"expected inet:PORT@HOST, inet6:PORT@HOST or unix:/path, got {text!r}")
-    if kind in ("unix", "local"):
-        if not rest.startswith("/"):
-            raise ValueError(f"a unix socket needs an absolute path, got {text!r}")
-        return f"unix:{rest}"
-    if kind in ("inet", "inet6"):
-        port, _, host = rest.partition("@")
-        if not port.isdigit() or not 0 < int(port) < 65536:
-            raise ValueError(f"bad port in {text!r}")
-        if host:
-            try:
-                addr = ipaddress.ip_address(host.strip("[]"))
-            except ValueError:
-                if not is_domain(host):
-                    raise ValueError(f"bad host in {text!r}") from None
-            else:
-                if (addr.version == 6) != (kind == "inet6"):
-                    raise ValueError(f"{kind} does not take the address {host!r}")
-        return f"{kind}:{port}@{host}" if host else f"{kind}:{port}"
-    raise ValueError(f"unknown socket type {kind!r}: use inet:, inet6: or unix:")
-
-
-def parse_policy_socket(text: str) -> str:
+def parse_policy_socket(text: str) -> Endpoint | None:
     """Policy_Socket: empty (off), ``unix:/path`` or ``inet:PORT@HOST``, as for Socket."""
-    return parse_socket(text) if text.strip() else ""
+    return Endpoint.parse(text) if text.strip() else None
 
 
 _RESTRICTION = re.compile(r"^[A-Za-z0-9_.-]+$")
@@ -444,7 +417,7 @@ def _test_only(text: str) -> bool:
 # key (lower case) -> (canonical key as documented, Settings field, parser)
 _KEYS: dict[str, tuple[str, str, Callable[[str], object]]] = {
     k.lower(): (k, f, p) for k, f, p in [
-        ("Socket", "socket", parse_socket),
+        ("Socket", "socket", Endpoint.parse),
         ("HELO_reject", "helo_reject", _enum(HeloPolicy)),
         ("Mail_From_reject", "mail_from_reject", _enum(MailFromPolicy)),
         ("PermError_reject", "permerror_reject", _bool),
@@ -611,7 +584,7 @@ def load(path: str | None, socket: str | None = None) -> Settings:
     settings = parse(path) if path else Settings()
     if socket:
         try:
-            settings = settings.with_overrides(socket=parse_socket(socket))
+            settings = settings.with_overrides(socket=Endpoint.parse(socket))
         except ValueError as exc:
             raise ConfigError(str(exc), "--socket") from None
     return settings
