@@ -474,26 +474,25 @@ def run(settings: cfg.Settings, reload_settings: Callable[[], cfg.Settings]) -> 
     metrics_dir = metrics_server = None
     opened: list[listener.Listening] = []
     try:
+        # What is made here before the drop belongs to UserID, so that the dropped
+        # supervisor can still remove it.
+        owner = _user_ids(settings.user_id)[:2] if settings.user_id and os.geteuid() == 0 \
+            else None
         if settings.metrics:
             # Before prometheus_client is imported (by the front end, below): it
             # picks its multiprocess values at import, and the workers inherit them.
             metrics_dir = tempfile.mkdtemp(prefix="spfmilter-metrics-")
             os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
-            if settings.user_id and os.geteuid() == 0:
-                uid, gid, _ = _user_ids(settings.user_id)
-                os.chown(metrics_dir, uid, gid)
+            if owner is not None:
+                os.chown(metrics_dir, *owner)
         if settings.pid_file:
             make_runtime_dir(Path(settings.pid_file).parent, settings.user_id)
             Path(settings.pid_file).write_text(f"{os.getpid()}\n")
-            if settings.user_id and os.geteuid() == 0:
-                uid, gid, _ = _user_ids(settings.user_id)
-                os.chown(settings.pid_file, uid, gid)  # so it can be removed after the drop
+            if owner is not None:
+                os.chown(settings.pid_file, *owner)
         from spfmilter.frontends import milter, policy  # after PROMETHEUS_MULTIPROC_DIR
-        # Both sockets are opened here, so that they outlive the workers; a unix
-        # socket's file belongs to UserID, so that the dropped supervisor removes it.
-        owner = _user_ids(settings.user_id)[:2] if settings.user_id and os.geteuid() == 0 \
-            else None
 
+        # Both sockets are opened here, so that they outlive the workers.
         def make_dir(folder: Path) -> None:
             make_runtime_dir(folder, settings.user_id)
 
