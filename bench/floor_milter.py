@@ -20,6 +20,7 @@ import sys
 import Milter
 import milter as libmilter
 
+from spfmilter.endpoint import Endpoint
 from spfmilter.frontends.listener import tune_listener
 
 
@@ -83,7 +84,7 @@ def main() -> int:
     old = os.umask(0)
     libmilter.opensocket(True)
     os.umask(old)
-    tune_listener(spec)
+    tune_listener(Endpoint.parse(spec))
     print("floor milter ready", flush=True)
     libmilter.main()
     return 0

@@ -37,13 +37,14 @@ from spfmilter.core.policy import (
     UnreadableHop,
     gethostname,
 )
+from spfmilter.endpoint import Endpoint
 
 # The policy's words are the core's; callers that configure (and the tests) name them
 # through this module too, as what a value in the file is parsed into.
 __all__ = ["DEFAULT_REASON", "DEFAULT_URL", "DEFAULT_SOCKET", "REASON_FIELDS", "ConfigError",
            "HeaderType", "HeloPolicy", "MailFromPolicy", "PassAllPolicy", "Policy",
            "RecipientPolicy", "Settings", "UnreadableHop", "from_mapping", "load", "parse",
-           "parse_policy_socket", "parse_socket", "parse_text", "source"]
+           "parse_policy_socket", "parse_text", "source"]
 
 
 class ConfigError(Exception):
@@ -66,7 +67,7 @@ class ConfigError(Exception):
         return f"{where}: {self.message}"
 
 
-DEFAULT_SOCKET = "unix:/run/spfmilter/spfmilter.sock"
+DEFAULT_SOCKET = Endpoint.parse("unix:/run/spfmilter/spfmilter.sock")
 
 
 @dataclass(frozen=True)
@@ -75,7 +76,7 @@ class Settings:
     only the daemon and the front ends read; built only by ``parse``/``from_mapping``."""
 
     policy: Policy = field(default_factory=Policy)
-    socket: str = DEFAULT_SOCKET
+    socket: Endpoint = DEFAULT_SOCKET
     nameservers: tuple[tuple[str, int], ...] = ()
     user_id: str | None = None
     pid_file: str | None = None
@@ -83,7 +84,7 @@ class Settings:
     debug_level: int = 1
     log_queue_id: bool = True
     metrics: tuple[str, int] | None = None
-    policy_socket: str = ""
+    policy_socket: Endpoint | None = None
     policy_idle_timeout: float = 330.0
     helo_pass_restriction: str = ""
     mail_from_pass_restriction: str = ""
@@ -214,37 +215,9 @@ def _umask(text: str) -> int:
     return value
 
 
-def parse_socket(text: str) -> str:
-    """Validate a libmilter socket spec early, so a typo fails at start, not at bind."""
-    spec = text.strip()
-    kind, sep, rest = spec.partition(":")
-    kind = kind.lower()
-    if not sep or not rest:
-        raise ValueError(f"expected inet:PORT@HOST, inet6:PORT@HOST or unix:/path, got {text!r}")
-    if kind in ("unix", "local"):
-        if not rest.startswith("/"):
-            raise ValueError(f"a unix socket needs an absolute path, got {text!r}")
-        return f"unix:{rest}"
-    if kind in ("inet", "inet6"):
-        port, _, host = rest.partition("@")
-        if not port.isdigit() or not 0 < int(port) < 65536:
-            raise ValueError(f"bad port in {text!r}")
-        if host:
-            try:
-                addr = ipaddress.ip_address(host.strip("[]"))
-            except ValueError:
-                if not is_domain(host):
-                    raise ValueError(f"bad host in {text!r}") from None
-            else:
-                if (addr.version == 6) != (kind == "inet6"):
-                    raise ValueError(f"{kind} does not take the address {host!r}")
-        return f"{kind}:{port}@{host}" if host else f"{kind}:{port}"
-    raise ValueError(f"unknown socket type {kind!r}: use inet:, inet6: or unix:")
-
-
-def parse_policy_socket(text: str) -> str:
+def parse_policy_socket(text: str) -> Endpoint | None:
     """Policy_Socket: empty (off), ``unix:/path`` or ``inet:PORT@HOST``, as for Socket."""
-    return parse_socket(text) if text.strip() else ""
+    return Endpoint.parse(text) if text.strip() else None
 
 
 _RESTRICTION = re.compile(r"^[A-Za-z0-9_.-]+$")
@@ -356,7 +329,7 @@ def _never_refuse(text: str) -> bool:
 # key (lower case) -> (canonical key as documented, Policy or Settings field, parser)
 _KEYS: dict[str, tuple[str, str, Callable[[str], object]]] = {
     k.lower(): (k, f, p) for k, f, p in [
-        ("Socket", "socket", parse_socket),
+        ("Socket", "socket", Endpoint.parse),
         ("HELO_reject", "helo_reject", _enum(HeloPolicy)),
         ("Mail_From_reject", "mail_from_reject", _enum(MailFromPolicy)),
         ("PermError_reject", "permerror_reject", _bool),
@@ -525,7 +498,7 @@ def load(path: str | None, socket: str | None = None) -> Settings:
     settings = parse(path) if path else Settings()
     if socket:
         try:
-            settings = settings.with_overrides(socket=parse_socket(socket))
+            settings = settings.with_overrides(socket=Endpoint.parse(socket))
         except ValueError as exc:
             raise ConfigError(str(exc), "--socket") from None
     return settings

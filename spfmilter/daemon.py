@@ -58,6 +58,8 @@ from spfmilter.log import kv, log, set_level
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
 
+    from spfmilter.frontends import listener
+
 STOP_GRACE = 25.0  # seconds a stop waits for transactions in flight
 RESTARTS, RESTART_WINDOW = 5, 60.0  # crash restarts per window before backing off
 _SIGNALS = {signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGCHLD}
@@ -170,14 +172,13 @@ def serve_worker(settings: cfg.Settings, control: int) -> int:
     # name that is not UTF-8) through sys.excepthook: make that one log line.
     sys.excepthook = lambda kind, exc, tb: log.error("%s", kv(
         action="bad-input", error=f"{kind.__name__}: {exc}", callback="pymilter"))
-    spec = settings.socket
-
     def drain() -> None:
-        fds = listener.listener_fds(spec)
+        fds = listener.listener_fds(settings.socket)
         if fds:
             listener.retire(fds)  # accept no more; libmilter keeps serving what it has
         else:
-            log.warning("%s", kv(action="stop", note="listening socket not found", socket=spec))
+            log.warning("%s", kv(action="stop", note="listening socket not found",
+                                 socket=settings.socket))
         policy.drain(STOP_GRACE)  # Policy_Socket: stop accepting, wait for its clients
         idle = milter.connections.wait_idle(STOP_GRACE)
         log.info("%s", kv(action="stop", in_flight=0 if idle else milter.connections.count,
@@ -190,8 +191,8 @@ def serve_worker(settings: cfg.Settings, control: int) -> int:
         from spfmilter import metrics
         metrics.WORKERS.set(1)
         metrics.dns.source = lambda: runtime.current().resolver
-    log.info("%s", kv(action="start", version=__version__, socket=spec, pid=os.getpid(),
-                      uid=os.getuid(), gid=os.getgid(), **_dns_fields(first)))
+    log.info("%s", kv(action="start", version=__version__, socket=settings.socket,
+                      pid=os.getpid(), uid=os.getuid(), gid=os.getgid(), **_dns_fields(first)))
     policy.serve_in_background()  # Policy_Socket, if set: a thread pool beside libmilter
     milter.serve()
     # libmilter stopped by itself (it gave up on its socket): the supervisor decides what next.
@@ -470,39 +471,35 @@ def run(settings: cfg.Settings, reload_settings: Callable[[], cfg.Settings]) -> 
     """Open the socket, start the workers and supervise them; returns the exit status."""
     # Block the signals before anything else: one that comes early is never lost.
     signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
-    spec = settings.socket
-    path = Path(spec[5:]) if spec.startswith("unix:") else None
     metrics_dir = metrics_server = None
-    ours: int | None = None
-    policy_listener = None
+    opened: list[listener.Listening] = []
     try:
+        # What is made here before the drop belongs to UserID, so that the dropped
+        # supervisor can still remove it.
+        owner = _user_ids(settings.user_id)[:2] if settings.user_id and os.geteuid() == 0 \
+            else None
         if settings.metrics:
             # Before prometheus_client is imported (by the front end, below): it
             # picks its multiprocess values at import, and the workers inherit them.
             metrics_dir = tempfile.mkdtemp(prefix="spfmilter-metrics-")
             os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
-            if settings.user_id and os.geteuid() == 0:
-                uid, gid, _ = _user_ids(settings.user_id)
-                os.chown(metrics_dir, uid, gid)
+            if owner is not None:
+                os.chown(metrics_dir, *owner)
         if settings.pid_file:
             make_runtime_dir(Path(settings.pid_file).parent, settings.user_id)
             Path(settings.pid_file).write_text(f"{os.getpid()}\n")
-            if settings.user_id and os.geteuid() == 0:
-                uid, gid, _ = _user_ids(settings.user_id)
-                os.chown(settings.pid_file, uid, gid)  # so it can be removed after the drop
-        if path is not None:
-            make_runtime_dir(path.parent, settings.user_id)
+            if owner is not None:
+                os.chown(settings.pid_file, *owner)
         from spfmilter.frontends import milter, policy  # after PROMETHEUS_MULTIPROC_DIR
-        try:
-            milter.open_listener(settings)
-        except Exception as exc:  # libmilter errors (socket in use, bad path) are one line
-            raise cfg.ConfigError(f"cannot listen: {exc}", key="Socket") from None
-        # Policy_Socket (if set): opened here too, so that it outlives the workers
-        policy_listener = policy.open_listener(
-            settings, make_dir=lambda folder: make_runtime_dir(folder, settings.user_id),
-            owner=_user_ids(settings.user_id)[:2] if settings.user_id and os.geteuid() == 0
-            else None)
-        ours = path.stat().st_ino if path is not None else None
+
+        # Both sockets are opened here, so that they outlive the workers.
+        def make_dir(folder: Path) -> None:
+            make_runtime_dir(folder, settings.user_id)
+
+        opened.append(milter.open_listener(settings, owner=owner, make_dir=make_dir))
+        policy_listening = policy.open_listener(settings, owner=owner, make_dir=make_dir)
+        if policy_listening is not None:
+            opened.append(policy_listening)
         if settings.metrics:
             from spfmilter import metrics
             try:
@@ -513,33 +510,23 @@ def run(settings: cfg.Settings, reload_settings: Callable[[], cfg.Settings]) -> 
         # Before the drop: what is imported later is read with UserID's rights.
         runtime.preload()
         if settings.user_id:
-            if path is not None and os.geteuid() == 0:
-                uid, gid, _ = _user_ids(settings.user_id)
-                os.chown(path, uid, gid)
             drop_privileges(settings.user_id)
     except cfg.ConfigError as exc:
         print(f"spfmilter: {exc}", file=sys.stderr)
         _remove(settings.pid_file)
-        if path is not None and ours is not None:
-            _remove(str(path))
-        if policy_listener is not None:
-            policy.close_listener(policy_listener)
+        for listening in opened:
+            listening.remove()
         if metrics_dir:
             shutil.rmtree(metrics_dir, ignore_errors=True)
         return 1
     supervisor = _Supervisor(settings, reload_settings, metrics_server)
-    log.info("%s", kv(action="listen", socket=spec, pid=os.getpid(), version=__version__,
-                      workers=supervisor.wanted))
+    log.info("%s", kv(action="listen", socket=settings.socket, pid=os.getpid(),
+                      version=__version__, workers=supervisor.wanted))
     supervisor.start_metrics()
     supervisor.start_workers()
     supervisor.loop()
-    if path is not None and ours is not None:
-        try:  # a stale socket would make the MTA wait for a connect timeout, not fail fast
-            if path.stat().st_ino == ours:
-                path.unlink()
-        except OSError:
-            pass
-    policy.close_listener(policy_listener)
+    for listening in opened:
+        listening.remove()
     _remove(settings.pid_file)
     if metrics_dir:
         shutil.rmtree(metrics_dir, ignore_errors=True)

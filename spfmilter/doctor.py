@@ -39,6 +39,7 @@ from typing import Any
 
 from spfmilter import config as cfg
 from spfmilter import milter_protocol
+from spfmilter.endpoint import Endpoint
 from spfmilter.resolver import Resolver, TempFailure, resolv_conf
 
 OK, NOTE, WARNING, PROBLEM = "ok", "note", "warning", "problem"
@@ -59,19 +60,6 @@ class Finding:
 
     def line(self) -> str:
         return f"{self.level}: {self.message}" + (f"; run: {self.fix}" if self.fix else "")
-
-
-@dataclass
-class Endpoint:
-    """A milter socket as some process sees it: a unix path or a TCP address."""
-
-    kind: str                       # "unix" or "inet"
-    path: str = ""
-    host: str = ""
-    port: int = 0
-
-    def __str__(self) -> str:
-        return f"unix:{self.path}" if self.kind == "unix" else f"inet:{self.host}:{self.port}"
 
 
 @dataclass
@@ -97,17 +85,9 @@ class Context:
 
 # --- small parsers -----------------------------------------------------------------
 
-def spfmilter_endpoint(spec: str) -> Endpoint:
-    """spfmilter's ``Socket`` (libmilter syntax: unix:/p, inet:PORT@HOST)."""
-    kind, _, rest = spec.partition(":")
-    if kind in ("unix", "local"):
-        return Endpoint("unix", path=rest)
-    port, _, host = rest.partition("@")
-    return Endpoint("inet", host=host or "127.0.0.1", port=int(port))
-
-
 def postfix_endpoint(spec: str, queue_directory: str) -> Endpoint | None:
-    """A Postfix milter entry: unix:/p, /p, inet:host:port, inet:[v6]:port."""
+    """A Postfix milter entry: unix:/p, /p, inet:host:port, inet:[v6]:port (Postfix's
+    syntax, a relative path in its queue folder: not libmilter's, so read here)."""
     spec = spec.strip()
     if spec.startswith("{"):
         spec = spec.strip("{} ").split(",")[0].strip()
@@ -181,14 +161,12 @@ def _owner(st: os.stat_result) -> str:
 
 def negotiate(endpoint: Endpoint, timeout: float = PROBE_TIMEOUT) -> dict[str, Any]:
     """Connect and send SMFIC_OPTNEG as an MTA does; the milter's version, actions, flags."""
-    family = socket.AF_UNIX if endpoint.kind == "unix" else (
-        socket.AF_INET6 if ":" in endpoint.host else socket.AF_INET)
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock = socket.socket(endpoint.family, socket.SOCK_STREAM)
     sock.settimeout(timeout)
     start = time.monotonic()
     try:
         try:
-            sock.connect(endpoint.path if endpoint.kind == "unix" else (endpoint.host, endpoint.port))
+            sock.connect(endpoint.address)
         except OSError as exc:
             return {"connected": False, "errno": exc.errno or 0,
                     "error": exc.strerror or str(exc) or type(exc).__name__}
@@ -310,7 +288,7 @@ def check_config(ctx: Context) -> None:
 
 def check_socket(ctx: Context) -> None:
     assert ctx.settings is not None
-    ep = ctx.endpoint = spfmilter_endpoint(ctx.settings.socket)
+    ep = ctx.endpoint = ctx.settings.socket.connectable()
     start = "systemctl start spfmilter"
     if ep.kind == "unix":
         folder = os.path.dirname(ep.path)
@@ -383,7 +361,7 @@ def check_reach(ctx: Context, area: str, who: str, mta_user: str, ep: Endpoint,
     assert ctx.settings is not None and ctx.endpoint is not None
     result = probe(ep, None, chroot) if ep.kind == "unix" and chroot else {
         "identity": _identity(ep.path) if ep.kind == "unix" else None}
-    seen = f"{ep} inside the chroot {chroot}" if chroot else str(ep)
+    seen = f"{ep.postfix()} inside the chroot {chroot}" if chroot else ep.postfix()
     inside = result.get("identity")
     if (chroot and inside is None) or not _same_endpoint(
             ep, ctx.endpoint, ctx.identity or _identity_or_none(ctx.endpoint), inside):
@@ -570,7 +548,7 @@ def _postfix_smtpds(ctx: Context, pf: Postfix, queue: str, owner: str, where: st
         ours = [e for e in entries if e.kind == ctx.endpoint.kind]
         chroot = queue if chrooted else None
         if not entries or not ours:
-            spec = str(ctx.endpoint) if not chrooted else _chroot_spec(ctx, queue)
+            spec = ctx.endpoint.postfix() if not chrooted else _chroot_spec(ctx, queue)
             ctx.add(PROBLEM, "postfix", f"smtpd_milters{where} ({who}) = {milters or '(empty)'} "
                     "does not name spfmilter: mail is not checked",
                     pf.cmd("-e", shlex.quote(f"smtpd_milters={spec}")))
@@ -597,7 +575,7 @@ def _postfix_name_fix(ctx: Context, pf: Postfix, name: str, chrooted: bool,
             return text, f"systemd-tmpfiles --create {TMPFILES_SNIPPET} && systemctl restart spfmilter"
         return text, pf.cmd("-F", f"{name}/chroot=n")
     return "point smtpd_milters at it", pf.cmd(
-        "-e", shlex.quote(f"smtpd_milters={ctx.endpoint}"))
+        "-e", shlex.quote(f"smtpd_milters={ctx.endpoint.postfix()}"))
 
 
 TMPFILES_SNIPPET = "spfmilter.conf"
@@ -623,7 +601,7 @@ def _chroot_spec(ctx: Context, queue: str) -> str:
     assert ctx.endpoint is not None
     if ctx.endpoint.kind == "unix" and ctx.endpoint.path.startswith(queue.rstrip("/") + "/"):
         return "unix:" + ctx.endpoint.path[len(queue.rstrip("/")):]
-    return str(ctx.endpoint)
+    return ctx.endpoint.postfix()
 
 
 # --- Sendmail -------------------------------------------------------------------------
@@ -659,7 +637,7 @@ def check_sendmail(ctx: Context) -> None:
         if ep and _same_endpoint(ep, ctx.endpoint, ctx.identity, _identity_or_none(ep)):
             mine = (name, fields, ep)
             break
-    mc_line = (f"INPUT_MAIL_FILTER(`spfmilter', `S={_sendmail_spec(ctx.endpoint)}, F=T, "
+    mc_line = (f"INPUT_MAIL_FILTER(`spfmilter', `S={ctx.endpoint}, F=T, "
                f"T=S:30s;R:60s;E:5m')")
     if mine is None:
         ctx.add(PROBLEM, "sendmail", f"{cf} has no X (INPUT_MAIL_FILTER) line for spfmilter's "
@@ -722,18 +700,11 @@ def check_sendmail(ctx: Context) -> None:
 
 
 def _sendmail_endpoint(spec: str) -> Endpoint | None:
-    kind, _, rest = spec.partition(":")
-    if kind in ("unix", "local"):
-        return Endpoint("unix", path=rest)
-    if kind in ("inet", "inet6"):
-        port, _, host = rest.partition("@")
-        if port.isdigit():
-            return Endpoint("inet", host=host or "127.0.0.1", port=int(port))
-    return None
-
-
-def _sendmail_spec(ep: Endpoint) -> str:
-    return f"unix:{ep.path}" if ep.kind == "unix" else f"inet:{ep.port}@{ep.host}"
+    """A filter's S= (libmilter's syntax, as spfmilter's Socket), None if it is none."""
+    try:
+        return Endpoint.parse(spec).connectable()
+    except ValueError:
+        return None
 
 
 # --- DNS and privileges -----------------------------------------------------------------

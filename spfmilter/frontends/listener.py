@@ -1,4 +1,11 @@
-"""The listening socket libmilter opened: finding it, tuning it, retiring it.
+"""Listening sockets: opening them, finding libmilter's, tuning, retiring, removing.
+
+The milter's socket, Policy_Socket and the daemon that opens both share one
+way of doing it: the supervisor opens each before the workers fork (under
+UMask, as root, a unix socket's file then given to UserID, a previous run's
+stale file removed first), and removes a unix socket's file at exit only if it
+is still the one it made (a restart may already have made another).  Every
+failure is one line naming the setting.
 
 pymilter does not expose libmilter's listening descriptor, so it is found
 among the process's open descriptors: the socket listening on the configured
@@ -22,21 +29,110 @@ TCP port or unix path.  Two things need it:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import stat
 import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
 
+from spfmilter.config import ConfigError
+from spfmilter.endpoint import Endpoint
 from spfmilter.log import kv, log
 
+BACKLOG = 128
 
-def _inet_port(spec: str) -> int | None:
-    """The TCP port of an ``inet:PORT[@HOST]`` / ``inet6:PORT[@HOST]`` spec, else None."""
-    kind, _, rest = spec.partition(":")
-    if kind.lower() not in ("inet", "inet6"):
-        return None
-    port = rest.partition("@")[0]
-    return int(port) if port.isdigit() else None
+
+@contextlib.contextmanager
+def umask(mask: int) -> Iterator[None]:
+    """UMask for what is created inside (a unix socket's file takes its mode from it)."""
+    old = os.umask(mask)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+@dataclass
+class Listening:
+    """A socket this process opened to listen on, and what it takes to remove it."""
+
+    endpoint: Endpoint
+    sock: socket.socket | None = None   # ours to close; None: libmilter holds the descriptor
+    inode: int | None = None            # the unix socket's file as made here
+
+    def remove(self) -> None:
+        """Close the socket and remove a unix socket's file if it is still the one made
+        here: a stale one would make the MTA wait for a timeout, not fail fast."""
+        if self.sock is not None:
+            self.sock.close()
+        path = self.endpoint.unix_path
+        if path is None or self.inode is None:
+            return
+        try:
+            st = path.stat()
+            if stat.S_ISSOCK(st.st_mode) and st.st_ino == self.inode:
+                path.unlink()
+        except OSError:
+            pass
+
+
+def listen(endpoint: Endpoint, key: str, *, mask: int, owner: tuple[int, int] | None = None,
+           make_dir: Callable[[Path], None] | None = None,
+           opensocket: Callable[[], None] | None = None) -> Listening:
+    """Listen at ``endpoint`` under UMask ``mask``, a unix socket's file owned by
+    ``owner`` (uid, gid) and made in a folder ``make_dir`` creates if need be.
+
+    ``opensocket``: libmilter opens the socket (it removes a stale file itself);
+    without it the socket is opened here.  A failure is a ConfigError naming ``key``.
+    """
+    opened = Listening(endpoint)
+    path = endpoint.unix_path
+    try:
+        if path is not None and make_dir is not None:
+            make_dir(path.parent)
+        with umask(mask):
+            if opensocket is not None:
+                opensocket()
+            else:
+                opened.sock = _bind(endpoint)
+        if path is not None:
+            opened.inode = path.stat().st_ino
+            if owner is not None:
+                os.chown(path, *owner)
+        if opensocket is not None:
+            tune_listener(endpoint)  # TCP_NODELAY: no delayed-ACK stall at end of message
+    except ConfigError:
+        opened.remove()
+        raise
+    except Exception as exc:
+        opened.remove()
+        if opensocket is not None:  # libmilter's errors are its own line (it logs the cause)
+            raise ConfigError(f"cannot listen: {exc}", key=key) from None
+        if not isinstance(exc, OSError):
+            raise
+        raise ConfigError(f"cannot listen on {endpoint}: {exc.strerror or exc}",
+                          key=key) from None
+    return opened
+
+
+def _bind(endpoint: Endpoint) -> socket.socket:
+    path = endpoint.unix_path
+    if path is not None and path.is_socket():  # a previous run's: nobody serves it any more
+        path.unlink()
+    sock = socket.socket(endpoint.family, socket.SOCK_STREAM)
+    try:
+        if path is None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # inherited by accept()
+        sock.bind(endpoint.address)
+        sock.listen(BACKLOG)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 def _open_fds() -> list[int]:
@@ -81,12 +177,12 @@ def listening_sockets(port: int) -> list[int]:
     return found
 
 
-def listener_fds(spec: str) -> list[int]:
-    """Descriptors of this process's sockets listening where ``spec`` says."""
-    port = _inet_port(spec)
+def listener_fds(endpoint: Endpoint) -> list[int]:
+    """Descriptors of this process's sockets listening at ``endpoint``."""
+    port = endpoint.tcp_port
     if port is not None:
         return listening_sockets(port)
-    path = spec.partition(":")[2]
+    path = endpoint.path
     found = []
     for fd in _open_fds():
         sock = _listening(fd)
@@ -101,13 +197,13 @@ def listener_fds(spec: str) -> list[int]:
     return found
 
 
-def tune_listener(spec: str) -> int:
-    """Set TCP_NODELAY on the socket libmilter listens on for ``spec``.
+def tune_listener(endpoint: Endpoint) -> int:
+    """Set TCP_NODELAY on the socket libmilter listens on at ``endpoint``.
 
     Returns how many listening sockets were changed (0 for a unix socket).
     Call it after ``milter.opensocket()`` and before ``milter.main()``.
     """
-    port = _inet_port(spec)
+    port = endpoint.tcp_port
     if port is None:
         return 0
     tuned = 0
@@ -117,12 +213,12 @@ def tune_listener(spec: str) -> int:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             tuned += 1
         except OSError as exc:
-            log.warning("%s", kv(action="sockopt-failed", option="TCP_NODELAY", socket=spec,
+            log.warning("%s", kv(action="sockopt-failed", option="TCP_NODELAY", socket=endpoint,
                                  error=exc.strerror))
         finally:
             sock.close()
     if not tuned:
-        log.warning("%s", kv(action="sockopt-failed", option="TCP_NODELAY", socket=spec,
+        log.warning("%s", kv(action="sockopt-failed", option="TCP_NODELAY", socket=endpoint,
                              error="listening socket not found"))
     return tuned
 

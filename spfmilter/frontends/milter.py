@@ -10,8 +10,8 @@ reload applies to new connections only.
 from __future__ import annotations
 
 import functools
-import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import Milter
@@ -24,8 +24,8 @@ from spfmilter.core.addresses import client_address, strip_brackets
 from spfmilter.core.policy import Policy
 from spfmilter.core.transaction import Connection, Transaction
 from spfmilter.core.values import Action, Verdict
+from spfmilter.frontends import listener
 from spfmilter.frontends.inflight import InFlight
-from spfmilter.frontends.listener import tune_listener
 from spfmilter.log import kv, log
 
 connections = InFlight(gauge=metrics.CONNECTIONS)
@@ -322,8 +322,9 @@ def _register_callbacks() -> None:
     libmilter.set_close_callback(Milter.close_callback)
 
 
-def open_listener(settings: Settings) -> None:
-    """Register with libmilter and open its listening socket (under UMask).
+def open_listener(settings: Settings, *, owner: tuple[int, int] | None = None,
+                  make_dir: Callable[[Path], None] | None = None) -> listener.Listening:
+    """Register with libmilter and open its listening socket (see ``listener.listen``).
 
     Done before any worker starts, by the process that keeps the socket open:
     libmilter's main loop in a worker serves a socket that is already open.
@@ -331,20 +332,19 @@ def open_listener(settings: Settings) -> None:
     Milter.factory = SPFMilter
     Milter.set_flags(FLAGS)
     _register_callbacks()
-    spec = settings.socket
-    libmilter.setconn(spec)
-    libmilter.settimeout(600)
-    libmilter.register("spfmilter", data=lambda ctx: ctx.getpriv().data(),
-                       unknown=lambda ctx, cmd: ctx.getpriv().unknown(cmd),
-                       negotiate=Milter.negotiate_callback)
-    # Defence in depth: an exception escaping our own guard still tempfails.
-    libmilter.set_exception_policy(libmilter.TEMPFAIL)
-    old_umask = os.umask(settings.umask)
-    try:
+
+    def opensocket() -> None:
+        libmilter.setconn(str(settings.socket))
+        libmilter.settimeout(600)
+        libmilter.register("spfmilter", data=lambda ctx: ctx.getpriv().data(),
+                           unknown=lambda ctx, cmd: ctx.getpriv().unknown(cmd),
+                           negotiate=Milter.negotiate_callback)
+        # Defence in depth: an exception escaping our own guard still tempfails.
+        libmilter.set_exception_policy(libmilter.TEMPFAIL)
         libmilter.opensocket(True)
-        tune_listener(spec)  # TCP_NODELAY: no delayed-ACK stall at end of message
-    finally:
-        os.umask(old_umask)
+
+    return listener.listen(settings.socket, "Socket", mask=settings.umask, owner=owner,
+                           make_dir=make_dir, opensocket=opensocket)
 
 
 def serve() -> None:

@@ -34,7 +34,6 @@ import functools
 import os
 import select
 import socket
-import stat
 import threading
 import time
 from collections.abc import Callable
@@ -42,12 +41,13 @@ from pathlib import Path
 
 from spfmilter import log as logmod
 from spfmilter import metrics, runtime
-from spfmilter.config import ConfigError, Settings
+from spfmilter.config import Settings
 from spfmilter.core.addresses import client_address
 from spfmilter.core.headers import AUTH_RESULTS, RECEIVED_SPF, clean
 from spfmilter.core.policy import HeaderType, Policy
 from spfmilter.core.transaction import Connection, Transaction
 from spfmilter.core.values import Action, Verdict
+from spfmilter.frontends import listener
 from spfmilter.frontends.inflight import InFlight
 from spfmilter.log import kv, log
 
@@ -310,65 +310,17 @@ _listener: socket.socket | None = None   # opened by the supervisor, inherited b
 _stopping = threading.Event()
 
 
-def _unix_path(spec: str) -> Path | None:
-    return Path(spec[5:]) if spec.startswith("unix:") else None
-
-
 def open_listener(settings: Settings, *, owner: tuple[int, int] | None = None,
-                  make_dir: Callable[[Path], None] | None = None) -> socket.socket | None:
-    """Open Policy_Socket (under UMask, a unix socket owned by ``owner``) in the
-    supervisor, before the workers fork; None when it is not configured."""
+                  make_dir: Callable[[Path], None] | None = None) -> listener.Listening | None:
+    """Open Policy_Socket (see ``listener.listen``) in the supervisor, before the
+    workers fork; None when it is not configured."""
     global _listener
-    spec = settings.policy_socket
-    if not spec:
+    if settings.policy_socket is None:
         return None
-    kind, _, rest = spec.partition(":")
-    try:
-        path = _unix_path(spec)
-        if path is not None:
-            if make_dir is not None:
-                make_dir(path.parent)
-            if path.is_socket():  # a previous run's: nobody serves it any more
-                path.unlink()
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            old_umask = os.umask(settings.umask)
-            try:
-                sock.bind(str(path))
-            finally:
-                os.umask(old_umask)
-            if owner is not None:
-                os.chown(path, *owner)
-        else:
-            port, _, host = rest.partition("@")
-            family = socket.AF_INET6 if kind == "inet6" else socket.AF_INET
-            sock = socket.socket(family, socket.SOCK_STREAM)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # inherited by accept()
-            sock.bind((host.strip("[]") or ("::" if family == socket.AF_INET6 else "0.0.0.0"),
-                       int(port)))
-        sock.listen(128)
-    except OSError as exc:
-        raise ConfigError(f"cannot listen on {spec}: {exc.strerror or exc}",
-                          key="Policy_Socket") from None
-    _listener = sock
-    return sock
-
-
-def close_listener(sock: socket.socket | None) -> None:
-    """At the supervisor's exit: close the socket and remove a unix socket's file
-    if it is still ours (a stale one would make Postfix wait, not fail fast)."""
-    if sock is None:
-        return
-    try:
-        name = sock.getsockname() if sock.family == socket.AF_UNIX else None
-        inode = os.stat(name).st_ino if isinstance(name, str) and name else None
-        sock.close()
-        if isinstance(name, str) and name and inode is not None:
-            st = os.stat(name)
-            if stat.S_ISSOCK(st.st_mode) and st.st_ino == inode:
-                os.unlink(name)
-    except OSError:
-        pass
+    opened = listener.listen(settings.policy_socket, "Policy_Socket", mask=settings.umask,
+                             owner=owner, make_dir=make_dir)
+    _listener = opened.sock
+    return opened
 
 
 def serve_in_background() -> None:

@@ -98,7 +98,7 @@ def test_pyspf_milter_and_policyd_spf_samples_are_accepted(spf_engine_samples):
         s = cfg.parse(spf_engine_samples / sample)
         assert s.policy.helo_reject is cfg.HeloPolicy.FAIL and s.policy.mail_from_reject is cfg.MailFromPolicy.FAIL
     milter_conf = cfg.parse(spf_engine_samples / "pyspf-milter/pyspf-milter.conf")
-    assert milter_conf.socket == "inet:8893@localhost" and milter_conf.user_id == "pyspf-milter"
+    assert str(milter_conf.socket) == "inet:8893@localhost" and milter_conf.user_id == "pyspf-milter"
 
 
 def test_every_key_of_the_commented_sample_is_honoured_or_refused_with_a_hint(spf_engine_samples):

@@ -11,6 +11,7 @@ import threading
 import pytest
 
 from spfmilter import doctor
+from spfmilter.endpoint import Endpoint
 from tests.kit import ROOT
 
 
@@ -30,7 +31,7 @@ def test_postfix_milter_lists():
     assert doctor.postfix_milters(value) == [
         "unix:/a.sock", "inet:127.0.0.1:8891", "{ inet:[::1]:8892, default_action=accept }", "/b"]
     eps = [doctor.postfix_endpoint(m, "/var/spool/postfix") for m in doctor.postfix_milters(value)]
-    assert [str(e) for e in eps] == ["unix:/a.sock", "inet:127.0.0.1:8891", "inet:::1:8892",
+    assert [e.postfix() for e in eps] == ["unix:/a.sock", "inet:127.0.0.1:8891", "inet:::1:8892",
                                      "unix:/b"]
     assert str(doctor.postfix_endpoint("unix:spfmilter/s.sock", "/var/spool/postfix")) == \
         "unix:/var/spool/postfix/spfmilter/s.sock"
@@ -38,7 +39,7 @@ def test_postfix_milter_lists():
 
 
 def test_inet_endpoints_match_on_port_and_local_host():
-    ours = doctor.spfmilter_endpoint("inet:8894@127.0.0.1")
+    ours = Endpoint.parse("inet:8894@127.0.0.1").connectable()
     assert doctor._same_endpoint(doctor.Endpoint("inet", host="localhost", port=8894), ours,
                                  None, None)
     assert not doctor._same_endpoint(doctor.Endpoint("inet", host="127.0.0.1", port=8895), ours,

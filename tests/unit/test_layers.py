@@ -15,7 +15,8 @@ PACKAGE = ROOT / "spfmilter"
 ALLOWED: dict[str, tuple[str, ...]] = {
     "spfmilter.milter_protocol": (),
     "spfmilter.core": ("spfmilter.core",),   # the domain model: it names its own words
-    "spfmilter.config": ("spfmilter.core",),
+    "spfmilter.endpoint": ("spfmilter.core.addresses",),
+    "spfmilter.config": ("spfmilter.core", "spfmilter.endpoint"),
     "spfmilter.resolver": (),
     "spfmilter.checks": ("spfmilter.core", "spfmilter.resolver"),
     "spfmilter.log": ("spfmilter.core",),
@@ -23,9 +24,9 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "spfmilter.runtime": ("spfmilter.config", "spfmilter.checks", "spfmilter.resolver"),
     "spfmilter.frontends": ("spfmilter.core", "spfmilter.config", "spfmilter.checks",
                             "spfmilter.resolver", "spfmilter.runtime", "spfmilter.log",
-                            "spfmilter.metrics", "spfmilter.frontends"),
+                            "spfmilter.metrics", "spfmilter.frontends", "spfmilter.endpoint"),
     "spfmilter.doctor": ("spfmilter.config", "spfmilter.resolver", "spfmilter.milter_protocol",
-                         "spfmilter.frontends", "spfmilter.log"),
+                         "spfmilter.endpoint", "spfmilter.frontends", "spfmilter.log"),
     "spfmilter.daemon": ("spfmilter.core", "spfmilter.config", "spfmilter.runtime",
                          "spfmilter.log", "spfmilter.metrics", "spfmilter.frontends"),
 }

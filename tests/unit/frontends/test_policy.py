@@ -254,7 +254,7 @@ def test_idle_client_is_closed(use):
 def test_config_takes_policy_keys():
     s = cfg.parse_text("Policy_Socket = inet:9999@127.0.0.1\nHELO_pass_restriction = helo_ok\n"
                        "Mail_From_pass_restriction = mf_ok\nPolicy_Idle_Timeout = 60\n")
-    assert s.policy_socket == "inet:9999@127.0.0.1" and s.policy_idle_timeout == 60
+    assert str(s.policy_socket) == "inet:9999@127.0.0.1" and s.policy_idle_timeout == 60
     assert (s.helo_pass_restriction, s.mail_from_pass_restriction) == ("helo_ok", "mf_ok")
     with pytest.raises(cfg.ConfigError, match=r"x:1: Mail_From_pass_restriction: expected the name"):
         cfg.parse_text("Mail_From_pass_restriction = permit mynetworks\n", "x")
