@@ -57,12 +57,12 @@ CONNECTIONS = Gauge("spfmilter_connections_in_flight", "Open MTA connections",
 WORKERS = Gauge("spfmilter_workers", "Milter worker processes running",
                 multiprocess_mode="livesum", registry=REGISTRY)
 DNS_LOOKUPS = Counter("spfmilter_dns_lookups", "Lookups asked of the resolver", registry=REGISTRY)
-DNS_QUERIES = Counter("spfmilter_dns_queries", "Lookups answered from the network (cache misses)",
-                      registry=REGISTRY)
+DNS_MISSES = Counter("spfmilter_dns_queries", "Lookups answered from the network (cache misses)",
+                     registry=REGISTRY)
 DNS_HITS = Counter("spfmilter_dns_cache_hits", "Lookups answered from the cache",
                    registry=REGISTRY)
 DNS_TIMEOUTS = Counter("spfmilter_dns_timeouts", "Lookups that timed out", registry=REGISTRY)
-_DNS = (("lookups", DNS_LOOKUPS), ("misses", DNS_QUERIES), ("hits", DNS_HITS),
+_DNS = (("lookups", DNS_LOOKUPS), ("misses", DNS_MISSES), ("hits", DNS_HITS),
         ("timeouts", DNS_TIMEOUTS))
 
 

@@ -540,8 +540,10 @@ class Resolver:
         raise _failed(f"DNS server failure looking up {name}/{qtype} ({kinds})", name, qtype,
                       "; ".join(detail for _, detail in failures))
 
-    def spf_lookup(self, name: str, qtype: str, lifetime: float) -> list[tuple[tuple[str, str], Any]]:
-        """Answer in the shape pyspf's DNSLookup hook returns: [((name, type), data)]."""
+    def records(self, name: str, qtype: str, lifetime: float) -> list[tuple[tuple[str, str], Any]]:
+        """One name's records of one type, through the cache, for every check (SPF's
+        pyspf hook and the DKIM key lookup alike), in the shape pyspf's DNSLookup
+        hook returns: [((name, type), data)]."""
         lines = trace.get()
         if lines is not None:
             return self._traced(lines, name, qtype, lifetime)
@@ -575,7 +577,7 @@ class Resolver:
         cached = self._cache.peek((name, qtype))
         token = trace.set(None)
         try:
-            out = self.spf_lookup(name, qtype, lifetime)
+            out = self.records(name, qtype, lifetime)
         except TempFailure as exc:
             lines.append(f"DNS {name} {qtype}: {exc}" + (f" [{exc.detail}]" if exc.detail else ""))
             raise

@@ -301,7 +301,7 @@ class Checker:
                 raise _KeyLookupFailed("Lookup_Time exceeded")
             qname = name.decode("ascii", "replace").rstrip(".")
             try:
-                records = self.resolver.spf_lookup(qname, "TXT", left)
+                records = self.resolver.records(qname, "TXT", left)
             except TempFailure as exc:
                 raise _KeyLookupFailed(str(exc)) from None
             if not records:

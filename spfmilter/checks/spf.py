@@ -73,7 +73,7 @@ def _lookup(name: str, qtype: str, strict: Any = True, timeout: float = 20.0) ->
     except LookupError:  # pragma: no cover - only reachable if pyspf is used directly
         raise spf.TempError("spfmilter: no resolver for this evaluation") from None
     try:
-        return resolver.spf_lookup(name, qtype, timeout)
+        return resolver.records(name, qtype, timeout)
     except TempFailure as exc:
         raise spf.TempError(str(exc)) from None
 

@@ -92,12 +92,6 @@ def received_spf_receivers(value: str) -> list[str]:
     return out
 
 
-def received_spf_receiver(value: str) -> str:
-    """The (first) receiver= a Received-SPF value names, lower case ('' when none)."""
-    found = received_spf_receivers(value)
-    return found[0] if found else ""
-
-
 def claims_to_be_ours(name: str, value: str, authserv_id: str) -> bool:
     """True for an incoming header a sender may have forged to look like our verdict."""
     ours = authserv_id.lower().rstrip(".")

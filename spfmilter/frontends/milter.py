@@ -67,7 +67,7 @@ def guarded(callback: Callable[..., int]) -> Callable[..., int]:
     return wrapper
 
 
-class _HeldMessage:
+class _MessageCopy:
     """The message as the MTA passed it, kept for DKIM while it fits in DKIM_Max_Bytes.
 
     Header values arrive with their leading space (SMFIP_HDR_LEADSPC is
@@ -120,7 +120,7 @@ class SPFMilter(Milter.Base):  # type: ignore[misc]  # pymilter has no type hint
         self.mta = self.daemon = ""
         self.fault: str | None = None
         self.txn: Transaction | None = None
-        self.message: _HeldMessage | None = None  # for DKIM_Rescue
+        self.message_copy: _MessageCopy | None = None  # for DKIM_Rescue
 
     def _macro(self, name: str) -> str:
         try:
@@ -175,7 +175,7 @@ class SPFMilter(Milter.Base):  # type: ignore[misc]  # pymilter has no type hint
     def envfrom(self, mailfrom: str, *params: str) -> int:
         self.txn = Transaction(self.connection, self.policy, strip_brackets(mailfrom),
                                auth_user=self._macro("{auth_authen}"), queue_id=self._macro("i"))
-        self.message = None
+        self.message_copy = None
         return int(Milter.CONTINUE)
 
     @guarded
@@ -204,9 +204,9 @@ class SPFMilter(Milter.Base):  # type: ignore[misc]  # pymilter has no type hint
         """pymilter's entry point for a header: the raw bytes are what DKIM verifies."""
         txn = self._transaction()
         if self.policy.dkim_rescue and (txn.held is not None or txn.via_relay):
-            if self.message is None:
-                self.message = _HeldMessage(self.policy.dkim_max_bytes)
-            self.message.header(name, value, bool(self._protocol & Milter.P_HDR_LEADSPC))
+            if self.message_copy is None:
+                self.message_copy = _MessageCopy(self.policy.dkim_max_bytes)
+            self.message_copy.header(name, value, bool(self._protocol & Milter.P_HDR_LEADSPC))
         return int(super().header_bytes(name, value))
 
     @noreply
@@ -227,9 +227,9 @@ class SPFMilter(Milter.Base):  # type: ignore[misc]  # pymilter has no type hint
         """Negotiated only with DKIM_Rescue: a message with a held refusal is kept for
         DKIM; every other message ends the body stage at once."""
         txn = self.txn
-        if txn is None or not txn.needs_body or self.message is None:
+        if txn is None or not txn.needs_body or self.message_copy is None:
             return int(Milter.SKIP if self._protocol & Milter.P_SKIP else Milter.CONTINUE)
-        self.message.body(chunk)
+        self.message_copy.body(chunk)
         return int(Milter.CONTINUE)
 
     def data(self) -> int:
@@ -262,13 +262,13 @@ class SPFMilter(Milter.Base):  # type: ignore[misc]  # pymilter has no type hint
         self._evaluate(txn)
         if txn.via_relay and txn.plan is None:  # an MTA that would not send end of headers
             self._end_of_headers(txn)
-        message = self.message.bytes() if self.message is not None else None
+        message = self.message_copy.bytes() if self.message_copy is not None else None
         verdict = txn.end_of_message(self.runtime.dkim, self.runtime.org_domain, message)
         if verdict is not None:
             self._log(txn, verdict, ", ".join(txn.recipients))
             metrics.record_verdict(verdict)
             if verdict.action is not Action.ACCEPT:
-                self.txn = self.message = None
+                self.txn = self.message_copy = None
                 return self._refuse(verdict)
         for name, index in txn.forged.removals():
             self.chgheader(name, index, "")
@@ -280,11 +280,11 @@ class SPFMilter(Milter.Base):  # type: ignore[misc]  # pymilter has no type hint
         lead = " " if self._protocol & Milter.P_HDR_LEADSPC else ""
         for name, value in reversed(txn.result_headers()):
             self.addheader(name, lead + value, 0)
-        self.txn = self.message = None
+        self.txn = self.message_copy = None
         return int(Milter.ACCEPT)
 
     def abort(self) -> int:
-        self.txn = self.message = None
+        self.txn = self.message_copy = None
         return int(Milter.CONTINUE)
 
     def close(self) -> int:

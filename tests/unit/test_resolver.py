@@ -24,32 +24,32 @@ def make(dns_server, timeout=2.0):
 
 def test_answers_in_pyspf_shape(dns_server):
     r = make(dns_server)
-    assert r.spf_lookup("allowed.test", "TXT", 2) == [
+    assert r.records("allowed.test", "TXT", 2) == [
         (("allowed.test", "TXT"), [b"v=spf1 ip4:192.0.2.0/24 ip6:2001:db8:1::/48 -all exp=explain.allowed.test"])]
-    assert r.spf_lookup("none.test", "A", 2) == [(("none.test", "A"), "192.0.2.99")]
-    assert r.spf_lookup("nosuch.test", "TXT", 2) == []
-    assert r.spf_lookup("none.test", "TXT", 2) == []
+    assert r.records("none.test", "A", 2) == [(("none.test", "A"), "192.0.2.99")]
+    assert r.records("nosuch.test", "TXT", 2) == []
+    assert r.records("none.test", "TXT", 2) == []
 
 
 def test_cache_is_shared_and_counts_no_second_query(dns_server):
     r = make(dns_server)
     dns_server.clear_queries()
     for _ in range(5):
-        r.spf_lookup("soft.test", "TXT", 2)
-        r.spf_lookup("nosuch.test", "TXT", 2)
+        r.records("soft.test", "TXT", 2)
+        r.records("nosuch.test", "TXT", 2)
     assert dns_server.query_count("soft.test", "TXT") == 1
     assert dns_server.query_count("nosuch.test", "TXT") == 1
 
 
 def test_cache_respects_ttl(dns_server):
     r = make(dns_server)
-    r.spf_lookup("soft.test", "TXT", 2)
+    r.records("soft.test", "TXT", 2)
     key = next(k for k in r.cache.data if str(k[0]).startswith("soft.test"))
     answer = r.cache.data[key].value
     assert answer.expiration <= time.time() + 300 + 1  # the server's TTL, not forever
     answer.expiration = time.time() - 1                # as if the TTL ran out
     dns_server.clear_queries()
-    r.spf_lookup("soft.test", "TXT", 2)
+    r.records("soft.test", "TXT", 2)
     assert dns_server.query_count("soft.test", "TXT") == 1
 
 
@@ -58,7 +58,7 @@ def test_truncated_udp_answer_is_retried_over_tcp(dns_server):
     dns_server.update({"big.test": big})
     r = make(dns_server)
     dns_server.clear_queries()
-    assert len(r.spf_lookup("big.test", "TXT", 2)) == 20
+    assert len(r.records("big.test", "TXT", 2)) == 20
     protos = {p for n, t, p in dns_server.queries if n == "big.test"}
     assert protos == {"udp", "tcp"}
 
@@ -69,7 +69,7 @@ def test_no_answer_is_a_temporary_failure(dns_server, entry):
     r = make(dns_server, timeout=0.5)
     started = time.monotonic()
     with pytest.raises(TempFailure):
-        r.spf_lookup("broken.test", "TXT", 0.5)
+        r.records("broken.test", "TXT", 0.5)
     assert time.monotonic() - started < 2.0
 
 
@@ -83,15 +83,15 @@ def test_one_off_names_do_not_push_out_the_names_in_use(dns_server):
     regulars = [("soft.test", "TXT"), ("allowed.test", "TXT"), ("none.test", "A")]
     for _ in range(2):  # the second round is answered from the cache and marks them as in use
         for name, qtype in regulars:
-            r.spf_lookup(name, qtype, 2)
+            r.records(name, qtype, 2)
     for i in range(150):
-        assert r.spf_lookup(f"once{i}.test", "TXT", 2)
+        assert r.records(f"once{i}.test", "TXT", 2)
         assert len(r.cache) <= 40
     dns_server.clear_queries()
     for name, qtype in regulars:
-        r.spf_lookup(name, qtype, 2)
+        r.records(name, qtype, 2)
     assert [q for q in dns_server.queries if (q[0], q[1]) in regulars] == []
-    r.spf_lookup("once0.test", "TXT", 2)  # long gone from probation: asked again
+    r.records("once0.test", "TXT", 2)  # long gone from probation: asked again
     assert dns_server.query_count("once0.test", "TXT") == 1
 
 
@@ -194,7 +194,7 @@ def test_stray_datagrams_are_ignored_until_the_answer_to_the_question(scripted):
                  False)]
     server = scripted(script)
     r = Resolver((server.address,), timeout=2.0)
-    assert r.spf_lookup("Case.Test", "TXT", 2) == [(("Case.Test", "TXT"), [b"v=spf1 -all the-answer"])]
+    assert r.records("Case.Test", "TXT", 2) == [(("Case.Test", "TXT"), [b"v=spf1 -all the-answer"])]
 
 
 def test_only_stray_datagrams_is_a_timeout(scripted):
@@ -202,7 +202,7 @@ def test_only_stray_datagrams_is_a_timeout(scripted):
     r = Resolver((server.address,), timeout=0.5)
     started = time.monotonic()
     with pytest.raises(TempFailure, match="timeout"):
-        r.spf_lookup("case.test", "TXT", 0.5)
+        r.records("case.test", "TXT", 0.5)
     assert 0.4 < time.monotonic() - started < 2.0
     assert r.stats()["timeouts"] == 1
 
@@ -215,11 +215,11 @@ def test_a_refusing_server_hands_over_to_the_next_at_once(dns_server):
     closed.close()
     r = Resolver((dead, dns_server.address), timeout=5.0)
     started = time.monotonic()
-    assert r.spf_lookup("none.test", "A", 5) == [(("none.test", "A"), "192.0.2.99")]
+    assert r.records("none.test", "A", 5) == [(("none.test", "A"), "192.0.2.99")]
     assert time.monotonic() - started < 1.0
     only_dead = Resolver((dead,), timeout=5.0)
     with pytest.raises(TempFailure, match="refused"):
-        only_dead.spf_lookup("none.test", "A", 5)
+        only_dead.records("none.test", "A", 5)
 
 
 @pytest.mark.parametrize("reply", ["formerr-without-question", "unparsable"])
@@ -232,11 +232,11 @@ def test_a_broken_answer_moves_on_to_the_next_server(scripted, dns_server, reply
         return [(header + wire[12:] + b"\xc0\x0c\x00", False)]  # five answers promised, one cut
     broken = scripted(script)
     r = Resolver((broken.address, dns_server.address), timeout=2.0)
-    assert r.spf_lookup("none.test", "A", 2) == [(("none.test", "A"), "192.0.2.99")]
+    assert r.records("none.test", "A", 2) == [(("none.test", "A"), "192.0.2.99")]
     assert broken.queries == 1
     alone = Resolver((broken.address,), timeout=2.0)
     with pytest.raises(TempFailure, match="server failure"):
-        alone.spf_lookup("none.test", "A", 2)
+        alone.records("none.test", "A", 2)
 
 
 class _TCPAnswer:
@@ -291,7 +291,7 @@ def test_truncated_answer_without_question_is_retried_over_tcp(scripted):
     tcp = _TCPAnswer(server.address[1], "v=spf1 -all over-tcp")
     try:
         r = Resolver((server.address,), timeout=2.0)
-        assert r.spf_lookup("tc.test", "TXT", 2) == [(("tc.test", "TXT"), [b"v=spf1 -all over-tcp"])]
+        assert r.records("tc.test", "TXT", 2) == [(("tc.test", "TXT"), [b"v=spf1 -all over-tcp"])]
         assert (server.queries, tcp.queries, r.stats()["timeouts"]) == (1, 1, 0)
     finally:
         tcp.close()
@@ -327,7 +327,7 @@ def test_a_failure_names_what_failed_but_not_the_resolver(scripted):
     logger.addHandler(lines)  # whatever an earlier test made of the "spfmilter" logger
     try:
         with pytest.raises(TempFailure) as failure:
-            r.spf_lookup("gone.test", "TXT", 2)
+            r.records("gone.test", "TXT", 2)
     finally:
         logger.removeHandler(lines)
     text = str(failure.value)
