@@ -8,17 +8,17 @@ An uncached lookup is one query message sent straight to the configured
 servers from a fresh socket (so a fresh source port) per query, TCP when the
 answer comes back truncated; dnspython builds the name, parses the answer and
 works out its CNAME chain and TTL (its ``Answer``), as its Resolver would: the
-same result for less CPU.  The Resolver's per-query bookkeeping (a Resolution,
-nameserver selection, retry state) was a fifth of the CPU of a cold lookup, and
-``dns.query.udp``'s polling and parsing of every datagram most of the rest of
-what is not the answer's parse; a cold transaction makes nine lookups (see
-``_udp_exchange``).  Servers that are not plain addresses (DNS over HTTPS or
-TLS in resolv.conf) keep dnspython's Resolver.
+same result for less CPU.  Why: the Resolver's per-query bookkeeping (a
+Resolution, nameserver selection, retry state) and ``dns.query.udp``'s polling
+and parsing of every datagram are paid on every cold lookup, and a cold
+transaction makes several (see ``_udp_exchange``); ``make bench`` shows the
+difference.  Servers that are not plain addresses (DNS over HTTPS or TLS in
+resolv.conf) keep dnspython's Resolver.
 
 The cache keeps, per (name, type), just the record values pyspf needs and the
 expiration dnspython computed for the answer, instead of dnspython's own Answer
-objects (each holds the whole response message, several KB): a warm lookup is
-one dictionary get, and a full cache (20,000 answers) takes about 10 MB.
+objects (each holds the whole response message): a warm lookup is one
+dictionary get, and a full cache stays small beside the process.
 """
 
 from __future__ import annotations
@@ -58,9 +58,9 @@ except ImportError:  # dnspython 2.3, as Debian 12 ships it
     # form 2.3 knows; so two servers on one address need dnspython 2.4.
     _NAMESERVER_OBJECTS = False
 
-# Entries (one per name and type, about 470 bytes each): 20,000 hold the records
-# of several thousand sender domains and keep the process small (issue target:
-# 80 MB with 500 connections open); see _Cache for which names go first.
+# Entries (one per name and type, each just the values pyspf needs): enough for the
+# records of several thousand sender domains while keeping the process small; see
+# _Cache for which names go first.
 CACHE_SIZE = 20_000
 
 
@@ -216,7 +216,7 @@ class _Cache:
     through probation and never pushes out the records of the domains that keep
     sending; a plain LRU would lose those to any burst larger than the cache.
     It offers the part of dnspython's LRUCache interface spfmilter uses (get,
-    put, data, hits, misses) on two OrderedDicts, about 100 bytes per entry.
+    put, data, hits, misses) on two OrderedDicts, with little overhead per entry.
     """
 
     PROTECTED = 0.8
@@ -368,13 +368,13 @@ def _udp_exchange(wire: bytes, question: bytes, host: str, port: int, deadline: 
     again over TCP, where the answer's question is checked: at worst a forged
     one costs a TCP exchange, never a wrong answer.
 
-    Why not ``dns.query.udp``: a cold transaction makes nine lookups, and under
+    Why not ``dns.query.udp``: a cold transaction makes several lookups, and under
     load what they cost is mostly the interpreter lock -- every system call that
     may block gives it up, and taking it back with other threads waiting costs a
     switch.  dnspython polls before each send and each receive and parses every
     datagram; here the socket blocks in the kernel (with a receive timeout), so a
-    lookup makes five such calls (socket, connect, send, recv, close) instead of
-    seven, the checks are on the header bytes, and dnspython parses only the answer.
+    lookup makes only the calls it needs (socket, connect, send, recv, close), the
+    checks are on the header bytes, and dnspython parses only the answer.
     """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     qid = wire[:2]

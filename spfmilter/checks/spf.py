@@ -111,7 +111,7 @@ _mechanisms = _Memo(4096)     # (term, domain, ip version) -> validate_mechanism
 _client_ips = _Memo(1024)     # client address text -> what pyspf's set_ip sets from it
 # (record, domain, ip version) -> its networks, or False.  Bounded in entries and in
 # networks per entry (a longer record is pyspf's to walk), so records published to
-# fill memory keep it under ~8 MB: 256 x 100 networks.
+# fill memory keep it bounded: at most 256 entries of at most 100 networks.
 _address_lists = _Memo(256)
 # (network, or None for ``all``; the term; its result) in record order
 _Listed = list[tuple["ipaddress.IPv4Network | ipaddress.IPv6Network | None", str, str]]

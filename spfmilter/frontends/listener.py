@@ -14,7 +14,7 @@ TCP port or unix path.  Two things need it:
 * TCP_NODELAY.  Over TCP, libmilter writes the end-of-message modifications
   and the final reply as separate small packets.  With Nagle's algorithm on,
   the kernel holds the second packet until the MTA acknowledges the first,
-  and the MTA (which is only waiting) delays that ACK by up to ~40 ms: every
+  and the MTA (which is only waiting) delays that ACK: every
   message over an inet socket would stall for one delayed-ACK timeout.  On
   Linux a socket returned by accept() inherits TCP_NODELAY from its listener,
   so setting it once covers every MTA connection.  Failing to set it is not

@@ -235,7 +235,8 @@ class SPFMilter(Milter.Base):  # type: ignore[misc]  # pymilter has no type hint
     def data(self) -> int:
         """DATA, with a reply on purpose: Postfix flushes its DATA-stage macros as a
         lone packet; left unanswered over TCP, its next write waits for the peer's
-        delayed ACK (~40 ms a message).  The reply carries the ACK back at once."""
+        delayed ACK (one delayed-ACK timeout a message).  The reply carries the ACK
+        back at once."""
         return int(Milter.CONTINUE)
 
     def negotiate(self, opts: list[int]) -> int:

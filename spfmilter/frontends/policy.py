@@ -53,7 +53,7 @@ from spfmilter.log import kv, log
 
 MAX_LINE = 8192          # bytes in one name=value line (Postfix's longest are certificates)
 MAX_REQUEST = 65536      # bytes in one request
-MAX_ATTRIBUTES = 256     # lines in one request (Postfix 3.7 sends about 30)
+MAX_ATTRIBUTES = 256     # lines in one request (far more than Postfix sends)
 MAX_CONNECTIONS = 512    # policy clients per worker at once; more are closed at once
 REQUEST_TIMEOUT = 10.0   # seconds a started request may stall before the connection is closed
 POLL = 0.5               # seconds between checks for a stop while waiting for a client
