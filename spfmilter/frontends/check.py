@@ -1,61 +1,80 @@
 """``spfmilter check``: one transaction through the real milter class, without an MTA.
 
-pymilter's TestCtx plays the MTA, and every reply and header change the
-milter asks for is recorded in the order it asks, so what ``check`` prints
-is what the MTA would get, not a re-implementation of the decision.
+The connection's SPFMilter is driven callback by callback, as libmilter would
+(negotiation, connect, HELO, MAIL, RCPT..., headers, end of headers, body, end
+of message), and talks to a recording stand-in for libmilter's context: every
+reply and header change it asks for is kept in the order it asks, so what
+``check`` prints is what the MTA would get, not a re-implementation of the
+decision.  Only pymilter's public callbacks and constants are used, so a
+pymilter release that reworks its test harness cannot break the command.
 """
 
 from __future__ import annotations
 
 import io
 from dataclasses import dataclass, field
+from socket import AF_INET, AF_INET6
 
 import Milter
-from Milter.testctx import TestCtx
+from Milter import utils as milter_utils
 
 from spfmilter import resolver as resolver_mod
 from spfmilter import runtime
 from spfmilter.config import Settings
 from spfmilter.core.transaction import Transaction
 from spfmilter.core.values import SPFResult
-from spfmilter.frontends.milter import SPFMilter
+from spfmilter.frontends import milter as milter_frontend
 from spfmilter.resolver import Resolver
 
 _CODES = {Milter.CONTINUE: "continue", Milter.ACCEPT: "accept", Milter.REJECT: "reject",
           Milter.TEMPFAIL: "tempfail", Milter.DISCARD: "discard"}
 
-
+#: What the MTA offers at negotiation: every action and protocol step, but no
+#: callback without a reply -- an MTA that waits for replies is what we show.
 _NO_REPLY = (Milter.P_NR_CONN | Milter.P_NR_HELO | Milter.P_NR_MAIL | Milter.P_NR_RCPT
              | Milter.P_NR_DATA | Milter.P_NR_UNKN | Milter.P_NR_EOH | Milter.P_NR_BODY
              | Milter.P_NR_HDR)
+_OFFER = (Milter.CURR_ACTS, 0x1FFFFF & ~_NO_REPLY)
+_BODY_CHUNK = 8192
 
 
-class RecordingCtx(TestCtx):  # type: ignore[misc]  # pymilter has no type hints
-    """TestCtx that keeps header edits with their positions, as libmilter would get them."""
+class Recorder:
+    """The part of libmilter's per-connection context that SPFMilter calls, recording
+    the replies and header edits it asks for (header edits with their positions, as
+    libmilter would get them)."""
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, macros: dict[str, str]) -> None:
+        self.macros = macros
+        self.protocol = 0            # the protocol steps negotiated
+        self.priv: object = None
+        self.reply: tuple[str, ...] | None = None
         self.header_ops: list[tuple[str, str, str, int]] = []
 
-    def _negotiate(self) -> int:
-        # TestCtx offers every no-reply flag but then treats NOREPLY as a refusal;
-        # an MTA that waits for replies is what we want to show.
-        rc = super()._negotiate()
-        if self._priv is not None:
-            self._priv._protocol &= ~_NO_REPLY
-        self._protocol &= ~_NO_REPLY
-        return int(rc)
+    def getpriv(self) -> object:
+        return self.priv
+
+    def setpriv(self, priv: object) -> None:
+        self.priv = priv
+
+    def getsymval(self, name: str) -> str | None:
+        return self.macros.get(name)
+
+    def setreply(self, rcode: str, xcode: str, *msg: str) -> None:
+        self.reply = (rcode, xcode, *msg)
+
+    def take_reply(self) -> str:
+        """The reply set since the last call, as one line ('' when none)."""
+        reply, self.reply = self.reply, None
+        return " ".join(str(p) for p in reply) if reply else ""
 
     def addheader(self, field: str, value: str, idx: int) -> None:
-        # With SMFIP_HDR_LEADSPC (set below to feed header values as given) the value
-        # brings its own space after the colon; shown here as the MTA writes it.
-        if self._priv is not None and self._priv._protocol & Milter.P_HDR_LEADSPC:
+        # With SMFIP_HDR_LEADSPC (negotiated with DKIM_Rescue) the value brings its
+        # own space after the colon; shown here as the MTA writes it.
+        if self.protocol & Milter.P_HDR_LEADSPC:
             value = value[1:] if value.startswith(" ") else value
-        super().addheader(field, value, idx)
         self.header_ops.append(("insert" if idx >= 0 else "add", field, value, idx))
 
     def chgheader(self, field: str, idx: int, value: str) -> None:
-        super().chgheader(field, idx, value)
         self.header_ops.append(("delete" if value == "" else "change", field, value, idx))
 
 
@@ -132,53 +151,66 @@ def check(settings: Settings, resolver: Resolver, *, ip: str, helo: str, sender:
     With ``trace``, every DNS lookup is recorded (cached or not) and each
     identity's deciding mechanism and lookup counts are added to the outcome.
     """
+    if milter_utils.ip4re.match(ip):
+        family = AF_INET
+    elif milter_utils.ip6re.match(ip):
+        family = AF_INET6
+    else:
+        raise ValueError(f"invalid client IP address: {ip}")
     previous = runtime.install(runtime.Runtime.create(settings, resolver=resolver))
-    saved_factory = Milter.factory
-    Milter.factory = SPFMilter
     trace_lines: list[str] | None = [] if trace else None
     trace_token = resolver_mod.trace.set(trace_lines)
     try:
-        ctx = RecordingCtx()
-        ctx._setsymval("j", settings.policy.authserv_id)
+        macros = {"j": settings.policy.authserv_id}
         if auth_user:
-            ctx._setsymval("{auth_authen}", auth_user)
+            macros["{auth_authen}"] = auth_user
+        ctx = Recorder(macros)
+        milter = milter_frontend.on_context(ctx)
+        opts = list(_OFFER) + [0, 0]
+        milter.negotiate(opts)
+        ctx.protocol = protocol = opts[1]
         out = Outcome()
-        rc = ctx._connect(host=f"[{ip}]", helo=helo, ip=ip)
+        rc = Milter.CONTINUE
+        if not protocol & Milter.P_NOCONNECT:
+            rc = milter.connect(f"[{ip}]", family, ip)
+        if rc == Milter.CONTINUE and not protocol & Milter.P_NOHELO:
+            rc = milter.hello(helo)
         if rc != Milter.CONTINUE:
+            milter.close()
             out.end = _CODES.get(rc, str(rc))
             return out
         sender = "" if sender in ("<>", "") else sender
-        ctx._envfrom(f"<{sender}>")
+        if not protocol & Milter.P_NOMAIL:
+            milter.envfrom(f"<{sender}>")
         accepted = 0
         for rcpt in recipients:
-            ctx._reply = None
-            rc = ctx._envrcpt(f"<{rcpt}>")
-            reply = " ".join(str(p) for p in ctx._reply) if ctx._reply else ""
-            out.replies.append((rcpt, _CODES.get(rc, str(rc)), reply))
+            ctx.reply = None
+            rc = Milter.CONTINUE if protocol & Milter.P_NORCPT else milter.envrcpt(f"<{rcpt}>")
+            out.replies.append((rcpt, _CODES.get(rc, str(rc)), ctx.take_reply()))
             accepted += rc == Milter.CONTINUE
-        milter = ctx.getpriv()
         txn = milter.txn
         if accepted:
             fields, body = split_message(message)
-            import mime  # TestCtx keeps its own parsed copy, which header edits change
-            ctx._msg = mime.message_from_file(io.BytesIO(message))
-            ctx._priv._protocol |= Milter.P_HDR_LEADSPC  # values as given, leading space kept
-            for name, value in fields:
+            for name, value in fields:   # values as given, leading space kept
                 milter.header_bytes(name, value)
-            ctx._eoh()
-            ctx._feed_body(io.BytesIO(body))
-            ctx._reply = None
-            rc = ctx._eom()
+            if not protocol & Milter.P_NOEOH:
+                milter.eoh()
+            if not protocol & Milter.P_NOBODY:
+                chunks = io.BytesIO(body)
+                while chunk := chunks.read(_BODY_CHUNK):
+                    if milter.body(chunk) != Milter.CONTINUE:
+                        break
+            ctx.reply = None
+            rc = milter.eom()
             out.end = _CODES.get(rc, str(rc))
-            out.end_reply = " ".join(str(p) for p in ctx._reply) if ctx._reply else ""
+            out.end_reply = ctx.take_reply()
             out.header_ops = list(ctx.header_ops)
         if txn is not None:
             _describe(out, txn, settings, trace_lines)
-        ctx._close()
+        milter.close()
         return out
     finally:
         resolver_mod.trace.reset(trace_token)
-        Milter.factory = saved_factory
         if previous is not None:
             runtime.install(previous)
 

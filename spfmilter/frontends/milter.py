@@ -298,6 +298,16 @@ class SPFMilter(Milter.Base):  # type: ignore[misc]  # pymilter has no type hint
 FLAGS = Milter.ADDHDRS | Milter.CHGHDRS
 
 
+def on_context(ctx: Any) -> SPFMilter:
+    """One connection's SPFMilter talking to ``ctx``, as libmilter's negotiate callback
+    makes it: ``ctx`` needs only what SPFMilter calls on libmilter's context
+    (getsymval, setreply, addheader, chgheader, setpriv).  ``spfmilter check``
+    passes a recording one instead of an MTA's."""
+    m = SPFMilter()
+    m._setctx(ctx)
+    return m
+
+
 # --- serving ------------------------------------------------------------------------
 
 def _register_callbacks() -> None:

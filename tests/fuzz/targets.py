@@ -166,7 +166,7 @@ def drive(ip: str, helo: str, sender: str, params: list[str], macros: dict[str, 
     import Milter
     import mime
 
-    from spfmilter.frontends.check import RecordingCtx
+    from tests.kit.testctx import RecordingCtx
 
     ctx = RecordingCtx()
     for name, value in macros.items():

@@ -5,10 +5,11 @@ import pytest
 
 from spfmilter import config as cfg
 from spfmilter import runtime
-from spfmilter.frontends.check import RecordingCtx, check
+from spfmilter.frontends.check import check
 from spfmilter.frontends.milter import SPFMilter
 from spfmilter.resolver import Resolver
 from tests.kit import DATA
+from tests.kit.testctx import RecordingCtx
 
 
 @pytest.fixture
