@@ -9,8 +9,9 @@ reload applies to new connections only.
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -298,6 +299,20 @@ class SPFMilter(Milter.Base):  # type: ignore[misc]  # pymilter has no type hint
 FLAGS = Milter.ADDHDRS | Milter.CHGHDRS
 
 
+@contextlib.contextmanager
+def factory_installed(cls: type[Any] = SPFMilter) -> Iterator[None]:
+    """pymilter makes each connection's object with the process-wide ``Milter.factory``:
+    ``open_listener`` sets it once for a process that serves; whatever else drives
+    pymilter's callbacks (pymilter's test harness) sets it only for a while, here, and
+    gets the previous one back."""
+    saved = Milter.factory
+    Milter.factory = cls
+    try:
+        yield
+    finally:
+        Milter.factory = saved
+
+
 def on_context(ctx: Any) -> SPFMilter:
     """One connection's SPFMilter talking to ``ctx``, as libmilter's negotiate callback
     makes it: ``ctx`` needs only what SPFMilter calls on libmilter's context
@@ -338,7 +353,8 @@ def open_listener(settings: Settings, *, owner: tuple[int, int] | None = None,
     """Register with libmilter and open its listening socket (see ``listener.listen``).
 
     Done before any worker starts, by the process that keeps the socket open:
-    libmilter's main loop in a worker serves a socket that is already open.
+    libmilter's main loop in a worker serves a socket that is already open.  It sets
+    pymilter's ``Milter.factory`` for good: this process serves SPFMilter only.
     """
     Milter.factory = SPFMilter
     Milter.set_flags(FLAGS)

@@ -23,8 +23,12 @@ import ipaddress
 import logging
 from collections.abc import Callable
 from socket import AF_INET, AF_INET6
+from typing import TYPE_CHECKING
 
 from tests.fuzz.invariants import CONTROL_BUT_TAB, OUR_ID, Broken, check_header
+
+if TYPE_CHECKING:
+    from tests.kit.testctx import RecordingCtx
 
 BITS = ["\r\n", "\n", "\r", "\0", "\t", '"', "\\", ";", "(", ")", "<", ">", "@", ":", " ", "=",
         ".", "[", "]", "%{i}", "%{l}", "%%", "receiver=evil.test", "mx.test;", "spf=pass",
@@ -161,14 +165,20 @@ def drive(ip: str, helo: str, sender: str, params: list[str], macros: dict[str, 
           headers: list[tuple[str, bytes]], rcpts: int = 2):
     """One connection through pymilter's test context, the way libmilter calls the class:
     any client address string, HELO as str, MAIL/RCPT with their parameters, header values as
-    bytes (header_bytes), end of message.  Needs a Runtime set and Milter.factory = SPFMilter.
+    bytes (header_bytes), end of message.  Needs a Runtime set.
     Returns ([(rc, reply) per RCPT], end-of-message rc or None, header operations)."""
+    from spfmilter.frontends.milter import SPFMilter, factory_installed
+    from tests.kit.testctx import RecordingCtx
+
+    with factory_installed(SPFMilter):
+        return _drive(RecordingCtx(), ip, helo, sender, params, macros, headers, rcpts)
+
+
+def _drive(ctx: RecordingCtx, ip: str, helo: str, sender: str, params: list[str], macros: dict[str, str],
+           headers: list[tuple[str, bytes]], rcpts: int):
     import Milter
     import mime
 
-    from tests.kit.testctx import RecordingCtx
-
-    ctx = RecordingCtx()
     for name, value in macros.items():
         ctx._setsymval(name, value)
     ctx._negotiate()
@@ -232,12 +242,9 @@ class MilterTarget:
     """The ``milter`` target with its DNS server and runtime (started once per process)."""
 
     def __init__(self) -> None:
-        import Milter
-
         from spfmilter import config as cfg
         from spfmilter import runtime
         from spfmilter.checks import spf as spf_check
-        from spfmilter.frontends.milter import SPFMilter
         from tests.kit import ZONES
         from tests.kit.dnsserver import TestDNSServer
 
@@ -246,7 +253,6 @@ class MilterTarget:
                                      "skip_addresses": "", "Lookup_Time": "1"})
         spf_check.install()
         runtime.install(runtime.Runtime.create(settings))
-        Milter.factory = SPFMilter
         self.records = LogRecords()
         logger = logging.getLogger("spfmilter")
         logger.addHandler(self.records)

@@ -6,7 +6,7 @@ import pytest
 from spfmilter import config as cfg
 from spfmilter import runtime
 from spfmilter.frontends.check import check
-from spfmilter.frontends.milter import SPFMilter
+from spfmilter.frontends.milter import SPFMilter, factory_installed
 from spfmilter.resolver import Resolver
 from tests.kit import DATA
 from tests.kit.testctx import RecordingCtx
@@ -22,10 +22,8 @@ def settings(dns_server):
 def ctx(settings):
     """A TestCtx connected to a fresh SPFMilter, like one SMTP connection."""
     previous = runtime.install(runtime.Runtime.create(settings))
-    saved = Milter.factory
-    Milter.factory = SPFMilter
-    yield RecordingCtx()
-    Milter.factory = saved
+    with factory_installed(SPFMilter):
+        yield RecordingCtx()
     if previous is not None:
         runtime.install(previous)
 

@@ -18,7 +18,6 @@ from hypothesis import strategies as st
 
 from spfmilter import config as cfg
 from spfmilter import runtime
-from spfmilter.frontends.milter import SPFMilter
 from spfmilter.resolver import Resolver
 from tests.fuzz.invariants import OUR_ID
 from tests.fuzz.targets import LogRecords, check_connection, drive
@@ -65,11 +64,8 @@ def class_runtime(dns_server):
     logger.addHandler(records)
     level = logger.level
     logger.setLevel(logging.INFO)
-    saved = Milter.factory
-    Milter.factory = SPFMilter
     previous = runtime.install(runtime.Runtime.create(settings_, resolver=resolver))
     yield records
-    Milter.factory = saved
     if previous is not None:
         runtime.install(previous)
     logger.removeHandler(records)
