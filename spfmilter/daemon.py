@@ -59,6 +59,7 @@ if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
 
     from spfmilter.frontends import listener
+    from spfmilter.frontends.policy import PolicyService
 
 STOP_GRACE = 25.0  # seconds a stop waits for transactions in flight
 RESTARTS, RESTART_WINDOW = 5, 60.0  # crash restarts per window before backing off
@@ -162,9 +163,11 @@ def _dns_fields(current: runtime.Runtime) -> dict[str, str]:
             "nameservers_from": current.resolver.source}
 
 
-def serve_worker(settings: cfg.Settings, control: int) -> int:
-    """Serve the inherited listening socket until told to stop; never returns normally."""
-    from spfmilter.frontends import listener, milter, policy
+def serve_worker(settings: cfg.Settings, control: int,
+                 policy_service: PolicyService | None = None) -> int:
+    """Serve the inherited listening socket (and Policy_Socket's, through
+    ``policy_service``) until told to stop; never returns normally."""
+    from spfmilter.frontends import listener, milter
 
     first = runtime.Runtime.create(settings)
     runtime.install(first)
@@ -179,7 +182,8 @@ def serve_worker(settings: cfg.Settings, control: int) -> int:
         else:
             log.warning("%s", kv(action="stop", note="listening socket not found",
                                  socket=settings.socket))
-        policy.drain(STOP_GRACE)  # Policy_Socket: stop accepting, wait for its clients
+        if policy_service is not None:  # Policy_Socket: stop accepting, wait for its clients
+            policy_service.drain(STOP_GRACE)
         idle = milter.connections.wait_idle(STOP_GRACE)
         log.info("%s", kv(action="stop", in_flight=0 if idle else milter.connections.count,
                           pid=os.getpid()))
@@ -193,7 +197,8 @@ def serve_worker(settings: cfg.Settings, control: int) -> int:
         metrics.dns.source = lambda: runtime.current().resolver
     log.info("%s", kv(action="start", version=__version__, socket=settings.socket,
                       pid=os.getpid(), uid=os.getuid(), gid=os.getgid(), **_dns_fields(first)))
-    policy.serve_in_background()  # Policy_Socket, if set: a thread pool beside libmilter
+    if policy_service is not None:  # Policy_Socket: a thread per client beside libmilter
+        policy_service.serve_in_background()
     milter.serve()
     # libmilter stopped by itself (it gave up on its socket): the supervisor decides what next.
     log.error("%s", kv(action="stop", reason="libmilter stopped", pid=os.getpid()))
@@ -233,14 +238,15 @@ def _fork(close: list[int]) -> tuple[int, int]:
     return 0, read
 
 
-def _fork_worker(settings: cfg.Settings, close: list[int]) -> _Worker:
+def _fork_worker(settings: cfg.Settings, close: list[int],
+                 policy_service: PolicyService | None) -> _Worker:
     pid, fd = _fork(close)
     if pid:
         return _Worker(pid, fd)
     read = fd
     code = 1
     try:
-        code = serve_worker(settings, read)
+        code = serve_worker(settings, read, policy_service)
     except Exception as exc:
         print(f"spfmilter: worker cannot serve {settings.socket}: {exc}", file=sys.stderr)
     finally:
@@ -291,8 +297,10 @@ def _fork_metrics(server: WSGIServer, close: list[int]) -> _Worker:
 class _Supervisor:
     def __init__(self, settings: cfg.Settings,
                  reload_settings: Callable[[], cfg.Settings],
-                 metrics_server: WSGIServer | None = None) -> None:
+                 metrics_server: WSGIServer | None = None,
+                 policy_service: PolicyService | None = None) -> None:
         self.settings = settings
+        self.policy_service = policy_service
         self.reload_settings = reload_settings
         self.workers: dict[int, _Worker] = {}
         self.retiring: dict[int, _Worker] = {}  # told to stop after Workers went down
@@ -321,7 +329,7 @@ class _Supervisor:
             close = self._inherited()
             if self.metrics_server is not None:
                 close.append(self.metrics_server.fileno())
-            w = _fork_worker(self.settings, close)
+            w = _fork_worker(self.settings, close, self.policy_service)
             self.workers[w.pid] = w
 
     def start_metrics(self) -> None:
@@ -472,6 +480,7 @@ def run(settings: cfg.Settings, reload_settings: Callable[[], cfg.Settings]) -> 
     # Block the signals before anything else: one that comes early is never lost.
     signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
     metrics_dir = metrics_server = None
+    policy_service: PolicyService | None = None
     opened: list[listener.Listening] = []
     try:
         # What is made here before the drop belongs to UserID, so that the dropped
@@ -497,9 +506,9 @@ def run(settings: cfg.Settings, reload_settings: Callable[[], cfg.Settings]) -> 
             make_runtime_dir(folder, settings.user_id)
 
         opened.append(milter.open_listener(settings, owner=owner, make_dir=make_dir))
-        policy_listening = policy.open_listener(settings, owner=owner, make_dir=make_dir)
-        if policy_listening is not None:
-            opened.append(policy_listening)
+        policy_service = policy.open_listener(settings, owner=owner, make_dir=make_dir)
+        if policy_service is not None:
+            opened.append(policy_service.listening)
         if settings.metrics:
             from spfmilter import metrics
             try:
@@ -519,7 +528,7 @@ def run(settings: cfg.Settings, reload_settings: Callable[[], cfg.Settings]) -> 
         if metrics_dir:
             shutil.rmtree(metrics_dir, ignore_errors=True)
         return 1
-    supervisor = _Supervisor(settings, reload_settings, metrics_server)
+    supervisor = _Supervisor(settings, reload_settings, metrics_server, policy_service)
     log.info("%s", kv(action="listen", socket=settings.socket, pid=os.getpid(),
                       version=__version__, workers=supervisor.wanted))
     supervisor.start_metrics()

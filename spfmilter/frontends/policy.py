@@ -306,37 +306,62 @@ def serve_stdio(settings: Settings, stdin: int = 0, stdout: int = 1) -> int:
 # --- Policy_Socket: served by every daemon worker --------------------------------------------
 
 connections = InFlight(limit=MAX_CONNECTIONS, gauge=metrics.CONNECTIONS)
-_listener: socket.socket | None = None   # opened by the supervisor, inherited by workers
-_stopping = threading.Event()
+
+
+class PolicyService:
+    """Policy_Socket in one daemon: the listener the supervisor opened (its workers
+    inherit it with this object) and, in a worker, the accept thread.
+
+    Each start has its own stop flag, so a service stopped and started again serves
+    again, and a thread of the earlier start never mistakes the new one for its own.
+    """
+
+    def __init__(self, listening: listener.Listening) -> None:
+        assert listening.sock is not None
+        self.listening = listening
+        self.sock: socket.socket = listening.sock
+        self._stopping: threading.Event | None = None
+        self._accepting: threading.Thread | None = None
+
+    def serve_in_background(self) -> None:
+        """In a worker: accept policy clients on the inherited listener, one thread each."""
+        stopping = self._stopping = threading.Event()
+        self.sock.setblocking(False)  # workers share the listener: another may take a client first
+        self._accepting = threading.Thread(target=_accept_loop, args=(self.sock, stopping),
+                                           name="spfmilter-policy", daemon=True)
+        self._accepting.start()
+        log.info("%s", kv(action="policy-start",
+                          policy_socket=runtime.current().settings.policy_socket, pid=os.getpid()))
+
+    def drain(self, grace: float) -> bool:
+        """Stop accepting policy clients; wait for those in flight (a request being
+        answered finishes; an idle client is closed).  True if all closed in time."""
+        if self._stopping is None:
+            return True
+        self._stopping.set()
+        deadline = time.monotonic() + grace
+        if self._accepting is not None:  # it notices the flag within POLL
+            self._accepting.join(grace)
+        idle = connections.wait_idle(max(0.0, deadline - time.monotonic()))
+        log.info("%s", kv(action="stop", policy_in_flight=0 if idle else connections.count,
+                          pid=os.getpid()))
+        return idle
 
 
 def open_listener(settings: Settings, *, owner: tuple[int, int] | None = None,
-                  make_dir: Callable[[Path], None] | None = None) -> listener.Listening | None:
+                  make_dir: Callable[[Path], None] | None = None) -> PolicyService | None:
     """Open Policy_Socket (see ``listener.listen``) in the supervisor, before the
     workers fork; None when it is not configured."""
-    global _listener
     if settings.policy_socket is None:
         return None
-    opened = listener.listen(settings.policy_socket, "Policy_Socket", mask=settings.umask,
-                             owner=owner, make_dir=make_dir)
-    _listener = opened.sock
-    return opened
+    return PolicyService(listener.listen(settings.policy_socket, "Policy_Socket",
+                                         mask=settings.umask, owner=owner, make_dir=make_dir))
 
 
-def serve_in_background() -> None:
-    """In a worker: accept policy clients on the inherited listener, one thread each."""
-    sock = _listener
-    if sock is None:
-        return
-    sock.setblocking(False)  # workers share the listener: another may take a connection first
-    threading.Thread(target=_accept_loop, args=(sock,), name="spfmilter-policy",
-                     daemon=True).start()
-    log.info("%s", kv(action="policy-start",
-                      policy_socket=runtime.current().settings.policy_socket, pid=os.getpid()))
-
-
-def _accept_loop(sock: socket.socket) -> None:
-    while not _stopping.is_set():
+def _accept_loop(sock: socket.socket, stopping: threading.Event) -> None:
+    # The listener stays open when this loop ends: the supervisor holds it anyway (it
+    # outlives the workers), and a service started again accepts on it.
+    while not stopping.is_set():
         try:
             ready, _, _ = select.select([sock], [], [], POLL)
             if not ready:
@@ -345,7 +370,7 @@ def _accept_loop(sock: socket.socket) -> None:
         except (BlockingIOError, InterruptedError):
             continue
         except OSError as exc:
-            if _stopping.is_set():
+            if stopping.is_set():
                 break
             log.error("%s", kv(action="policy-accept-failed", error=exc.strerror or str(exc)))
             time.sleep(POLL)  # e.g. out of descriptors: let connections close
@@ -356,15 +381,14 @@ def _accept_loop(sock: socket.socket) -> None:
             conn.close()
             continue
         try:
-            threading.Thread(target=_serve_connection, args=(conn,), name="spfmilter-policy-conn",
-                             daemon=True).start()
+            threading.Thread(target=_serve_connection, args=(conn, stopping),
+                             name="spfmilter-policy-conn", daemon=True).start()
         except RuntimeError:  # no thread to be had: close, as above
             connections.closed()
             conn.close()
-    sock.close()  # this worker's descriptor only; the others keep serving
 
 
-def _serve_connection(conn: socket.socket) -> None:
+def _serve_connection(conn: socket.socket, stopping: threading.Event) -> None:
     try:
         def recv(timeout: float, between_requests: bool) -> bytes:
             waited = 0.0
@@ -376,7 +400,7 @@ def _serve_connection(conn: socket.socket) -> None:
                     waited += POLL
                     if waited >= timeout:
                         raise _Idle from None
-                    if between_requests and _stopping.is_set():
+                    if between_requests and stopping.is_set():
                         return b""
 
         def send(data: bytes) -> None:
@@ -384,7 +408,7 @@ def _serve_connection(conn: socket.socket) -> None:
             conn.sendall(data)
 
         idle = runtime.current().settings.policy_idle_timeout
-        converse(Session(), recv, send, idle_timeout=idle, stopping=_stopping.is_set)
+        converse(Session(), recv, send, idle_timeout=idle, stopping=stopping.is_set)
         _linger(conn)
     except OSError as exc:
         log.info("%s", kv(action="policy-close", reason="client went away",
@@ -408,15 +432,3 @@ def _linger(conn: socket.socket) -> None:
                 break
     except OSError:
         pass
-
-
-def drain(grace: float) -> bool:
-    """Stop accepting policy clients; wait for those in flight (a request being
-    answered finishes; an idle client is closed).  True if all closed in time."""
-    if _listener is None:
-        return True
-    _stopping.set()
-    idle = connections.wait_idle(grace)
-    log.info("%s", kv(action="stop", policy_in_flight=0 if idle else connections.count,
-                      pid=os.getpid()))
-    return idle

@@ -3,6 +3,8 @@ test server.  The transports (stdin/stdout, Policy_Socket) and Postfix are in
 tests/integration/test_policy.py."""
 
 import logging
+import socket
+import tempfile
 
 import pytest
 
@@ -299,3 +301,37 @@ def test_policy_command_with_a_refused_key_says_so_in_one_line_and_in_its_log(tm
     line = f"{conf}:2: Per_User: not supported by spfmilter: put per-recipient settings in"
     assert res.stderr.decode().count("\n") == 1 and line in res.stderr.decode()
     assert "action=config-error" in logfile.read_text() and line in logfile.read_text()
+
+
+def _ask_over(path: str, request: dict[str, str]) -> str:
+    """One request over Policy_Socket's unix socket; the answer's action."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+        client.settimeout(10)
+        client.connect(path)
+        client.sendall(encode(request))
+        answer = b""
+        while not answer.endswith(b"\n\n"):
+            chunk = client.recv(65536)
+            if not chunk:
+                break
+            answer += chunk
+    return answer.decode()
+
+
+def test_a_service_stopped_and_started_again_serves_again(use):
+    with tempfile.TemporaryDirectory(prefix="spfm-") as folder:
+        path = f"{folder}/policy.sock"
+        use(Policy_Socket=f"unix:{path}")
+        settings = runtime.current().settings
+        service = policy.open_listener(settings, owner=None)
+        assert service is not None
+        try:
+            service.serve_in_background()
+            assert _ask_over(path, req()).startswith("action=PREPEND Authentication-Results: ")
+            assert service.drain(5)
+            service.serve_in_background()
+            # the second start accepts and answers, not only the first
+            assert _ask_over(path, req()).startswith("action=PREPEND Authentication-Results: ")
+            assert service.drain(5)
+        finally:
+            service.listening.remove()
