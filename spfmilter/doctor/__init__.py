@@ -62,7 +62,7 @@ def _postfix(report: Report, ours: Ours, postfix_dir: str | None) -> list[Findin
         postfix_dir is not None and Path(postfix_dir, "main.cf").exists())
     if absent is not None or postconf is None:
         return [absent] if absent else []
-    pf = postfix.collect(postconf, postfix_dir, ours)
+    pf = postfix.collect(postconf, postfix_dir)
     report.run("postfix", lambda: _smtpds(report, pf, ours))
     return postfix.judge_main_cf(pf, ours)
 

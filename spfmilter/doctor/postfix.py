@@ -54,7 +54,7 @@ class PostfixFacts:
     values: Mapping[str, str]          # postconf -x NAMES
     smtpds: tuple[Smtpd, ...]          # from postconf -M
     non_smtpd: tuple[Milter, ...]      # what non_smtpd_milters names
-    tmpfiles_link: bool                # spfmilter's tmpfiles.d links its socket folder inside
+    tmpfiles: tuple[tuple[str, str], ...]  # symlinks (path, target) of spfmilter's tmpfiles.d
 
     @property
     def where(self) -> str:
@@ -129,31 +129,27 @@ def parse_smtpds(text: str) -> tuple[Smtpd, ...]:
     return tuple(out)
 
 
-def tmpfiles_link(folder: str, queue: str) -> bool:
-    """Whether spfmilter's tmpfiles.d snippet makes ``folder`` a symlink into the queue
-    folder (the Debian package's set-up): then recreating it is the fix."""
-    for d in TMPFILES_DIRS:  # the first one found wins, as for systemd-tmpfiles
+def tmpfiles_links() -> tuple[tuple[str, str], ...]:
+    """The symlinks (path, target) spfmilter's tmpfiles.d snippet creates; the first
+    snippet found wins, as for systemd-tmpfiles."""
+    for d in TMPFILES_DIRS:
         snippet = Path(d, TMPFILES_SNIPPET)
         if snippet.exists():
-            for line in snippet.read_text(errors="replace").splitlines():
-                f = line.split()
-                if len(f) >= 7 and f[0] in ("L", "L+") and f[1] == folder and \
-                        f[6].startswith(queue.rstrip("/") + "/"):
-                    return True
-            return False
-    return False
+            return tuple((f[1], f[6]) for f in (line.split() for line in
+                                                  snippet.read_text(errors="replace").splitlines())
+                         if len(f) >= 7 and f[0] in ("L", "L+"))
+    return ()
 
 
-def collect(postconf: str, config_dir: str | None, ours: Ours) -> PostfixFacts:
+def collect(postconf: str, config_dir: str | None) -> PostfixFacts:
     values = parse_values(_postconf(postconf, config_dir, "-x", *NAMES))
     smtpds = parse_smtpds(_postconf(postconf, config_dir, "-M"))
     queue = values.get("queue_directory", "/var/spool/postfix")
     entries = (postfix_endpoint(m, queue) for m in postfix_milters(
         values.get("non_smtpd_milters", "")))
     non_smtpd = tuple(Milter(e, identity_or_none(e)) for e in entries if e)
-    link = (ours.endpoint.kind == "unix" and any(s.chrooted for s in smtpds)
-            and tmpfiles_link(os.path.dirname(ours.endpoint.path), queue))
-    return PostfixFacts(config_dir, values, smtpds, non_smtpd, link)
+    links = tmpfiles_links() if any(s.chrooted for s in smtpds) else ()
+    return PostfixFacts(config_dir, values, smtpds, non_smtpd, links)
 
 
 # --- the rules ----------------------------------------------------------------------------
@@ -209,9 +205,16 @@ def name_fix(pf: PostfixFacts, ours: Ours, smtpd: Smtpd) -> tuple[str, str | Non
             f"folder be {queue.rstrip('/')}{folder} with {folder} a symlink to it (as the "
             f"Debian package does), or set Socket = unix:{inside} in {ours.conf} and "
             "smtpd_milters = unix:/spfmilter/spfmilter.sock, or turn the chroot off")
-    if ours.endpoint.kind == "unix" and pf.tmpfiles_link:
+    if ours.endpoint.kind == "unix" and tmpfiles_link(pf, folder):
         return text, f"systemd-tmpfiles --create {TMPFILES_SNIPPET} && systemctl restart spfmilter"
     return text, pf.cmd("-F", f"{smtpd.name}/chroot=n")
+
+
+def tmpfiles_link(pf: PostfixFacts, folder: str) -> bool:
+    """Whether spfmilter's tmpfiles.d snippet makes ``folder`` a symlink into the queue
+    folder (the Debian package's set-up): then recreating it is the fix."""
+    return any(path == folder and target.startswith(pf.queue.rstrip("/") + "/")
+               for path, target in pf.tmpfiles)
 
 
 def judge_default_action(pf: PostfixFacts) -> list[Finding]:

@@ -21,8 +21,9 @@ GOOD = {"mail_owner": "postfix", "queue_directory": "/var/spool/postfix",
 SMTP = Smtpd("smtp/inet", False, {})
 
 
-def facts(config_dir=None, smtpds=(SMTP,), non_smtpd=(), link=False, **values):
-    return PostfixFacts(config_dir, {**GOOD, **values}, tuple(smtpds), tuple(non_smtpd), link)
+def facts(config_dir=None, smtpds=(SMTP,), non_smtpd=(), tmpfiles=(), **values):
+    return PostfixFacts(config_dir, {**GOOD, **values}, tuple(smtpds), tuple(non_smtpd),
+                        tuple(tmpfiles))
 
 
 def levels(findings):
@@ -77,9 +78,12 @@ def test_chrooted_smtpd_with_the_socket_outside_the_spool_cannot_find_it():
 
 def test_chrooted_smtpd_with_the_packages_tmpfiles_link_is_fixed_by_recreating_it():
     smtpd = Smtpd("smtp/inet", True, {})
-    pf = facts(smtpds=[smtpd], link=True)
-    _, fix = postfix.name_fix(pf, ours(), smtpd)
+    link = ("/run/spfmilter", "/var/spool/postfix/run/spfmilter")
+    _, fix = postfix.name_fix(facts(smtpds=[smtpd], tmpfiles=[link]), ours(), smtpd)
     assert fix == "systemd-tmpfiles --create spfmilter.conf && systemctl restart spfmilter"
+    elsewhere = ("/run/spfmilter", "/srv/spfmilter")
+    _, fix = postfix.name_fix(facts(smtpds=[smtpd], tmpfiles=[elsewhere]), ours(), smtpd)
+    assert fix == "postconf -F smtp/inet/chroot=n && postfix reload"
 
 
 def test_an_smtpd_without_our_milter_gets_the_entry_it_needs_chroot_relative():
