@@ -26,7 +26,8 @@ ALLOWED: dict[str, tuple[str, ...]] = {
                             "spfmilter.resolver", "spfmilter.runtime", "spfmilter.log",
                             "spfmilter.metrics", "spfmilter.frontends", "spfmilter.endpoint"),
     "spfmilter.doctor": ("spfmilter.config", "spfmilter.resolver", "spfmilter.milter_protocol",
-                         "spfmilter.endpoint", "spfmilter.frontends", "spfmilter.log"),
+                         "spfmilter.endpoint", "spfmilter.frontends", "spfmilter.log",
+                         "spfmilter.doctor"),   # its facts, rules and driver
     "spfmilter.daemon": ("spfmilter.core", "spfmilter.config", "spfmilter.runtime",
                          "spfmilter.log", "spfmilter.metrics", "spfmilter.frontends"),
 }
