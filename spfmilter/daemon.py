@@ -49,9 +49,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-from spfmilter import __version__, runtime
+from spfmilter import __version__, metrics, runtime
 from spfmilter import config as cfg
 from spfmilter.log import kv, log, set_level
 
@@ -167,7 +168,7 @@ def serve_worker(settings: cfg.Settings, control: int,
                  policy_service: PolicyService | None = None) -> int:
     """Serve the inherited listening socket (and Policy_Socket's, through
     ``policy_service``) until told to stop; never returns normally."""
-    from spfmilter.frontends import listener, milter
+    from spfmilter.frontends import listener, milter  # the daemon's: see _front_ends
 
     first = runtime.Runtime.create(settings)
     runtime.install(first)
@@ -192,8 +193,7 @@ def serve_worker(settings: cfg.Settings, control: int,
     threading.Thread(target=_control_loop, args=(control, drain), name="spfmilter-control",
                      daemon=True).start()
     if settings.metrics:  # counted into the multiprocess files the metrics process reads
-        from spfmilter import metrics
-        metrics.WORKERS.set(1)
+        metrics.current().workers.set(1)
         metrics.dns.source = lambda: runtime.current().resolver
     log.info("%s", kv(action="start", version=__version__, socket=settings.socket,
                       pid=os.getpid(), uid=os.getuid(), gid=os.getgid(), **_dns_fields(first)))
@@ -270,8 +270,6 @@ def _fork_metrics(server: WSGIServer, close: list[int]) -> _Worker:
     pid, fd = _fork(close)
     if pid:
         return _Worker(pid, fd)
-    from spfmilter import metrics
-
     _set_name(b"spfmilter-stats")
 
     def watch() -> None:  # "stop", or the supervisor gone: nothing left to report
@@ -411,7 +409,6 @@ class _Supervisor:
             self._crashed(-code)
 
     def _mark_dead(self, pid: int) -> None:
-        from spfmilter import metrics
         try:
             metrics.mark_dead(pid)
         except OSError as exc:  # a stale gauge is not worth stopping the mail for
@@ -487,20 +484,17 @@ def run(settings: cfg.Settings, reload_settings: Callable[[], cfg.Settings]) -> 
         # supervisor can still remove it.
         owner = _user_ids(settings.user_id)[:2] if settings.user_id and os.geteuid() == 0 \
             else None
-        if settings.metrics:
-            # Before prometheus_client is imported (by the front end, below): it
-            # picks its multiprocess values at import, and the workers inherit them.
+        if settings.metrics:  # the workers forked below inherit where they count
             metrics_dir = tempfile.mkdtemp(prefix="spfmilter-metrics-")
-            os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+            metrics.setup(metrics_dir)
             if owner is not None:
                 os.chown(metrics_dir, *owner)
+        milter, policy = _front_ends()
         if settings.pid_file:
             make_runtime_dir(Path(settings.pid_file).parent, settings.user_id)
             Path(settings.pid_file).write_text(f"{os.getpid()}\n")
             if owner is not None:
                 os.chown(settings.pid_file, *owner)
-        from spfmilter.frontends import milter, policy  # after PROMETHEUS_MULTIPROC_DIR
-
         # Both sockets are opened here, so that they outlive the workers.
         def make_dir(folder: Path) -> None:
             make_runtime_dir(folder, settings.user_id)
@@ -510,7 +504,6 @@ def run(settings: cfg.Settings, reload_settings: Callable[[], cfg.Settings]) -> 
         if policy_service is not None:
             opened.append(policy_service.listening)
         if settings.metrics:
-            from spfmilter import metrics
             try:
                 metrics_server = metrics.bind(*settings.metrics)
             except OSError as exc:
@@ -540,6 +533,14 @@ def run(settings: cfg.Settings, reload_settings: Callable[[], cfg.Settings]) -> 
     if metrics_dir:
         shutil.rmtree(metrics_dir, ignore_errors=True)
     return supervisor.exit_code
+
+
+def _front_ends() -> tuple[ModuleType, ModuleType]:
+    """The milter and policy front ends, loaded by the daemon when it starts: the
+    CLI imports this module for every command, and ``spfmilter policy`` (started
+    by Postfix's spawn for each client) need not load libmilter."""
+    from spfmilter.frontends import milter, policy
+    return milter, policy
 
 
 def _host_port(value: tuple[str, int] | None) -> str | None:

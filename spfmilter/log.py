@@ -13,6 +13,7 @@ import os
 import re
 import stat
 import sys
+from collections.abc import Mapping
 
 from spfmilter.core.headers import clean
 from spfmilter.core.transaction import Transaction
@@ -106,3 +107,29 @@ def decision(txn: Transaction, verdict: Verdict, recipient: str, *, log_queue_id
         rcpt=recipient, receiver=txn.policy.authserv_id,
         queue_id=(txn.queue_id or None) if log_queue_id else None, **extra,
         reply=f"{verdict.reply.code} {verdict.reply.status}" if verdict.reply else None))
+
+
+class DecisionLog:
+    """The engine's observer that writes the lines (see ``engine.Observer``): the
+    decision line, and one line for each forged header removed, each message behind
+    a trusted relay that could not be checked, and each fault answered for."""
+
+    def __init__(self, *, log_queue_id: bool) -> None:
+        self.log_queue_id = log_queue_id
+
+    def evaluated(self, txn: Transaction) -> None:
+        """An evaluation gets no line of its own: each decision line reports it."""
+
+    def decided(self, txn: Transaction, verdict: Verdict, recipient: str,
+                extra: Mapping[str, object]) -> None:
+        decision(txn, verdict, recipient, log_queue_id=self.log_queue_id, **extra)
+
+    def not_checked(self, txn: Transaction, reason: str) -> None:
+        log.warning("%s", kv(action="not-checked", reason=reason, queue_id=txn.queue_id or None))
+
+    def forged_removed(self, txn: Transaction, name: str, index: int, queue_id: str) -> None:
+        log.info("%s", kv(action="removed-forged-header", header=name, index=index,
+                          queue_id=queue_id or None))
+
+    def fault(self, action: str, error: str, fields: Mapping[str, object]) -> None:
+        log.error("%s", kv(action=action, error=error, **fields))

@@ -2,7 +2,7 @@
 
 With metrics on, every process of the daemon counts into prometheus_client's
 multiprocess files (``PROMETHEUS_MULTIPROC_DIR``, a private folder the
-supervisor creates before this module is imported), and one scrape adds up
+supervisor creates and names to ``setup``), and one scrape adds up
 all workers, including those that have exited (their counters stay; their
 live gauges go with them: the supervisor marks them dead).  Why not a live
 collector reading each process at scrape time: the process that serves the
@@ -18,12 +18,12 @@ from __future__ import annotations
 import os
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from socketserver import ThreadingMixIn
 from typing import Any, Protocol
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app, values
 
 # Imported now, not when first needed: the daemon's processes drop privileges and
 # may then be unable to read the library's files (and a supervisor that forks must
@@ -35,35 +35,86 @@ from spfmilter.core.values import Verdict
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
-REGISTRY = CollectorRegistry(auto_describe=True)
 
-TRANSACTIONS = Counter("spfmilter_transactions", "Messages whose SPF checks ran (or were skipped)",
-                       registry=REGISTRY)
-RESULTS = Counter("spfmilter_spf_results", "SPF results by identity", ["identity", "result"],
-                  registry=REGISTRY)
-ACTIONS = Counter("spfmilter_actions", "Decisions per recipient", ["action"], registry=REGISTRY)
-SKIPS = Counter("spfmilter_skipped", "Transactions not checked, by reason", ["reason"],
-                registry=REGISTRY)
-FORGED = Counter("spfmilter_forged_headers_removed", "Forged result headers removed",
-                 registry=REGISTRY)
-ERRORS = Counter("spfmilter_internal_errors", "Callbacks that failed and tempfailed",
-                 registry=REGISTRY)
-DECISION = Histogram("spfmilter_decision_seconds", "SPF evaluation time per message",
-                     buckets=(0.0002, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
-                              0.25, 0.5, 1, 2.5, 5, 10, 20), registry=REGISTRY)
-# livesum: the sum over the processes alive now (a dead worker's file is removed)
-CONNECTIONS = Gauge("spfmilter_connections_in_flight", "Open MTA connections",
-                    multiprocess_mode="livesum", registry=REGISTRY)
-WORKERS = Gauge("spfmilter_workers", "Milter worker processes running",
-                multiprocess_mode="livesum", registry=REGISTRY)
-DNS_LOOKUPS = Counter("spfmilter_dns_lookups", "Lookups asked of the resolver", registry=REGISTRY)
-DNS_MISSES = Counter("spfmilter_dns_queries", "Lookups answered from the network (cache misses)",
-                     registry=REGISTRY)
-DNS_HITS = Counter("spfmilter_dns_cache_hits", "Lookups answered from the cache",
-                   registry=REGISTRY)
-DNS_TIMEOUTS = Counter("spfmilter_dns_timeouts", "Lookups that timed out", registry=REGISTRY)
-_DNS = (("lookups", DNS_LOOKUPS), ("misses", DNS_MISSES), ("hits", DNS_HITS),
-        ("timeouts", DNS_TIMEOUTS))
+class Metrics:
+    """Every metric spfmilter keeps, in a registry of its own."""
+
+    def __init__(self) -> None:
+        self.registry = r = CollectorRegistry(auto_describe=True)
+        self.transactions = Counter("spfmilter_transactions",
+                                    "Messages whose SPF checks ran (or were skipped)", registry=r)
+        self.results = Counter("spfmilter_spf_results", "SPF results by identity",
+                               ["identity", "result"], registry=r)
+        self.actions = Counter("spfmilter_actions", "Decisions per recipient", ["action"],
+                               registry=r)
+        self.skips = Counter("spfmilter_skipped", "Transactions not checked, by reason",
+                             ["reason"], registry=r)
+        self.forged = Counter("spfmilter_forged_headers_removed", "Forged result headers removed",
+                              registry=r)
+        self.errors = Counter("spfmilter_internal_errors", "Callbacks that failed and tempfailed",
+                              registry=r)
+        self.decision = Histogram("spfmilter_decision_seconds", "SPF evaluation time per message",
+                                  buckets=(0.0002, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
+                                           0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20), registry=r)
+        # livesum: the sum over the processes alive now (a dead worker's file is removed)
+        self.connections = Gauge("spfmilter_connections_in_flight", "Open MTA connections",
+                                 multiprocess_mode="livesum", registry=r)
+        self.workers = Gauge("spfmilter_workers", "Milter worker processes running",
+                             multiprocess_mode="livesum", registry=r)
+        self.dns_lookups = Counter("spfmilter_dns_lookups", "Lookups asked of the resolver",
+                                   registry=r)
+        self.dns_misses = Counter("spfmilter_dns_queries",
+                                  "Lookups answered from the network (cache misses)", registry=r)
+        self.dns_hits = Counter("spfmilter_dns_cache_hits", "Lookups answered from the cache",
+                                registry=r)
+        self.dns_timeouts = Counter("spfmilter_dns_timeouts", "Lookups that timed out",
+                                    registry=r)
+        self.dns = (("lookups", self.dns_lookups), ("misses", self.dns_misses),
+                    ("hits", self.dns_hits), ("timeouts", self.dns_timeouts))
+
+
+_lock = threading.Lock()
+_current: Metrics | None = None
+
+
+def setup(folder: str | None = None) -> Metrics:
+    """Create the metrics; with ``folder``, counted into prometheus_client's
+    multiprocess files there (the daemon's processes forked after this inherit
+    that).  Why a call and not module globals: prometheus_client decides how a
+    value is stored when the value is made, so metrics made at import would make
+    the order of imports decide it."""
+    global _current
+    with _lock:
+        if folder is not None:
+            os.environ[MULTIPROC_ENV] = folder
+            values.ValueClass = values.get_value_class()  # type: ignore[no-untyped-call]
+        _current = Metrics()
+        return _current
+
+
+def current() -> Metrics:
+    """The metrics ``setup`` made (made now, in this process only, if it was not called)."""
+    found = _current
+    if found is None:
+        with _lock:
+            found = _current
+        if found is None:
+            return setup()
+    return found
+
+
+_ALIASES = {"TRANSACTIONS": "transactions", "RESULTS": "results", "ACTIONS": "actions",
+            "SKIPS": "skips", "FORGED": "forged", "ERRORS": "errors", "DECISION": "decision",
+            "CONNECTIONS": "connections", "WORKERS": "workers", "DNS_LOOKUPS": "dns_lookups",
+            "DNS_MISSES": "dns_misses", "DNS_HITS": "dns_hits", "DNS_TIMEOUTS": "dns_timeouts",
+            "REGISTRY": "registry"}
+
+
+def __getattr__(name: str) -> Any:
+    """``metrics.TRANSACTIONS`` and the other names of the current metrics."""
+    if name in _ALIASES:
+        return getattr(current(), _ALIASES[name])
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class _HasStats(Protocol):
@@ -85,7 +136,7 @@ class _DnsSync:
         with self._lock:
             if resolver is not self._resolver:  # a reload changed the DNS settings
                 self._resolver, self._seen = resolver, {}
-            for key, counter in _DNS:
+            for key, counter in current().dns:
                 grown = stats[key] - self._seen.get(key, 0.0)
                 if grown > 0:
                     counter.inc(grown)
@@ -96,21 +147,47 @@ dns = _DnsSync()
 
 
 def record_evaluation(txn: Transaction) -> None:
-    """Count one message's evaluation (every front end calls this once per message)."""
-    TRANSACTIONS.inc()
+    """Count one message's evaluation (once per message)."""
+    m = current()
+    m.transactions.inc()
     source = dns.source
     if source is not None:
         dns.sync(source())
     if txn.skipped:
-        SKIPS.labels(txn.skipped).inc()
+        m.skips.labels(txn.skipped).inc()
         return
-    DECISION.observe(txn.seconds)
+    m.decision.observe(txn.seconds)
     for res in txn.results():
-        RESULTS.labels(res.identity, res.result).inc()
+        m.results.labels(res.identity, res.result).inc()
 
 
 def record_verdict(verdict: Verdict) -> None:
-    ACTIONS.labels(verdict.action.value).inc()
+    current().actions.labels(verdict.action.value).inc()
+
+
+def connections_moved(by: int) -> None:
+    """Connections in flight opened (1) or closed (-1) in this process."""
+    current().connections.inc(by)
+
+
+class Counting:
+    """The engine's observer that counts (see ``engine.Observer``)."""
+
+    def evaluated(self, txn: Transaction) -> None:
+        record_evaluation(txn)
+
+    def decided(self, txn: Transaction, verdict: Verdict, recipient: str,
+                extra: Mapping[str, object]) -> None:
+        record_verdict(verdict)
+
+    def not_checked(self, txn: Transaction, reason: str) -> None:
+        """Counted with its evaluation: a relayed message is one transaction either way."""
+
+    def forged_removed(self, txn: Transaction, name: str, index: int, queue_id: str) -> None:
+        current().forged.inc()
+
+    def fault(self, action: str, error: str, fields: Mapping[str, object]) -> None:
+        current().errors.inc()
 
 
 # --- the endpoint: bound by the supervisor, served by a process of its own ----------

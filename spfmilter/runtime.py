@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from spfmilter import config as cfg
+from spfmilter import log, metrics
 from spfmilter import resolver as resolvermod
 from spfmilter.checks import dkim, psl
 from spfmilter.checks.spf import Checker
+from spfmilter.engine import Engine, Observer
 from spfmilter.resolver import Resolver
 
 
@@ -27,13 +29,21 @@ class Runtime:
     spf: Checker
     dkim: dkim.Checker
     org_domain: Callable[[str], str] = psl.organizational_domain
+    observers: tuple[Observer, ...] = ()
+    engine: Engine = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "engine", Engine(self.settings.policy, self.spf, self.dkim,
+                                                  self.org_domain, self.observers))
 
     @classmethod
     def create(cls, settings: cfg.Settings, previous: Runtime | None = None,
-               resolver: Resolver | None = None) -> Runtime:
+               resolver: Resolver | None = None,
+               observers: tuple[Observer, ...] | None = None) -> Runtime:
         """A runtime for ``settings``; it keeps the previous resolver (and its cache)
         when the DNS settings did not change, so a reload does not start cold --
-        unless the servers come from resolv.conf and the file names others now."""
+        unless the servers come from resolv.conf and the file names others now.
+        Its engine reports to ``observers``: by default the metrics and the log."""
         if resolver is None:
             if previous is not None and _same_dns(previous.settings, settings) \
                     and not previous.resolver.system_servers_changed():
@@ -44,7 +54,14 @@ class Runtime:
                    Checker(resolver, receiver=settings.policy.authserv_id,
                            void_limit=settings.policy.void_limit,
                            pass_all_records=settings.policy.pass_all_records),
-                   dkim.Checker(resolver))
+                   dkim.Checker(resolver),
+                   observers=observers if observers is not None else standard_observers(settings))
+
+
+def standard_observers(settings: cfg.Settings) -> tuple[Observer, ...]:
+    """The metrics, then the log: a count is made before the line that reports it is
+    written, so whoever waits for the line finds it counted."""
+    return (metrics.Counting(), log.DecisionLog(log_queue_id=settings.log_queue_id))
 
 
 def preload() -> None:

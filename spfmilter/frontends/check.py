@@ -206,7 +206,7 @@ def check(settings: Settings, resolver: Resolver, *, ip: str, helo: str, sender:
             out.end_reply = ctx.take_reply()
             out.header_ops = list(ctx.header_ops)
         if txn is not None:
-            _describe(out, txn, settings, trace_lines)
+            _describe(out, txn, milter.session.client_ip, settings, trace_lines)
         milter.close()
         return out
     finally:
@@ -215,8 +215,9 @@ def check(settings: Settings, resolver: Resolver, *, ip: str, helo: str, sender:
             runtime.install(previous)
 
 
-def _describe(out: Outcome, txn: Transaction, settings: Settings,
+def _describe(out: Outcome, txn: Transaction, client_ip: str, settings: Settings,
               trace_lines: list[str] | None) -> None:
+    """The results the session's message ended with, as ``check`` prints them."""
     if txn.helo_result is not None:
         out.helo = f"{txn.helo_result.result} ({txn.helo_result.sender})"
     if txn.mailfrom_result is not None:
@@ -225,7 +226,7 @@ def _describe(out: Outcome, txn: Transaction, settings: Settings,
         out.helo = out.mailfrom = f"skipped ({txn.skipped})"
     if txn.via_relay:
         hop = txn.hop
-        out.notes.append(f"Trusted relay {txn.connection.client_ip}: "
+        out.notes.append(f"Trusted relay {client_ip}: "
                          + (f"checked the client behind it, {hop.client_ip} (HELO {hop.helo or '-'})"
                             if hop else f"not checked ({txn.no_hop})"))
     for d in txn.dkim_results:

@@ -8,20 +8,17 @@ the metrics show how many are open.
 from __future__ import annotations
 
 import threading
-from typing import Protocol
-
-
-class _Gauge(Protocol):
-    def inc(self) -> None: ...
-    def dec(self) -> None: ...
+from collections.abc import Callable
 
 
 class InFlight:
-    """Open connections, at most ``limit`` at once (None: no limit), mirrored in ``gauge``."""
+    """Open connections, at most ``limit`` at once (None: no limit), each change told
+    to ``moved`` (+1, -1: the metrics' gauge, looked up when it moves)."""
 
-    def __init__(self, limit: int | None = None, gauge: _Gauge | None = None) -> None:
+    def __init__(self, limit: int | None = None,
+                 moved: Callable[[int], None] | None = None) -> None:
         self.limit = limit
-        self.gauge = gauge
+        self.moved = moved
         self._count = 0
         self._cond = threading.Condition()
 
@@ -31,16 +28,16 @@ class InFlight:
             if self.limit is not None and self._count >= self.limit:
                 return False
             self._count += 1
-        if self.gauge is not None:
-            self.gauge.inc()
+        if self.moved is not None:
+            self.moved(1)
         return True
 
     def closed(self) -> None:
         with self._cond:
             self._count -= 1
             self._cond.notify_all()
-        if self.gauge is not None:
-            self.gauge.dec()
+        if self.moved is not None:
+            self.moved(-1)
 
     @property
     def count(self) -> int:

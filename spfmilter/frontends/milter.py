@@ -1,9 +1,10 @@
-"""The libmilter front end: collect facts per callback, drive the core, translate verdicts.
+"""The libmilter front end: each callback becomes a call on the engine's session.
 
-No policy lives here: the transaction says what to evaluate and the decision
-what follows.  Every callback that can fail is guarded: an exception becomes
+No policy lives here: the session (``spfmilter.engine``) evaluates, decides
+and reports; this translates its verdicts into libmilter's replies and
+header edits.  Every callback that can fail is guarded: an exception becomes
 a 451 tempfail, so a fault in spfmilter never lets mail through unlabelled.
-The runtime (settings, resolver, checker) is taken once per connection, so a
+The runtime (settings and its engine) is taken once per connection, so a
 reload applies to new connections only.
 """
 
@@ -18,18 +19,17 @@ from typing import Any, TypeVar
 import Milter
 import milter as libmilter
 
-from spfmilter import log as logmod
 from spfmilter import metrics, runtime
 from spfmilter.config import Settings
-from spfmilter.core.addresses import client_address, strip_brackets
+from spfmilter.core.addresses import strip_brackets
 from spfmilter.core.policy import Policy
 from spfmilter.core.transaction import Connection, Transaction
 from spfmilter.core.values import Action, Verdict
 from spfmilter.frontends import listener
 from spfmilter.frontends.inflight import InFlight
-from spfmilter.log import kv, log
+from spfmilter.log import log
 
-connections = InFlight(gauge=metrics.CONNECTIONS)
+connections = InFlight(moved=metrics.connections_moved)
 
 _F = TypeVar("_F", bound=Callable[..., int])
 # pymilter's decorators (they mark a callback for protocol negotiation), with types
@@ -52,11 +52,10 @@ def guarded(callback: Callable[..., int]) -> Callable[..., int]:
                 raise RuntimeError(f"earlier fault: {self.fault}")
             return callback(self, *args)
         except Exception as exc:
-            metrics.ERRORS.inc()
             self.fault = f"{type(exc).__name__}: {exc}"
-            txn = self.txn
-            log.error("%s", kv(action="tempfail", error=self.fault, callback=callback.__name__,
-                               queue_id=(txn.queue_id if txn else "") or None))
+            txn = self.session.txn
+            self.session.fault("tempfail", self.fault, callback=callback.__name__,
+                               queue_id=(txn.queue_id if txn else "") or None)
             log.debug("traceback", exc_info=True)
             if callback.__name__ not in _REPLYING:
                 return int(Milter.CONTINUE)
@@ -116,11 +115,10 @@ class SPFMilter(Milter.Base):  # type: ignore[misc]  # pymilter has no type hint
     def __init__(self) -> None:
         self._counted = False
         self.runtime = runtime.current()
-        self.policy: Policy = self.runtime.settings.policy
-        self.connection = Connection()
+        self.session = self.runtime.engine.session()
+        self.policy: Policy = self.session.policy
         self.mta = self.daemon = ""
         self.fault: str | None = None
-        self.txn: Transaction | None = None
         self.message_copy: _MessageCopy | None = None  # for DKIM_Rescue
 
     def _macro(self, name: str) -> str:
@@ -131,25 +129,14 @@ class SPFMilter(Milter.Base):  # type: ignore[misc]  # pymilter has no type hint
             return "?"
         return value if isinstance(value, str) else ""
 
-    def _transaction(self) -> Transaction:
-        """The current message (one is started if the MTA skipped MAIL FROM)."""
-        if self.txn is None:
-            self.txn = Transaction(self.connection, self.policy)
-        return self.txn
+    @property
+    def connection(self) -> Connection:
+        return self.session.connection
 
-    def _evaluate(self, txn: Transaction) -> None:
-        if txn.plan is None and not txn.via_relay:
-            if not txn.queue_id:
-                txn.queue_id = self._macro("i")
-            txn.evaluate(self.runtime.spf)
-            metrics.record_evaluation(txn)
-
-    def _end_of_headers(self, txn: Transaction) -> None:
-        if txn.end_of_headers(self.runtime.spf):
-            metrics.record_evaluation(txn)
-        elif txn.no_hop:
-            log.warning("%s", kv(action="not-checked", reason=txn.no_hop,
-                                 queue_id=txn.queue_id or None))
+    @property
+    def txn(self) -> Transaction | None:
+        """The message in progress (``spfmilter check`` reads it)."""
+        return self.session.txn
 
     @noreply
     @guarded
@@ -157,7 +144,7 @@ class SPFMilter(Milter.Base):  # type: ignore[misc]  # pymilter has no type hint
         if not self._counted:
             self._counted = True
             connections.opened()
-        self.connection.client_ip = client_address(hostaddr)
+        self.session.connect(hostaddr)
         # which MTA and which of its listeners (MX or submission): for the log line
         self.mta = self._macro("j")
         self.daemon = self._macro("{daemon_name}")
@@ -168,25 +155,21 @@ class SPFMilter(Milter.Base):  # type: ignore[misc]  # pymilter has no type hint
     # instead of the milter silently keeping the previous one.
     @guarded
     def hello(self, heloname: str) -> int:
-        self.connection.hello(heloname)
+        self.session.hello(heloname)
         return int(Milter.CONTINUE)
 
     @noreply
     @guarded
     def envfrom(self, mailfrom: str, *params: str) -> int:
-        self.txn = Transaction(self.connection, self.policy, strip_brackets(mailfrom),
-                               auth_user=self._macro("{auth_authen}"), queue_id=self._macro("i"))
+        self.session.mail(strip_brackets(mailfrom), auth_user=self._macro("{auth_authen}"),
+                          queue_id=self._macro("i"))
         self.message_copy = None
         return int(Milter.CONTINUE)
 
     @guarded
     def envrcpt(self, to: str, *params: str) -> int:
-        recipient = strip_brackets(to)
-        txn = self._transaction()
-        self._evaluate(txn)
-        verdict = txn.rcpt(recipient)
-        self._log(txn, verdict, recipient)
-        metrics.record_verdict(verdict)
+        verdict = self.session.rcpt(strip_brackets(to), queue_id=self._queue_id(),
+                                    **self._where())
         if verdict.action is Action.ACCEPT:
             return int(Milter.CONTINUE)
         return self._refuse(verdict)
@@ -197,14 +180,19 @@ class SPFMilter(Milter.Base):  # type: ignore[misc]  # pymilter has no type hint
         self.setreply(r.code, r.status, r.text.replace("%", "%%"))
         return int(Milter.REJECT if verdict.action is Action.REJECT else Milter.TEMPFAIL)
 
-    def _log(self, txn: Transaction, verdict: Verdict, recipient: str) -> None:
-        logmod.decision(txn, verdict, recipient, log_queue_id=self.runtime.settings.log_queue_id,
-                        mta=self.mta or None, daemon=self.daemon or None)
+    def _queue_id(self) -> str:
+        """Macro i, asked only when the message has no queue id yet (it names it then)."""
+        txn = self.session.txn
+        return "" if txn is not None and (txn.queue_id or txn.plan is not None) \
+            else self._macro("i")
+
+    def _where(self) -> dict[str, object]:
+        """Which MTA and which of its listeners (MX or submission): for the decision line."""
+        return {"mta": self.mta or None, "daemon": self.daemon or None}
 
     def header_bytes(self, name: str, value: bytes) -> int:
         """pymilter's entry point for a header: the raw bytes are what DKIM verifies."""
-        txn = self._transaction()
-        if self.policy.dkim_rescue and (txn.held is not None or txn.via_relay):
+        if self.session.wants_message:
             if self.message_copy is None:
                 self.message_copy = _MessageCopy(self.policy.dkim_max_bytes)
             self.message_copy.header(name, value, bool(self._protocol & Milter.P_HDR_LEADSPC))
@@ -213,22 +201,21 @@ class SPFMilter(Milter.Base):  # type: ignore[misc]  # pymilter has no type hint
     @noreply
     @guarded
     def header(self, name: str, value: str) -> int:
-        self._transaction().header(name, value)
+        self.session.header(name, value)
         return int(Milter.CONTINUE)
 
     @noreply
     @guarded
     def eoh(self) -> int:
         """Negotiated only with Trusted_Relays: the hop behind a relay is known now."""
-        self._end_of_headers(self._transaction())
+        self.session.end_of_headers()
         return int(Milter.CONTINUE)
 
     @guarded
     def body(self, chunk: bytes) -> int:
         """Negotiated only with DKIM_Rescue: a message with a held refusal is kept for
         DKIM; every other message ends the body stage at once."""
-        txn = self.txn
-        if txn is None or not txn.needs_body or self.message_copy is None:
+        if not self.session.needs_body or self.message_copy is None:
             return int(Milter.SKIP if self._protocol & Milter.P_SKIP else Milter.CONTINUE)
         self.message_copy.body(chunk)
         return int(Milter.CONTINUE)
@@ -260,33 +247,24 @@ class SPFMilter(Milter.Base):  # type: ignore[misc]  # pymilter has no type hint
 
     @guarded
     def eom(self) -> int:
-        txn = self._transaction()  # no RCPT reached us (e.g. milter added late): decide now
-        self._evaluate(txn)
-        if txn.via_relay and txn.plan is None:  # an MTA that would not send end of headers
-            self._end_of_headers(txn)
         message = self.message_copy.bytes() if self.message_copy is not None else None
-        verdict = txn.end_of_message(self.runtime.dkim, self.runtime.org_domain, message)
-        if verdict is not None:
-            self._log(txn, verdict, ", ".join(txn.recipients))
-            metrics.record_verdict(verdict)
-            if verdict.action is not Action.ACCEPT:
-                self.txn = self.message_copy = None
-                return self._refuse(verdict)
-        for name, index in txn.forged.removals():
+        self.message_copy = None
+        # macro i names a message MAIL FROM did not name (and its forged-header lines)
+        end = self.session.end_of_message(message, queue_id=self._macro("i"), **self._where())
+        if end.refusal is not None:
+            return self._refuse(end.refusal)
+        for name, index in end.removals:
             self.chgheader(name, index, "")
-            metrics.FORGED.inc()
-            log.info("%s", kv(action="removed-forged-header", header=name, index=index,
-                                queue_id=txn.queue_id or self._macro("i") or None))
         # With SMFIP_HDR_LEADSPC negotiated (DKIM_Rescue) the MTA writes "Name:" and
         # the value as given, so the space after the colon is ours to send.
         lead = " " if self._protocol & Milter.P_HDR_LEADSPC else ""
-        for name, value in reversed(txn.result_headers()):
+        for name, value in reversed(end.headers):
             self.addheader(name, lead + value, 0)
-        self.txn = self.message_copy = None
         return int(Milter.ACCEPT)
 
     def abort(self) -> int:
-        self.txn = self.message_copy = None
+        self.session.abort()
+        self.message_copy = None
         return int(Milter.CONTINUE)
 
     def close(self) -> int:

@@ -3,11 +3,11 @@
 Why a second front end: most Postfix sites check SPF as a policy service
 (python policyd-spf, postfix-policyd-spf-perl), where the check sits at a
 chosen place in smtpd_recipient_restrictions.  This adapter gives them the
-milter's engine -- the same Transaction, decision, headers, resolver, log
-line and metrics -- behind Postfix's protocol: ``name=value`` lines, an empty
+milter's engine -- the same session (``spfmilter.engine``), decision, headers,
+resolver, log line and metrics -- behind Postfix's protocol: ``name=value`` lines, an empty
 line ends a request, one ``action=...`` line and an empty line answer it.
 
-Translation only, no policy: the verdict of ``Transaction.rcpt`` becomes
+Translation only, no policy: the verdict of ``Session.rcpt`` becomes
 
 * REJECT -> ``550 5.7.23 <text>`` (the milter's reply: code, status, text);
 * DEFER  -> ``DEFER_IF_PERMIT <status> <text>``;
@@ -29,8 +29,6 @@ workers (a listener the supervisor opened before forking).
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 import os
 import select
 import socket
@@ -39,13 +37,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from spfmilter import log as logmod
-from spfmilter import metrics, runtime
+from spfmilter import engine, metrics, runtime
 from spfmilter.config import Settings
-from spfmilter.core.addresses import client_address
 from spfmilter.core.headers import AUTH_RESULTS, RECEIVED_SPF, clean
-from spfmilter.core.policy import HeaderType, Policy
-from spfmilter.core.transaction import Connection, Transaction
+from spfmilter.core.policy import HeaderType
+from spfmilter.core.transaction import Transaction
 from spfmilter.core.values import Action, Verdict
 from spfmilter.frontends import listener
 from spfmilter.frontends.inflight import InFlight
@@ -65,39 +61,33 @@ _INCOMPLETE = "DEFER_IF_PERMIT 4.3.0 spfmilter: policy request without {}"
 _INTERNAL = "DEFER_IF_PERMIT 4.3.0 spfmilter: internal error, try again later"
 
 
-@functools.lru_cache(maxsize=4)
-def _without_the_message(policy: Policy) -> Policy:
-    """The policy as the policy service applies it: it never sees the message,
-    so what needs it -- DKIM_Rescue (a held refusal would be lost) and
-    Trusted_Relays (the hop is in the Received headers) -- is off."""
-    if not (policy.dkim_rescue or policy.trusted_relays):
-        return policy
-    return dataclasses.replace(policy, dkim_rescue=False, trusted_relays=())
-
-
 class Session:
     """One policy client (a Postfix smtpd process, or the stdin of ``spfmilter policy``).
 
     The runtime is taken for each new message, so a reload applies to the
     next message of a long-lived policy connection (Postfix keeps one for up
-    to 1000 s).
+    to 1000 s); each message is an engine session of its own, which never sees
+    the message (DKIM_Rescue and Trusted_Relays off).
     """
 
     def __init__(self, via: str = "policy") -> None:
         self.via = via
-        self.txn: Transaction | None = None
+        self.session: engine.Session | None = None
         self.key: tuple[str, ...] | None = None
         self.prepended = False
         self._runtime: runtime.Runtime | None = None
+
+    @property
+    def txn(self) -> Transaction | None:
+        return self.session.txn if self.session is not None else None
 
     def answer(self, attrs: dict[str, str]) -> str:
         """The action for one complete request; never raises."""
         try:
             return self._answer(attrs)
         except Exception as exc:
-            metrics.ERRORS.inc()
-            log.error("%s", kv(action="tempfail", error=f"{type(exc).__name__}: {exc}",
-                               callback="policy", queue_id=attrs.get("queue_id") or None))
+            _fault(self._runtime, "tempfail", f"{type(exc).__name__}: {exc}",
+                   callback="policy", queue_id=attrs.get("queue_id") or None)
             log.debug("traceback", exc_info=True)
             return _INTERNAL
 
@@ -113,35 +103,24 @@ class Session:
             if name not in attrs:
                 log.info("%s", kv(action="bad-input", error=f"no {name}", via=self.via))
                 return _INCOMPLETE.format(name)
-        # the milter's definition: an IPv4-mapped address is IPv4, and "unknown" (or
-        # anything else that is no IP address) is no address, reported as such
-        client = client_address(attrs["client_address"])
-        txn = self._transaction(attrs, client)
-        assert self._runtime is not None
-        if txn.plan is None:
-            txn.evaluate(self._runtime.spf)
-            metrics.record_evaluation(txn)
-        recipient = attrs.get("recipient", "")
-        verdict = txn.rcpt(recipient)
-        logmod.decision(txn, verdict, recipient, log_queue_id=self._runtime.settings.log_queue_id,
-                        via=self.via)
-        metrics.record_verdict(verdict)
-        return self._translate(txn, verdict)
+        session = self._session(attrs)
+        verdict = session.rcpt(attrs.get("recipient", ""), via=self.via)
+        assert session.txn is not None
+        return self._translate(session.txn, verdict)
 
-    def _transaction(self, attrs: dict[str, str], client: str) -> Transaction:
-        """The message's transaction: the same for every recipient of one ``instance``."""
-        key = (attrs.get("instance", ""), client, attrs.get("helo_name", ""), attrs["sender"],
-               attrs.get("sasl_username", ""))
-        if self.txn is None or not key[0] or key != self.key:
+    def _session(self, attrs: dict[str, str]) -> engine.Session:
+        """The message's session: the same for every recipient of one ``instance``."""
+        key = (attrs.get("instance", ""), attrs["client_address"], attrs.get("helo_name", ""),
+               attrs["sender"], attrs.get("sasl_username", ""))
+        if self.session is None or not key[0] or key != self.key:
             self._runtime = runtime.current()
-            connection = Connection(client)
-            connection.hello(attrs.get("helo_name", ""))
-            self.txn = Transaction(connection, _without_the_message(self._runtime.settings.policy),
-                                   attrs["sender"],
-                                   auth_user=attrs.get("sasl_username", ""),
-                                   queue_id=attrs.get("queue_id", ""))
+            self.session = session = self._runtime.engine.session(sees_message=False)
+            session.connect(attrs["client_address"])  # "unknown" is no address, as in the milter
+            session.hello(attrs.get("helo_name", ""))
+            session.mail(attrs["sender"], auth_user=attrs.get("sasl_username", ""),
+                         queue_id=attrs.get("queue_id", ""))
             self.key, self.prepended = key, False
-        return self.txn
+        return self.session
 
     def _translate(self, txn: Transaction, verdict: Verdict) -> str:
         if verdict.action is not Action.ACCEPT:
@@ -165,6 +144,15 @@ class Session:
             return DUNNO
         self.prepended = True
         return f"PREPEND {header[0]}: {header[1]}"
+
+
+def _fault(current: runtime.Runtime | None, action: str, error: str, **fields: object) -> None:
+    """A fault answered for, reported by the engine (counted and logged)."""
+    current = current or runtime.current_or_none()
+    if current is not None:
+        current.engine.fault(action, error, **fields)
+    else:  # nothing installed to report through: the line at least
+        log.error("%s", kv(action=action, error=error, **fields))
 
 
 def result_header(txn: Transaction) -> tuple[str, str] | None:
@@ -305,7 +293,7 @@ def serve_stdio(settings: Settings, stdin: int = 0, stdout: int = 1) -> int:
 
 # --- Policy_Socket: served by every daemon worker --------------------------------------------
 
-connections = InFlight(limit=MAX_CONNECTIONS, gauge=metrics.CONNECTIONS)
+connections = InFlight(limit=MAX_CONNECTIONS, moved=metrics.connections_moved)
 
 
 class PolicyService:
@@ -414,8 +402,7 @@ def _serve_connection(conn: socket.socket, stopping: threading.Event) -> None:
         log.info("%s", kv(action="policy-close", reason="client went away",
                           error=exc.strerror or str(exc)))
     except Exception as exc:  # never let a connection's fault reach the worker
-        metrics.ERRORS.inc()
-        log.error("%s", kv(action="policy-close", error=f"{type(exc).__name__}: {exc}"))
+        _fault(runtime.current_or_none(), "policy-close", f"{type(exc).__name__}: {exc}")
     finally:
         conn.close()
         connections.closed()

@@ -1,4 +1,6 @@
-"""Imports flow one way: cli -> daemon -> front ends -> runtime -> config -> checks/resolver -> core.
+"""Imports flow one way: cli -> daemon -> front ends -> runtime -> engine -> core (the runtime
+also builds the checkers, from config, checks and resolver, and wires log and metrics to the
+engine as its observers).
 
 Read from the source (ast), so a shortcut across layers fails here, with the
 module and the import that breaks the rule (docs/design.md explains the layers).
@@ -21,10 +23,14 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "spfmilter.checks": ("spfmilter.core", "spfmilter.resolver"),
     "spfmilter.log": ("spfmilter.core",),
     "spfmilter.metrics": ("spfmilter.core",),
-    "spfmilter.runtime": ("spfmilter.config", "spfmilter.checks", "spfmilter.resolver"),
+    # the steps around a decision; its checkers and observers are handed in
+    "spfmilter.engine": ("spfmilter.core",),
+    "spfmilter.runtime": ("spfmilter.config", "spfmilter.checks", "spfmilter.resolver",
+                          "spfmilter.engine", "spfmilter.log", "spfmilter.metrics"),
     "spfmilter.frontends": ("spfmilter.core", "spfmilter.config", "spfmilter.checks",
-                            "spfmilter.resolver", "spfmilter.runtime", "spfmilter.log",
-                            "spfmilter.metrics", "spfmilter.frontends", "spfmilter.endpoint"),
+                            "spfmilter.resolver", "spfmilter.runtime", "spfmilter.engine",
+                            "spfmilter.log", "spfmilter.metrics", "spfmilter.frontends",
+                            "spfmilter.endpoint"),
     "spfmilter.doctor": ("spfmilter.config", "spfmilter.resolver", "spfmilter.milter_protocol",
                          "spfmilter.endpoint", "spfmilter.frontends", "spfmilter.log",
                          "spfmilter.doctor"),   # its facts, rules and driver

@@ -9,7 +9,7 @@ import tempfile
 import pytest
 
 from spfmilter import config as cfg
-from spfmilter import metrics, runtime
+from spfmilter import engine, metrics, runtime
 from spfmilter.frontends import policy
 
 
@@ -178,7 +178,7 @@ def test_a_fault_in_the_engine_is_a_tempfail_not_a_crash(use, monkeypatch):
     def boom(*a, **k):
         raise RuntimeError("resolver exploded")
 
-    monkeypatch.setattr(policy.Session, "_transaction", boom)
+    monkeypatch.setattr(engine.Session, "rcpt", boom)
     assert s.answer(req()) == "DEFER_IF_PERMIT 4.3.0 spfmilter: internal error, try again later"
 
 
