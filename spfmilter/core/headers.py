@@ -9,14 +9,17 @@ add a header of its own, or smuggle a second ``receiver=`` or ``spf=`` clause.
 Headers are rendered from the results as they stand at end of message, not
 fixed when the first recipient is accepted: a result known only then (a DKIM
 verification) is reported in the same Authentication-Results field.
+
+Authentication-Results is written here, with the standard library, in the form
+the ``authres`` package writes (``_ar_value``, ``_ar_clause``; the unit tests
+compare them with authres over generated input, and parse every value with
+it): the core imports nothing outside it and the standard library.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-
-import authres
 
 from spfmilter.core.addresses import domain_of, is_domain
 from spfmilter.core.policy import HeaderType, Policy
@@ -140,7 +143,7 @@ def _pvalue_domain(name: str) -> str:
     if value.endswith(".") and not value.endswith("..") and len(value) > 1:
         value = value[:-1]  # an absolute name; the pvalue grammar has no trailing dot
     ace = _ascii_domain(value)
-    return ace if ace is not None else _for_authres(_ascii(value))
+    return ace if ace is not None else _quote_at(_ascii(value))
 
 
 def _mailfrom_pvalue(sender: str) -> str:
@@ -148,13 +151,36 @@ def _mailfrom_pvalue(sender: str) -> str:
     domain = domain_of(sender)
     if domain:
         return _pvalue_domain(domain)
-    return _for_authres(_ascii(clean(sender))) if sender else "<>"
+    return _quote_at(_ascii(clean(sender))) if sender else "<>"
 
 
-def _for_authres(value: str) -> str:
-    """A pvalue authres writes correctly: authres writes any value containing '@'
-    verbatim and quotes other non-tokens itself, so quote only the former."""
+def _quote_at(value: str) -> str:
+    """A pvalue ``_ar_value`` writes correctly: it writes any value containing '@'
+    verbatim (a local-part@domain) and quotes other non-tokens itself, so quote only
+    the former."""
     return quote(value) if "@" in value else value
+
+
+_TOKEN = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`{|}~-]+$")   # RFC 2045 token, matched as authres does
+_QUOTED_SPECIALS = re.compile(r'(["\\])')
+
+
+def _ar_value(value: str) -> str:
+    """An RFC 8601 value as authres writes it: verbatim when it contains '@' or is a
+    token, else a quoted-string."""
+    if "@" in value or _TOKEN.match(value):
+        return value
+    return '"' + _QUOTED_SPECIALS.sub(r"\\\1", value) + '"'
+
+
+def _ar_clause(method: str, result: str, comment: str | None,
+               properties: Sequence[tuple[str, str | None]]) -> str:
+    """One resinfo as authres writes it: ``method=result (comment) ptype.property=value``;
+    properties without a value are left out."""
+    text = f"{method.lower()}={result.lower()}"
+    if comment:
+        text += f" ({comment})"
+    return text + "".join(f" {name}={_ar_value(value)}" for name, value in properties if value)
 
 
 def _comment_text(text: str) -> str:
@@ -162,31 +188,28 @@ def _comment_text(text: str) -> str:
     return clean(text, 200).replace("(", "[").replace(")", "]").replace("\\", "/")
 
 
-def _clause(res: SPFResult | DKIMResult, helo: str) -> authres.AuthenticationResult:
+def _clause(res: SPFResult | DKIMResult, helo: str) -> str:
     if isinstance(res, DKIMResult):
-        return authres.DKIMAuthenticationResult(
-            result=res.result, header_d=_pvalue_domain(res.domain),
-            header_s=_for_authres(_ascii(clean(res.selector, 63))) or None)
+        return _ar_clause("dkim", res.result, None, [
+            ("header.d", _pvalue_domain(res.domain)),
+            ("header.s", _quote_at(_ascii(clean(res.selector, 63))))])
     everything = (f"record authorizes every address: {res.authorizes_all}"
                   if res.authorizes_all and res.result in ("pass", "neutral") else None)
     if res.identity == "mailfrom":
         comment = f"best guess record gives {res.best_guess}" if res.best_guess else res.note
         comment = everything or comment
-        return authres.SPFAuthenticationResult(
-            result=res.result, smtp_mailfrom=_mailfrom_pvalue(res.sender),
-            result_comment=_comment_text(comment) if comment else None)
-    return authres.SPFAuthenticationResult(
-        result=res.result, smtp_helo=_pvalue_domain(helo),
-        result_comment=_comment_text(everything) if everything else None)
+        return _ar_clause("spf", res.result, _comment_text(comment) if comment else None,
+                          [("smtp.mailfrom", _mailfrom_pvalue(res.sender))])
+    return _ar_clause("spf", res.result, _comment_text(everything) if everything else None,
+                      [("smtp.helo", _pvalue_domain(helo))])
 
 
 def authentication_results(authserv_id: str, results: Sequence[SPFResult | DKIMResult], *,
                            helo: str) -> str:
     """The Authentication-Results value (without the field name), one clause per
-    result in the order given, built by authres."""
-    header = authres.AuthenticationResultsHeader(
-        authserv_id=authserv_id, results=[_clause(r, helo) for r in results])
-    return str(header.header_value())
+    result in the order given (``none`` when there is none, as RFC 8601 writes it)."""
+    clauses = [_clause(r, helo) for r in results] or ["none"]
+    return authserv_id.lower() + "".join(f"; {c}" for c in clauses)
 
 
 def result_headers(facts: Facts, helo: SPFResult | None, mailfrom: SPFResult | None,

@@ -1,4 +1,5 @@
-"""The core is pure: importing it pulls in no libmilter, pyspf, dnspython or socket code."""
+"""The core is pure: importing it pulls in no libmilter, pyspf, dnspython, authres or socket
+code (the standard library only)."""
 
 import pkgutil
 import subprocess
@@ -7,7 +8,7 @@ import sys
 import spfmilter.core
 from tests.kit import ROOT
 
-FORBIDDEN = {"spf", "Milter", "milter", "dns", "socket", "prometheus_client"}
+FORBIDDEN = {"spf", "Milter", "milter", "dns", "socket", "prometheus_client", "authres", "dkim"}
 
 
 def _imports_in_fresh_interpreter(code: str) -> subprocess.CompletedProcess[str]:
@@ -44,5 +45,19 @@ def test_the_core_loads_nothing_of_spfmilter_outside_it():
         f"for m in {modules!r}: importlib.import_module(m)\n"
         "print(sorted(n for n in sys.modules if n.startswith('spfmilter.')"
         " and not n.startswith('spfmilter.core')))\n")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "[]"
+
+
+def test_the_core_loads_only_the_standard_library():
+    """Beyond the named adapters: no third-party package at all (authres included)."""
+    modules = [f"spfmilter.core.{m.name}" for m in pkgutil.iter_modules(spfmilter.core.__path__)]
+    res = _imports_in_fresh_interpreter(
+        "import importlib, sys\n"
+        f"for m in {modules!r}: importlib.import_module(m)\n"
+        "tops = {n.split('.')[0] for n in sys.modules}\n"
+        "tops -= set(sys.stdlib_module_names) | {'spfmilter', '__main__'}\n"
+        # what the interpreter loads before any import of ours (site's path hooks)
+        "print(sorted(t for t in tops if not t.startswith(('_distutils_hack', '__editable__'))))\n")
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "[]"
