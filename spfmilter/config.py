@@ -8,21 +8,21 @@ only the daemon and the front ends read).
 Key names follow python policyd-spf / pyspf-milter where the concept is the same,
 so that their users can point spfmilter at the files they already have.  Every
 mistake is reported as one ``ConfigError`` line naming file, line and key; the
-daemon prints that line and exits instead of starting with a guess.
+daemon prints that line and exits instead of starting with a guess.  What each
+key's value may be is ``config_values``; this module is the file's structure:
+the key table, ``[recipient ...]`` sections and Settings.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import enum
-import ipaddress
 import re
-import string
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from spfmilter.core.addresses import IPNetwork, is_domain, recipient_pattern
+from spfmilter import config_values as v
+from spfmilter.config_values import parse_policy_socket
 from spfmilter.core.policy import (
     DEFAULT_REASON,
     DEFAULT_URL,
@@ -35,7 +35,6 @@ from spfmilter.core.policy import (
     Policy,
     RecipientPolicy,
     UnreadableHop,
-    gethostname,
 )
 from spfmilter.endpoint import Endpoint
 
@@ -98,278 +97,50 @@ class Settings:
         return dataclasses.replace(self, policy=policy, **changes)  # type: ignore[arg-type]
 
 
-# --- value parsers: each takes the raw text and returns the typed value or raises
-#     ValueError with a message meant for the administrator.
-
-_TRUE = {"true", "yes", "on", "1"}
-_FALSE = {"false", "no", "off", "0"}
-
-
-def _bool(text: str) -> bool:
-    low = text.strip().lower()
-    if low in _TRUE:
-        return True
-    if low in _FALSE:
-        return False
-    raise ValueError(f"expected True or False, got {text!r}")
-
-
-def _enum(kind: type[enum.Enum]) -> Callable[[str], enum.Enum]:
-    by_lower = {m.value.lower(): m for m in kind}
-
-    def parse(text: str) -> enum.Enum:
-        try:
-            return by_lower[text.strip().lower()]
-        except KeyError:
-            allowed = " | ".join(m.value for m in kind)
-            raise ValueError(f"expected one of {allowed}, got {text!r}") from None
-    return parse
-
-
-def _items(text: str) -> list[str]:
-    return [t for t in re.split(r"[,\s]+", text.strip()) if t]
-
-
-def _networks(text: str) -> tuple[IPNetwork, ...]:
-    nets = []
-    for item in _items(text):
-        try:
-            nets.append(ipaddress.ip_network(item, strict=False))
-        except ValueError:
-            raise ValueError(f"{item!r} is not an IP address or CIDR network") from None
-    return tuple(nets)
-
-
-def _domains(text: str) -> tuple[str, ...]:
-    out = []
-    for item in _items(text):
-        name = item.rstrip(".").lower()
-        if not is_domain(name):
-            raise ValueError(f"{item!r} is not a domain name")
-        out.append(name)
-    return tuple(out)
-
-
-def _recipients(text: str) -> tuple[str, ...]:
-    return tuple(recipient_pattern(item) for item in _items(text))
-
-
-def _hostname(text: str) -> str:
-    name = text.strip().rstrip(".").lower()
-    if not is_domain(name):
-        raise ValueError(f"{text!r} is not a host name")
-    return name
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise ValueError(f"expected a number of seconds, got {text!r}") from None
-    if not 0 < value <= 3600:
-        raise ValueError(f"expected seconds between 0 and 3600, got {text!r}")
-    return value
-
-
-MAX_WORKERS = 256
-
-
-def _workers(text: str) -> int:
-    # "auto" is kept as 0 and resolved where the workers start (the daemon),
-    # so a config file means the same on every host it is copied to.
-    if text.strip().lower() == "auto":
-        return 0
-    try:
-        value = int(text)
-    except ValueError:
-        raise ValueError(f"expected a number of processes or auto, got {text!r}") from None
-    if not 1 <= value <= MAX_WORKERS:
-        raise ValueError(f"expected 1 to {MAX_WORKERS} processes or auto, got {text!r}")
-    return value
-
-
-def _nonneg_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise ValueError(f"expected a whole number, got {text!r}") from None
-    if value < 0:
-        raise ValueError(f"expected a whole number >= 0, got {text!r}")
-    return value
-
-
-def _byte_count(text: str) -> int:
-    value = _nonneg_int(text)
-    if not 64 * 1024 <= value <= 1024 ** 3:
-        raise ValueError(f"expected bytes between 65536 and 1073741824, got {text!r}")
-    return value
-
-
-def _umask(text: str) -> int:
-    try:
-        value = int(text.strip(), 8)
-    except ValueError:
-        raise ValueError(f"expected an octal mask such as 007, got {text!r}") from None
-    if not 0 <= value <= 0o777:
-        raise ValueError(f"expected an octal mask between 000 and 777, got {text!r}")
-    return value
-
-
-def parse_policy_socket(text: str) -> Endpoint | None:
-    """Policy_Socket: empty (off), ``unix:/path`` or ``inet:PORT@HOST``, as for Socket."""
-    return Endpoint.parse(text) if text.strip() else None
-
-
-_RESTRICTION = re.compile(r"^[A-Za-z0-9_.-]+$")
-
-
-def _restriction(text: str) -> str:
-    """A Postfix restriction class name (smtpd_restriction_classes), as policyd-spf takes."""
-    value = text.strip()
-    if value and not _RESTRICTION.match(value):
-        raise ValueError(f"expected the name of a Postfix restriction class (one word), got {text!r}")
-    return value
-
-
-def _nameservers(text: str) -> tuple[tuple[str, int], ...]:
-    out = []
-    for item in _items(text):
-        host, port = item, 53
-        m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\](?::(\d+))?", item)
-        if m:
-            host, port = m.group(1), int(m.group(2) or 53)
-        elif item.count(":") == 1:
-            host, _, p = item.partition(":")
-            if not p.isdigit():
-                raise ValueError(f"bad port in {item!r}")
-            port = int(p)
-        try:
-            ipaddress.ip_address(host)
-        except ValueError:
-            raise ValueError(f"{item!r} is not IP[:port] (IPv6 with a port: [addr]:port)") from None
-        if not 0 < port < 65536:
-            raise ValueError(f"bad port in {item!r}")
-        out.append((host, port))
-    return tuple(out)
-
-
-def _reason(text: str) -> str:
-    try:
-        fields = {f for _, f, _, _ in string.Formatter().parse(text) if f is not None}
-    except ValueError as exc:
-        raise ValueError(f"bad template: {exc}") from None
-    unknown = fields - REASON_FIELDS
-    if unknown:
-        raise ValueError(f"unknown placeholder {{{sorted(unknown)[0]}}}; known: "
-                         + ", ".join("{%s}" % f for f in sorted(REASON_FIELDS)))
-    return text
-
-
-def _authserv_id(text: str) -> str:
-    # policyd-spf's placeholders for "this host's name"
-    if text.strip().upper() in ("HOSTNAME", "HEADER"):
-        return gethostname()
-    return _hostname(text)
-
-
-def _reason_url(text: str) -> str:
-    try:
-        text.format("mfrom", "user@example.com", "192.0.2.1", "mx.example")
-    except (IndexError, KeyError, ValueError) as exc:
-        raise ValueError(f"bad template ({exc}); use {{0}} identity, {{1}} sender, "
-                         "{2} ip, {3} receiver") from None
-    return text.strip()
-
-
-def _host_port(text: str) -> tuple[str, int] | None:
-    value = text.strip()
-    if value.lower() in ("", "off", "none", "false", "no"):
-        return None
-    m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d+)|([^:\s]+):(\d+)", value)
-    if not m:
-        raise ValueError(f"expected HOST:PORT (e.g. 127.0.0.1:9095) or off, got {text!r}")
-    host = m.group(1) or m.group(3)
-    port = int(m.group(2) or m.group(4))
-    if not 0 < port < 65536:
-        raise ValueError(f"bad port in {text!r}")
-    return host, port
-
-
-_MECHANISM = re.compile(r"^[-+?~]?(all|include:\S+|a(:\S+)?(/\d+)?(//\d+)?|mx(:\S+)?(/\d+)?(//\d+)?|"
-                        r"ptr(:\S+)?|ip4:[0-9./]+|ip6:[0-9A-Fa-f:./]+|exists:\S+)$", re.I)
-
-
-def _mechanisms(text: str) -> str:
-    terms = text.split()
-    for term in terms:
-        if not _MECHANISM.match(term):
-            raise ValueError(f"{term!r} is not an SPF mechanism")
-    return " ".join(terms)
-
-
-def _record(text: str) -> str:
-    value = text.strip()
-    if not value:
-        return ""
-    if not value.lower().startswith("v=spf1"):
-        raise ValueError(f"expected an SPF record starting with v=spf1, got {text!r}")
-    _mechanisms(value[6:])
-    return value
-
-
-def _optional_text(text: str) -> str | None:
-    return text.strip() or None
-
-
-def _never_refuse(text: str) -> bool:
-    # policyd-spf: TestOnly = 1 is normal operation, 0 means "never reject".
-    return not _bool(text)
-
-
 # key (lower case) -> (canonical key as documented, Policy or Settings field, parser)
 _KEYS: dict[str, tuple[str, str, Callable[[str], object]]] = {
     k.lower(): (k, f, p) for k, f, p in [
         ("Socket", "socket", Endpoint.parse),
-        ("HELO_reject", "helo_reject", _enum(HeloPolicy)),
-        ("Mail_From_reject", "mail_from_reject", _enum(MailFromPolicy)),
-        ("PermError_reject", "permerror_reject", _bool),
-        ("TempError_Defer", "temperror_defer", _bool),
-        ("TestOnly", "never_refuse", _never_refuse),
-        ("skip_addresses", "skip_addresses", _networks),
-        ("Whitelist", "whitelist", _networks),
-        ("Domain_Whitelist", "domain_whitelist", _domains),
-        ("HELO_Whitelist", "helo_whitelist", _domains),
-        ("Exempt_Recipients", "exempt_recipients", _recipients),
-        ("Header_Type", "header_type", _enum(HeaderType)),
-        ("Authserv_Id", "authserv_id", _authserv_id),
-        ("Hide_Receiver", "hide_receiver", _bool),
-        ("Lookup_Time", "lookup_time", _positive_float),
-        ("Void_Limit", "void_limit", _nonneg_int),
-        ("Reason_Message", "reason_message", _reason),
-        ("Nameservers", "nameservers", _nameservers),
-        ("UserID", "user_id", _optional_text),
-        ("PidFile", "pid_file", _optional_text),
-        ("UMask", "umask", _umask),
-        ("debugLevel", "debug_level", _nonneg_int),
-        ("InternalHosts", "internal_hosts", _networks),
-        ("Reject_Not_Pass_Domains", "reject_not_pass_domains", _domains),
-        ("SPF_Enhanced_Status_Codes", "enhanced_status_codes", _bool),
-        ("Whitelist_Lookup_Time", "whitelist_lookup_time", _positive_float),
-        ("Reason_URL", "reason_url", _reason_url),
-        ("QueueID", "log_queue_id", _bool),
-        ("Local_Rules", "local_rules", _mechanisms),
-        ("Best_Guess", "best_guess", _record),
-        ("Pass_All_Records", "pass_all_records", _enum(PassAllPolicy)),
-        ("Metrics", "metrics", _host_port),
-        ("DKIM_Rescue", "dkim_rescue", _bool),
-        ("DKIM_Max_Bytes", "dkim_max_bytes", _byte_count),
-        ("Trusted_Relays", "trusted_relays", _networks),
-        ("Trusted_Relays_Unreadable", "trusted_relays_unreadable", _enum(UnreadableHop)),
+        ("HELO_reject", "helo_reject", v.enum_of(HeloPolicy)),
+        ("Mail_From_reject", "mail_from_reject", v.enum_of(MailFromPolicy)),
+        ("PermError_reject", "permerror_reject", v.boolean),
+        ("TempError_Defer", "temperror_defer", v.boolean),
+        ("TestOnly", "never_refuse", v.never_refuse),
+        ("skip_addresses", "skip_addresses", v.networks),
+        ("Whitelist", "whitelist", v.networks),
+        ("Domain_Whitelist", "domain_whitelist", v.domains),
+        ("HELO_Whitelist", "helo_whitelist", v.domains),
+        ("Exempt_Recipients", "exempt_recipients", v.recipients),
+        ("Header_Type", "header_type", v.enum_of(HeaderType)),
+        ("Authserv_Id", "authserv_id", v.authserv_id),
+        ("Hide_Receiver", "hide_receiver", v.boolean),
+        ("Lookup_Time", "lookup_time", v.positive_float),
+        ("Void_Limit", "void_limit", v.nonneg_int),
+        ("Reason_Message", "reason_message", v.reason),
+        ("Nameservers", "nameservers", v.nameservers),
+        ("UserID", "user_id", v.optional_text),
+        ("PidFile", "pid_file", v.optional_text),
+        ("UMask", "umask", v.umask),
+        ("debugLevel", "debug_level", v.nonneg_int),
+        ("InternalHosts", "internal_hosts", v.networks),
+        ("Reject_Not_Pass_Domains", "reject_not_pass_domains", v.domains),
+        ("SPF_Enhanced_Status_Codes", "enhanced_status_codes", v.boolean),
+        ("Whitelist_Lookup_Time", "whitelist_lookup_time", v.positive_float),
+        ("Reason_URL", "reason_url", v.reason_url),
+        ("QueueID", "log_queue_id", v.boolean),
+        ("Local_Rules", "local_rules", v.mechanisms),
+        ("Best_Guess", "best_guess", v.record),
+        ("Pass_All_Records", "pass_all_records", v.enum_of(PassAllPolicy)),
+        ("Metrics", "metrics", v.host_port),
+        ("DKIM_Rescue", "dkim_rescue", v.boolean),
+        ("DKIM_Max_Bytes", "dkim_max_bytes", v.byte_count),
+        ("Trusted_Relays", "trusted_relays", v.networks),
+        ("Trusted_Relays_Unreadable", "trusted_relays_unreadable", v.enum_of(UnreadableHop)),
         ("Policy_Socket", "policy_socket", parse_policy_socket),
-        ("Policy_Idle_Timeout", "policy_idle_timeout", _positive_float),
-        ("HELO_pass_restriction", "helo_pass_restriction", _restriction),
-        ("Mail_From_pass_restriction", "mail_from_pass_restriction", _restriction),
-        ("Workers", "workers", _workers),
+        ("Policy_Idle_Timeout", "policy_idle_timeout", v.positive_float),
+        ("HELO_pass_restriction", "helo_pass_restriction", v.restriction),
+        ("Mail_From_pass_restriction", "mail_from_pass_restriction", v.restriction),
+        ("Workers", "workers", v.workers),
     ]
 }
 
@@ -418,7 +189,7 @@ def parse_text(text: str, path: str = "<string>") -> Settings:
                 raise ConfigError("expected a section '[recipient user@domain|user@|@domain]'",
                                   path, number)
             try:
-                pattern = _recipients(m.group(1))[0]
+                pattern = v.recipients(m.group(1))[0]
             except ValueError as exc:
                 raise ConfigError(str(exc), path, number, "[recipient]") from None
             section, section_seen = {}, {}

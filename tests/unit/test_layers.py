@@ -18,7 +18,8 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "spfmilter.milter_protocol": (),
     "spfmilter.core": ("spfmilter.core",),   # the domain model: it names its own words
     "spfmilter.endpoint": ("spfmilter.core.addresses",),
-    "spfmilter.config": ("spfmilter.core", "spfmilter.endpoint"),
+    "spfmilter.config": ("spfmilter.core", "spfmilter.endpoint", "spfmilter.config_values"),
+    "spfmilter.config_values": ("spfmilter.core", "spfmilter.endpoint"),
     "spfmilter.resolver": (),
     "spfmilter.checks": ("spfmilter.core", "spfmilter.resolver"),
     "spfmilter.log": ("spfmilter.core",),

@@ -2,7 +2,7 @@
 
 import pytest
 
-from spfmilter.config import _networks
+from spfmilter.config_values import networks as _networks
 from spfmilter.core.addresses import (
     ascii_address,
     ascii_domain,

@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from spfmilter.config import _networks
+from spfmilter.config_values import networks as _networks
 from spfmilter.core.received import MAX_HOPS, MAX_LEN, Hop, Unreadable, client_behind, parse, read
 
 TRUSTED = _networks("10.0.0.0/8, 2001:db8:ffff::/48")
