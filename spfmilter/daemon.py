@@ -1,5 +1,9 @@
 """The daemon: a supervisor process that owns the listening socket, and its workers.
 
+(One module although long: the supervisor and its workers are the two ends of one
+fork, one control pipe and one signal plan -- what one side may do, such as never
+start a thread before a fork, is what the other relies on.)
+
 Why a supervisor: libmilter takes SIGHUP, SIGTERM and SIGINT for itself (a
 sigwait thread) and stops the milter on SIGHUP, so a process running
 libmilter cannot use SIGHUP to reload.  The supervisor (the pid the init

@@ -1,5 +1,9 @@
 """DNS: one dnspython resolver per process, with a TTL-respecting shared cache.
 
+(One module although long: the cache, the query on the wire and the Resolver are
+one lookup path with one deadline and one failure vocabulary (``TempFailure``);
+the parts are private helpers of ``Resolver``, which the rest of spfmilter uses.)
+
 pyspf's own dnspython driver builds no cache and ignores TTLs, so every
 transaction would pay every round trip again; here all connections share one
 scan-resistant cache that honours TTLs (and negative answers' SOA minimum).

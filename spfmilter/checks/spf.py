@@ -1,5 +1,9 @@
 """SPF evaluation: pyspf behind one checker, every lookup through spfmilter's Resolver.
 
+(One module although long: the pyspf subclass, the DNS hook and the scheduling of a
+message's identities share the one context variable that ties an evaluation to its
+resolver and budget; apart, each would reach into the others' private state.)
+
 pyspf looks names up through a module-level hook (``spf.DNSLookup``).
 ``install()`` points that hook, once at start-up, at a dispatcher that uses
 the Resolver of the evaluation in progress (a context variable), so a

@@ -1,4 +1,8 @@
-"""Postfix's SMTPD policy delegation protocol: the second thin front end over the core.
+"""Postfix's SMTPD policy delegation protocol: the second thin front end over the engine.
+
+(One module at about the limit: the request translation, the bounded framing loop
+and its two transports are one protocol whose limits -- sizes, timeouts, the stop
+flag -- each part enforces for the others.)
 
 Why a second front end: most Postfix sites check SPF as a policy service
 (python policyd-spf, postfix-policyd-spf-perl), where the check sits at a
