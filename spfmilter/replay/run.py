@@ -39,7 +39,8 @@ def enforcing(settings: Settings) -> Settings:
 
 def receivers(settings: Settings, names: list[str] | None) -> tuple[str, ...]:
     """The names the receiving MTA writes after ``by``."""
-    return tuple(names) if names else (settings.policy.authserv_id, gethostname())
+    chosen = names or [settings.policy.authserv_id, gethostname()]
+    return tuple(dict.fromkeys(n.rstrip(".").lower() for n in chosen if n))
 
 
 def _record(message: Message, **fields: Any) -> Record:
