@@ -116,10 +116,35 @@ def _blank(text: str, envelope: Iterable[str]) -> str:
     """``text`` with the envelope addresses, where the relays write them (``<address>``,
     Exim's ``for address``), replaced by spaces."""
     for address in sorted({a for a in envelope if a}, key=len, reverse=True):
+        if text.isascii() and address.isascii():
+            text = _blank_ascii(text, address)
+            continue
         where = re.escape(address)
         text = re.sub(rf"(?<=<){where}(?=>)|(?<=\bfor ){where}(?=;|\s|$)",
                       lambda m: " " * len(m.group()), text, flags=re.I)
     return text
+
+
+def _blank_ascii(text: str, address: str) -> str:
+    """_blank's regular expression for one address, by string search: an expression per
+    address would be compiled anew for nearly every message (one sender each)."""
+    lower, wanted = text.lower(), address.lower()
+    out, start, size = [], 0, len(wanted)
+    i = lower.find(wanted)
+    while i >= 0:
+        j = i + size
+        bracketed = i > 0 and text[i - 1] == "<" and j < len(text) and text[j] == ">"
+        after_for = lower[max(i - 4, 0):i] == "for " and \
+            (i == 4 or not (lower[i - 5].isalnum() or lower[i - 5] == "_")) and \
+            (j == len(text) or text[j] in "; ")
+        if bracketed or after_for:
+            out += [text[start:i], " " * size]
+            start = j
+            i = lower.find(wanted, j)
+        else:
+            i = lower.find(wanted, i + 1)
+    out.append(text[start:])
+    return "".join(out)
 
 
 # What is left of an envelope address the relay wrote after its comment and _blank did

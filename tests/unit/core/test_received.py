@@ -206,3 +206,17 @@ def test_only_rfc3848_protocols_are_authenticated():
     assert [Writer("m", p).authenticated for p in ("ESMTPA", "esmtpsa", "LMTPA", "ESMTP", "ESMTPS",
                                                    "Microsoft")] == [True, True, True, False,
                                                                      False, False]
+
+
+@settings(max_examples=500)
+@given(st.lists(st.sampled_from(["a@b", "A@B", "<", ">", " ", "for ", "FoR ", ";", "x", "_", "a",
+                                 "@b", "1"]), max_size=14).map("".join),
+       st.sampled_from(["a@b", "a@b>", "<a", "a", "for a@b", "a@b a@b"]))
+def test_the_string_search_blanks_exactly_what_the_expression_does(text, address):
+    import re
+
+    from spfmilter.core.received import _blank_ascii
+    where = re.escape(address)
+    expected = re.sub(rf"(?<=<){where}(?=>)|(?<=\bfor ){where}(?=;|\s|$)",
+                      lambda m: " " * len(m.group()), text, flags=re.I)
+    assert _blank_ascii(text, address) == expected
