@@ -79,7 +79,11 @@ def _reason(out: Outcome) -> str:
     if out.helo and out.helo.startswith("skipped"):
         return out.helo
     if out.held:
-        return out.held + (", rescued by DKIM" if out.rescued else ", not rescued")
+        if not out.rescued:
+            return out.held + ", not rescued"
+        signer = next((n.split()[1] for n in out.notes
+                       if n.startswith("DKIM d=") and n.endswith(": pass")), "")
+        return f"{out.held}, rescued by DKIM {signer}".rstrip()
     return "; ".join(n for n in out.notes if not n.startswith("DKIM "))
 
 
