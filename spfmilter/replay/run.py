@@ -89,7 +89,17 @@ def _reason(out: Outcome) -> str:
 
 def replay(settings: Settings, resolver: Resolver, names: tuple[str, ...],
            message: Message) -> Record:
-    """The record of one message: its arrival facts and what spfmilter would do."""
+    """The record of one message: its arrival facts and what spfmilter would do.  A fault
+    in reading one message is that message's record, never the end of the run."""
+    try:
+        return _replay(settings, resolver, names, message)
+    except Exception as exc:   # reported in the record, as the milter would tempfail
+        return _record(message, action="tempfail",
+                       reason=f"internal error: {type(exc).__name__}: {exc}")
+
+
+def _replay(settings: Settings, resolver: Resolver, names: tuple[str, ...],
+            message: Message) -> Record:
     if message.raw is None:
         return _record(message, reason="message larger than the replay limit")
     if message.note:

@@ -169,3 +169,31 @@ def test_receiver_names_decide_whose_header_is_read(tmp_path, conf):
     res = replay(conf, "--json", "--receiver", "mx1.test", "--receiver", "mx2.test", str(eml))
     record = json.loads(res.stdout.splitlines()[0])
     assert record["action"] == "accept" and record["client_ip"] == "192.0.2.1"
+
+
+def test_hostile_messages_each_get_a_record_and_never_end_the_run(tmp_path, conf):
+    good = ms.delivered(ms.simple(msgid="<ok@bank.test>"), [ms.postfix("192.0.2.1", "mail.bank.test")])
+    hostile = [
+        b"\x00\xff\xfe garbage without headers\n\n\x00",
+        ms.delivered(ms.simple(), [ms.postfix("192.0.2.1", "h\xe9\x00.test")]),
+        ms.delivered(ms.simple(), [ms.postfix("192.0.2.1", "mail.bank.test")],
+                     return_path="<a b@bank.test>"),
+        ms.delivered(ms.simple(), [ms.postfix("192.0.2.1", "x" * 100_000)]),
+        ms.delivered(ms.simple(), [ms.postfix("203.0.113.66", "x by mx.test (y [192.0.2.1])",
+                                              by="evil.test")]),
+        ms.delivered(ms.simple(body="From: nobody\r\n" * 5000), [ms.postfix("192.0.2.1", "h.test")],
+                     return_path="<" + "a" * 5000 + "@bank.test>"),
+        good,
+    ]
+    box = ms.write_mbox(tmp_path / "box", hostile)
+    res = replay(conf, "--json", "--jobs", "2", str(box))
+    assert res.returncode == 0, res.stderr
+    records = [json.loads(line) for line in res.stdout.splitlines()[:-1]]
+    assert len(records) == len(hostile)
+    assert [r["action"] == "not-replayable" for r in records[:5]] == [True, False, True, True, True]
+    # a HELO with a NUL and a non-ASCII letter is what the client sent: replayed as sent
+    assert records[1]["helo"] == "h\xe9\x00.test" and records[1]["client_ip"] == "192.0.2.1"
+    assert records[1]["action"] in ("accept", "reject") and records[1]["mailfrom_result"] == "pass"
+    assert "written by evil.test" in records[4]["reason"]
+    assert records[5]["action"] == "not-replayable"    # a Return-Path longer than any address
+    assert records[-1]["action"] == "accept" and records[-1]["message_id"] == "<ok@bank.test>"
