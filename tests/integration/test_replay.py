@@ -197,3 +197,16 @@ def test_hostile_messages_each_get_a_record_and_never_end_the_run(tmp_path, conf
     assert "written by evil.test" in records[4]["reason"]
     assert records[5]["action"] == "not-replayable"    # a Return-Path longer than any address
     assert records[-1]["action"] == "accept" and records[-1]["message_id"] == "<ok@bank.test>"
+
+
+def test_a_hop_through_a_trusted_relay_is_replayed_for_the_host_behind_it(tmp_path, conf):
+    chain = [ms.postfix("10.0.0.5", "relay.internal"),
+             ms.postfix("192.0.2.1", "mail.bank.test", by="relay.internal")]
+    eml = tmp_path / "relayed.eml"
+    eml.write_bytes(ms.delivered(ms.simple(), chain))
+    record = json.loads(replay(conf, "--json", str(eml)).stdout.splitlines()[0])
+    assert (record["client_ip"], record["action"]) == ("10.0.0.5", "reject")   # the relay itself
+    conf.write_text(conf.read_text() + "Trusted_Relays = 10.0.0.0/8\n")
+    record = json.loads(replay(conf, "--json", str(eml)).stdout.splitlines()[0])
+    assert (record["client_ip"], record["helo"], record["mailfrom_result"], record["action"]) == \
+        ("192.0.2.1", "mail.bank.test", "pass", "accept")
