@@ -99,8 +99,8 @@ def _file(path: str) -> Message:
 
 
 def read(path: str) -> Iterator[Message]:
-    """Every message at ``path``: a Maildir folder, an mbox file (gzip'd or not), or a
-    single message file.  Raises StoreError for a path that is none of these."""
+    """Every message at ``path``: a Maildir folder, an mbox file or a single message
+    file (either gzip'd or not).  Raises StoreError for a path that is none of these."""
     try:
         if os.path.isdir(path):
             if not all(os.path.isdir(os.path.join(path, s)) for s in ("cur", "new")):
@@ -109,7 +109,11 @@ def read(path: str) -> Iterator[Message]:
             return
         if _is_gzip(path):
             with gzip.open(path, "rb") as gz:
-                yield from _mbox(gz, path)
+                if gz.peek(5)[:5] == b"From ":
+                    yield from _mbox(gz, path)
+                else:                            # one message, gzip'd
+                    raw = gz.read(MAX_MESSAGE + 1)
+                    yield Message(path, raw if len(raw) <= MAX_MESSAGE else None)
             return
         with open(path, "rb") as fp:
             start = fp.read(5)

@@ -71,3 +71,9 @@ def test_an_oversized_message_is_flagged_not_held(tmp_path, monkeypatch):
     path = ms.write_mbox(tmp_path / "box", [big, MESSAGES[0]])
     got = list(stores.read(str(path)))
     assert [m.raw for m in got] == [None, _lf(MESSAGES[0])]
+
+
+def test_a_gzipped_single_message(tmp_path):
+    path = tmp_path / "one.eml.gz"
+    path.write_bytes(gzip.compress(MESSAGES[1]))
+    assert [(m.source, m.raw) for m in stores.read(str(path))] == [(str(path), MESSAGES[1])]
