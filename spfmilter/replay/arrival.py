@@ -105,7 +105,7 @@ def read(fields: Sequence[tuple[str, bytes]], receivers: Iterable[str],
     hops = [(i, _value(v)) for i, (n, v) in enumerate(fields) if n.lower() == "received"]
     if not hops:
         return NotReplayable("no Received header")
-    any_writer = False        # the header below a trusted relay's is the relay's own
+    any_writer = False        # True: the header is another site host's (a relay's), any name
     for count, (index, value) in enumerate(hops):
         if count >= received.MAX_HOPS:
             return NotReplayable(f"no arrival from outside in the first {received.MAX_HOPS} "
@@ -124,7 +124,8 @@ def read(fields: Sequence[tuple[str, bytes]], receivers: Iterable[str],
                                  "(see --receiver)")
         if isinstance(hop, received.Unreadable):
             if hop.local:
-                return NotReplayable("submitted on the receiving host itself (no SMTP client)")
+                return NotReplayable(f"submitted on {writer.name if writer else 'this site'} "
+                                     "itself (no SMTP client)")
             return NotReplayable(f"Received header {count + 1}: {hop.reason}")
         if in_networks(hop.client_ip, _LOOPBACK):
             continue              # a re-injection on loopback: the header below is the same host's

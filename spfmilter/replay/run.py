@@ -108,7 +108,8 @@ def _replay(settings: Settings, resolver: Resolver, names: tuple[str, ...],
     mid = next((v.decode("utf-8", "replace").strip()[:998] for n, v in fields
                 if n.lower() == "message-id"), None)
     policy = settings.policy
-    found = arrival.read(fields, names, policy.skip_addresses, policy.trusted_relays)
+    found = arrival.read(fields, names, (*policy.skip_addresses, *policy.internal_hosts),
+                         policy.trusted_relays)
     if isinstance(found, arrival.NotReplayable):
         return _record(message, message_id=mid, reason=found.reason)
     rcpts = list(found.recipients) or [DEFAULT_RECIPIENT]
