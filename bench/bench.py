@@ -39,12 +39,13 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench import documents, loadgen, policy_bench, zones
+from bench import documents, loadgen, policy_bench, replay_bench, zones
 from bench.matrix import CONCURRENCY, MILTER_ORDER, POSTFIX_SETUPS, SPFMILTERS
 from bench.targets import evaluate_targets
 from tests.kit.mta import PostfixLab
@@ -755,6 +756,22 @@ def only_policy(args: argparse.Namespace, nsd: NSD, started: float) -> int:
     return 0
 
 
+def only_replay(out: Path) -> int:
+    """`--only-replay`: the replay measurement against the tests' DNS server, into replay.json."""
+    from tests.kit.dnsserver import TestDNSServer
+
+    server = TestDNSServer(zones.warm_zonedata(), ttl=3600).start()
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            r = replay_bench.run(server.nameserver, Path(tmp), len(os.sched_getaffinity(0)))
+    finally:
+        server.stop()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "replay.json").write_text(json.dumps({"machine": machine(), "replay": r}, indent=1) + "\n")
+    log(f"{'MET ' if r['target']['met'] else 'MISS'} {r['target']['target']}: {r['target']['measured']}")
+    return 0
+
+
 def inner(args: argparse.Namespace) -> int:
     started = time.monotonic()
     sh("ip", "link", "set", "lo", "up")
@@ -836,6 +853,10 @@ def inner(args: argparse.Namespace) -> int:
             m.stop()
         pol_rows = [] if args.no_policy else policy_bench.run_policy(
             RUN, sys.executable, PYSPF_VENV, args.rounds, args.seconds, log)
+        replayed = None if args.no_replay else replay_bench.run(
+            "127.0.0.1", RUN, info["nproc"], server_cpu=lambda: cpu_seconds(tree(nsd.pid)))
+        if replayed:
+            log(f"replay: {replayed['target']['measured']}")
     finally:
         for m in milters:
             m.stop()
@@ -844,7 +865,7 @@ def inner(args: argparse.Namespace) -> int:
     pfmed = median_rows(pf_rows, ("setup", "sessions")) if pf_rows else []
     polmed = policy_bench.medians(pol_rows)
     targets = evaluate_targets(med, pfmed, held, dnscost, info["nproc"], scaling) \
-        + policy_bench.targets(polmed)
+        + policy_bench.targets(polmed) + ([replayed["target"]] if replayed else [])
     params["elapsed_s"] = round(time.monotonic() - started)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -852,7 +873,8 @@ def inner(args: argparse.Namespace) -> int:
         {"machine": info, "params": params,
          "targets": targets, "medians": med, "postfix_medians": pfmed, "held": held,
          "dns_capacity": dnscap, "dnspython_lookup_cost": dnscost, "runs": rows,
-         "postfix_runs": pf_rows, "policy_medians": polmed, "policy_runs": pol_rows},
+         "postfix_runs": pf_rows, "policy_medians": polmed, "policy_runs": pol_rows,
+         "replay": replayed},
         indent=1, default=str) + "\n")
     write_documents(out, info, med, pfmed, held, targets, dnscap, params, polmed)
     log(f"done in {params['elapsed_s']} s; results in {out}/latest.md")
@@ -897,12 +919,18 @@ def main() -> int:
     p.add_argument("--no-policy", action="store_true", help="skip the policy-protocol runs")
     p.add_argument("--only-policy", action="store_true",
                    help="run only NSD and the policy-protocol runs (results in policy.md/json)")
+    p.add_argument("--no-replay", action="store_true", help="skip the spfmilter replay run")
+    p.add_argument("--only-replay", action="store_true",
+                   help="run only the spfmilter replay measurement (no root: the tests' DNS "
+                        "server; results in replay.json)")
     p.add_argument("--out", default=str(RESULTS))
     p.add_argument("--render-only", action="store_true",
                    help="rewrite latest.md and README-section.rst from latest.json")
     args = p.parse_args()
     if args.render_only:
         return render_only(Path(args.out))
+    if args.only_replay:
+        return only_replay(Path(args.out))
     if os.geteuid() != 0:
         print("bench: needs root (network/mount namespaces, NSD on port 53, Postfix)", file=sys.stderr)
         return 2

@@ -1,5 +1,6 @@
-"""The command line: run the daemon, validate a configuration, check one transaction, or
-serve Postfix's policy protocol on stdin/stdout (``spfmilter policy``).
+"""The command line: run the daemon, validate a configuration, check one transaction,
+replay a mail store (``spfmilter replay``), or serve Postfix's policy protocol on
+stdin/stdout (``spfmilter policy``).
 
 ``spfmilter check`` drives the real milter class through pymilter's test
 context, so what it prints is what the MTA would get, not a re-implementation.
@@ -16,6 +17,16 @@ from spfmilter import config as cfg
 from spfmilter import log as logmod
 from spfmilter.checks import spf as spf_check
 from spfmilter.resolver import Resolver
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -71,6 +82,19 @@ def _parser() -> argparse.ArgumentParser:
                    help="Sendmail's sendmail.cf (default /etc/mail/sendmail.cf, if it exists); "
                         "given alone, only Sendmail is checked")
     d.add_argument("--json", action="store_true", help="the findings as a JSON list")
+    r = sub.add_parser("replay", help="play a mail store (mbox, Maildir, .eml) through the "
+                                      "milter as each message arrived: what would be refused")
+    r.add_argument("-c", "--config", dest="replay_config_file", metavar="FILE",
+                   help="configuration file (default: the top-level -c, else built-in defaults)")
+    r.add_argument("--receiver", action="append", metavar="NAME",
+                   help="a name the receiving MTA writes after 'by' in its Received header "
+                        "(repeatable; default: Authserv_Id and this host's name)")
+    r.add_argument("--json", action="store_true",
+                   help="one JSON object per message, then one with the summary")
+    r.add_argument("--jobs", type=_positive, metavar="N",
+                   help="processes to replay with (default: the number of CPUs)")
+    r.add_argument("paths", nargs="+", metavar="PATH",
+                   help="an mbox file (also gzip'd), a Maildir folder or a message file")
     return p
 
 
@@ -101,6 +125,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         path = args.check_config_file
     if args.command == "policy" and args.policy_config_file:
         path = args.policy_config_file
+    if args.command == "replay" and args.replay_config_file:
+        path = args.replay_config_file
     try:
         settings = cfg.load(path, args.socket)
     except cfg.ConfigError as exc:
@@ -119,6 +145,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "check":
         logmod.setup(settings.debug_level, stderr=True)
         return run_check(settings, args)
+    if args.command == "replay":
+        from spfmilter import replay
+
+        return replay.main(settings, args.paths, args.receiver, args.json, args.jobs)
     if args.command == "policy":
         from spfmilter.frontends import policy
 

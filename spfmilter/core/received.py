@@ -92,29 +92,59 @@ def _skip_comment(text: str, pos: int) -> int | None:
     return None
 
 
-def _followed_by_by(text: str, pos: int) -> bool:
-    """Whether only ordinary comments (no address in them) and white space stand
-    between ``pos`` and a ``by`` keyword: true of the relay's own comment."""
+def _by_position(text: str, pos: int) -> int | None:
+    """Where the ``by`` keyword stands when only ordinary comments (no address in
+    them) and white space stand between ``pos`` and it -- true of the relay's own
+    comment -- else None."""
     while True:
         while pos < len(text) and text[pos] == " ":
             pos += 1
         if pos < len(text) and text[pos] == "(":
             end = _skip_comment(text, pos)
             if end is None or _ADDRESS_COMMENT.match(text, pos):
-                return False
+                return None
             pos = end
             continue
-        return bool(_BY.match(text, pos))
+        return pos if _BY.match(text, pos) else None
+
+
+def _followed_by_by(text: str, pos: int) -> bool:
+    return _by_position(text, pos) is not None
 
 
 def _blank(text: str, envelope: Iterable[str]) -> str:
     """``text`` with the envelope addresses, where the relays write them (``<address>``,
     Exim's ``for address``), replaced by spaces."""
     for address in sorted({a for a in envelope if a}, key=len, reverse=True):
+        if text.isascii() and address.isascii():
+            text = _blank_ascii(text, address)
+            continue
         where = re.escape(address)
         text = re.sub(rf"(?<=<){where}(?=>)|(?<=\bfor ){where}(?=;|\s|$)",
                       lambda m: " " * len(m.group()), text, flags=re.I)
     return text
+
+
+def _blank_ascii(text: str, address: str) -> str:
+    """_blank's regular expression for one address, by string search: an expression per
+    address would be compiled anew for nearly every message (one sender each)."""
+    lower, wanted = text.lower(), address.lower()
+    out, start, size = [], 0, len(wanted)
+    i = lower.find(wanted)
+    while i >= 0:
+        j = i + size
+        bracketed = i > 0 and text[i - 1] == "<" and j < len(text) and text[j] == ">"
+        after_for = lower[max(i - 4, 0):i] == "for " and \
+            (i == 4 or not (lower[i - 5].isalnum() or lower[i - 5] == "_")) and \
+            (j == len(text) or text[j] in "; ")
+        if bracketed or after_for:
+            out += [text[start:i], " " * size]
+            start = j
+            i = lower.find(wanted, j)
+        else:
+            i = lower.find(wanted, i + 1)
+    out.append(text[start:])
+    return "".join(out)
 
 
 # What is left of an envelope address the relay wrote after its comment and _blank did
@@ -128,12 +158,53 @@ def read(value: str, envelope: Iterable[str] = ()) -> Hop | Unreadable:
     ``envelope``: the message's envelope addresses, which the relay may have
     copied into the header after its own comment and which the sender chose.
     """
+    return _read(value, envelope)[0]
+
+
+@dataclass(frozen=True)
+class Writer:
+    """What the relay says of itself in its ``by`` clause: its name and the ``with``
+    protocol (``ESMTPSA``: the client authenticated, RFC 3848), "" when not given."""
+
+    name: str
+    protocol: str = ""
+
+    @property
+    def authenticated(self) -> bool:
+        return bool(_AUTHENTICATED.fullmatch(self.protocol))
+
+
+# "by NAME", the relay's comments ("(Postfix)", Exchange's "(10.0.0.1)", Sendmail's
+# version), "via", then "with PROTOCOL"
+_WRITER = re.compile(r"by\s+(?P<name>[^\s();]+)(?:\s*\((?:[^()]|\([^()]*\))*\))*"
+                     r"(?:\s+via\s+[^\s();]+)?(?:\s+with\s+(?P<protocol>[^\s();]+))?", re.I)
+_AUTHENTICATED = re.compile(r"(?:UTF8)?(?:E?SMTP|LMTP)S?A", re.I)
+
+
+def written(value: str, envelope: Iterable[str] = ()) -> tuple[Hop | Unreadable, Writer | None]:
+    """``read``, and who wrote the header: the ``by`` clause that follows the part the
+    relay wrote about its client (never a ``by`` a HELO or an address carries),
+    None when that part cannot be told."""
+    found, text, by = _read(value, envelope)
+    if by is None:
+        return found, None
+    m = _WRITER.match(text, by)
+    if not m:
+        return found, None
+    return found, Writer(m.group("name").rstrip(".").lower(), m.group("protocol") or "")
+
+
+def _read(value: str, envelope: Iterable[str]) -> tuple[Hop | Unreadable, str, int | None]:
+    """The hop, the text read (white space folded, envelope blanked) and where the
+    relay's ``by`` clause starts in it (None when not known)."""
     text = re.sub(r"\s+", " ", value[:MAX_LEN])
-    if _LOCAL.match(text):
-        return Unreadable("the relay originated the message", local=True)
+    local = _LOCAL.match(text)
+    if local:
+        by = local.end() - 3 if text[local.end() - 3:local.end() - 1].lower() == "by" else None
+        return Unreadable("the relay originated the message", local=True), text, by
     start = _FROM.match(text)
     if not start:
-        return Unreadable("its Received header has no from clause")
+        return Unreadable("its Received header has no from clause"), text, None
     text = _blank(text, envelope)
     clause = text[:text.rfind(";")] if ";" in text else text   # the date is the relay's
     chosen: re.Match[str] | None = None
@@ -146,26 +217,30 @@ def read(value: str, envelope: Iterable[str] = ()) -> Hop | Unreadable:
         # envelope (rewritten by an alias, say), beside more than one comment: which
         # one the relay wrote cannot be told
         return Unreadable("its Received header is ambiguous: an address comment in the "
-                          "HELO or an envelope address")
+                          "HELO or an envelope address"), text, None
     name_end = chosen.start() if chosen else len(clause)
     exim = _EXIM_BARE.match(clause, start.end())
     if exim and (chosen is None or exim.end() > chosen.start()) and \
             _followed_by_by(clause, exim.end()):
         ip = client_address(exim.group("ip"))
-        return Hop(ip, exim.group("helo")) if ip else Unreadable("its Received header names no valid address")
+        by = _by_position(clause, exim.end())
+        return (Hop(ip, exim.group("helo")) if ip else
+                Unreadable("its Received header names no valid address")), text, by
     if chosen is None:
         if len(value) > MAX_LEN:
-            return Unreadable(f"its Received header is longer than {MAX_LEN} characters")
-        return Unreadable("its Received header names no client address")
+            return Unreadable(f"its Received header is longer than {MAX_LEN} characters"), \
+                text, None
+        return Unreadable("its Received header names no client address"), text, None
+    by = _by_position(clause, chosen.end())
     ip = client_address(chosen.group("bracketed") or chosen.group("bare"))
     if not ip:
-        return Unreadable("its Received header names no valid address")
+        return Unreadable("its Received header names no valid address"), text, by
     if chosen.group("exim_helo") is not None:   # Exim: the reverse name comes first
-        return Hop(ip, chosen.group("exim_helo"))
+        return Hop(ip, chosen.group("exim_helo")), text, by
     helo = clause[start.end():name_end].strip()
     if helo.startswith("[") and helo.endswith("]") and client_address(helo):
         helo = ""                                  # an address literal names no domain
-    return Hop(ip, helo)
+    return Hop(ip, helo), text, by
 
 
 def parse(value: str, envelope: Iterable[str] = ()) -> Hop | None:

@@ -90,6 +90,8 @@ class Outcome:
     header_ops: list[tuple[str, str, str, int]] = field(default_factory=list)
     trace: list[str] | None = None
     notes: list[str] = field(default_factory=list)   # relay hop, DKIM results
+    held: str = ""        # a refusal held for DKIM_Rescue ("mailfrom fail"), "" for none
+    rescued: bool = False  # that refusal was lifted at end of message by a DKIM signature
 
     def render(self) -> str:
         lines = [f"HELO result:      {self.helo or 'not checked'}",
@@ -224,6 +226,9 @@ def _describe(out: Outcome, txn: Transaction, client_ip: str, settings: Settings
         out.mailfrom = f"{txn.mailfrom_result.result} ({txn.mailfrom_result.sender})"
     if txn.skipped:
         out.helo = out.mailfrom = f"skipped ({txn.skipped})"
+    if txn.held is not None:
+        out.held = txn.held.reason
+        out.rescued = out.end == "accept"   # a held refusal is only ever lifted by a rescue
     if txn.via_relay:
         hop = txn.hop
         out.notes.append(f"Trusted relay {client_ip}: "

@@ -32,6 +32,9 @@ ALLOWED: dict[str, tuple[str, ...]] = {
                             "spfmilter.resolver", "spfmilter.runtime", "spfmilter.engine",
                             "spfmilter.log", "spfmilter.metrics", "spfmilter.frontends",
                             "spfmilter.endpoint"),
+    "spfmilter.replay": ("spfmilter.core", "spfmilter.config", "spfmilter.checks",
+                         "spfmilter.resolver", "spfmilter.log", "spfmilter.frontends",
+                         "spfmilter.replay"),   # a front end: a mail store through check
     "spfmilter.doctor": ("spfmilter.config", "spfmilter.resolver", "spfmilter.milter_protocol",
                          "spfmilter.endpoint", "spfmilter.frontends", "spfmilter.log",
                          "spfmilter.doctor"),   # its facts, rules and driver

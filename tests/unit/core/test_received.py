@@ -6,7 +6,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from spfmilter.config_values import networks as _networks
-from spfmilter.core.received import MAX_HOPS, MAX_LEN, Hop, Unreadable, client_behind, parse, read
+from spfmilter.core.received import (
+    MAX_HOPS,
+    MAX_LEN,
+    Hop,
+    Unreadable,
+    Writer,
+    client_behind,
+    parse,
+    read,
+    written,
+)
 
 TRUSTED = _networks("10.0.0.0/8, 2001:db8:ffff::/48")
 
@@ -167,3 +177,46 @@ def test_whatever_the_helo_and_recipient_no_other_address_is_read(helo, rcpt, kn
     assert hop is None or hop.client_ip == REAL
     if known:
         assert hop is not None
+
+
+@pytest.mark.parametrize("value,name,protocol", [
+    ("from h.test (h.test [192.0.2.1])\n\tby mx.test (Postfix) with ESMTPSA id 4X", "mx.test", "ESMTPSA"),
+    ("from h.test (user@r [198.51.100.7] (may be forged)) by MX.test. (8.17.1/8.17.1) with ESMTP",
+     "mx.test", "ESMTP"),
+    ("from r ([192.0.2.2] helo=h) by mx.test with esmtps (TLS1.3) (Exim 4.96)", "mx.test", "esmtps"),
+    ("from [192.0.2.3] (helo=h) by mx.test with esmtpa (Exim 4.96)", "mx.test", "esmtpa"),
+    ("from E1.c.test (192.0.2.4) by E2.c.test (10.0.0.2) with Microsoft SMTP Server", "e2.c.test",
+     "Microsoft"),
+    ("by mx.test (Postfix, from userid 0) id 4X", "mx.test", ""),
+])
+def test_the_writer_is_read_from_the_by_clause_the_relay_wrote(value, name, protocol):
+    _, writer = written(value)
+    assert writer is not None and (writer.name, writer.protocol) == (name, protocol)
+
+
+def test_a_by_clause_in_the_helo_is_never_taken_for_the_writer():
+    value = ("from x by mx.test with ESMTPSA (y [192.0.2.10]) (evil.example [203.0.113.66]) "
+             "by evil.example (Postfix) with ESMTP")
+    hop, writer = written(value)
+    assert hop == Hop("203.0.113.66", "x by mx.test with ESMTPSA (y [192.0.2.10])")
+    assert writer is not None and writer.name == "evil.example" and not writer.authenticated
+
+
+def test_only_rfc3848_protocols_are_authenticated():
+    assert [Writer("m", p).authenticated for p in ("ESMTPA", "esmtpsa", "LMTPA", "ESMTP", "ESMTPS",
+                                                   "Microsoft")] == [True, True, True, False,
+                                                                     False, False]
+
+
+@settings(max_examples=500)
+@given(st.lists(st.sampled_from(["a@b", "A@B", "<", ">", " ", "for ", "FoR ", ";", "x", "_", "a",
+                                 "@b", "1"]), max_size=14).map("".join),
+       st.sampled_from(["a@b", "a@b>", "<a", "a", "for a@b", "a@b a@b"]))
+def test_the_string_search_blanks_exactly_what_the_expression_does(text, address):
+    import re
+
+    from spfmilter.core.received import _blank_ascii
+    where = re.escape(address)
+    expected = re.sub(rf"(?<=<){where}(?=>)|(?<=\bfor ){where}(?=;|\s|$)",
+                      lambda m: " " * len(m.group()), text, flags=re.I)
+    assert _blank_ascii(text, address) == expected
