@@ -71,6 +71,16 @@ def _parser() -> argparse.ArgumentParser:
                    help="Sendmail's sendmail.cf (default /etc/mail/sendmail.cf, if it exists); "
                         "given alone, only Sendmail is checked")
     d.add_argument("--json", action="store_true", help="the findings as a JSON list")
+    r = sub.add_parser("report", help="summarise spfmilter's decision lines from syslog files, "
+                                      "journalctl output or standard input")
+    r.add_argument("logs", nargs="*", metavar="LOG",
+                   help="log files, plain or gzip'd (default or '-': standard input)")
+    r.add_argument("--since", metavar="DATE", help="only lines at or after DATE (YYYY-MM-DD "
+                                                   "[HH:MM[:SS]], local time)")
+    r.add_argument("--until", metavar="DATE", help="only lines before DATE (a bare date: "
+                                                   "up to the end of that day)")
+    r.add_argument("--json", action="store_true", help='the summary as one JSON object, '
+                                                       '{"summary": ...}')
     return p
 
 
@@ -96,6 +106,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return doctor.main(args.doctor_config_file or args.config, args.postfix_config,
                            args.sendmail_cf, args.json)
+    if args.command == "report":  # reads logs only: no configuration, no DNS
+        from spfmilter import report
+
+        return report.main(args.logs, args.since, args.until, args.json)
     path = args.config
     if args.command == "check" and args.check_config_file:
         path = args.check_config_file

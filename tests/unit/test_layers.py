@@ -21,6 +21,8 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "spfmilter.checks": ("spfmilter.core", "spfmilter.resolver"),
     "spfmilter.log": ("spfmilter.core",),
     "spfmilter.metrics": ("spfmilter.core",),
+    "spfmilter.summary": (),                 # plain records in, counts out
+    "spfmilter.report": ("spfmilter.summary",),
     "spfmilter.runtime": ("spfmilter.config", "spfmilter.checks", "spfmilter.resolver"),
     "spfmilter.frontends": ("spfmilter.core", "spfmilter.config", "spfmilter.checks",
                             "spfmilter.resolver", "spfmilter.runtime", "spfmilter.log",
