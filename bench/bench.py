@@ -44,7 +44,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench import documents, loadgen, policy_bench, zones
+from bench import documents, loadgen, policy_bench, report_bench, zones
 from bench.matrix import CONCURRENCY, MILTER_ORDER, POSTFIX_SETUPS, SPFMILTERS
 from bench.targets import evaluate_targets
 from tests.kit.mta import PostfixLab
@@ -836,6 +836,7 @@ def inner(args: argparse.Namespace) -> int:
             m.stop()
         pol_rows = [] if args.no_policy else policy_bench.run_policy(
             RUN, sys.executable, PYSPF_VENV, args.rounds, args.seconds, log)
+        report_rows = [] if args.no_report else report_bench.run_report(args.report_messages, log)
     finally:
         for m in milters:
             m.stop()
@@ -844,7 +845,7 @@ def inner(args: argparse.Namespace) -> int:
     pfmed = median_rows(pf_rows, ("setup", "sessions")) if pf_rows else []
     polmed = policy_bench.medians(pol_rows)
     targets = evaluate_targets(med, pfmed, held, dnscost, info["nproc"], scaling) \
-        + policy_bench.targets(polmed)
+        + policy_bench.targets(polmed) + report_bench.targets(report_rows)
     params["elapsed_s"] = round(time.monotonic() - started)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -852,7 +853,8 @@ def inner(args: argparse.Namespace) -> int:
         {"machine": info, "params": params,
          "targets": targets, "medians": med, "postfix_medians": pfmed, "held": held,
          "dns_capacity": dnscap, "dnspython_lookup_cost": dnscost, "runs": rows,
-         "postfix_runs": pf_rows, "policy_medians": polmed, "policy_runs": pol_rows},
+         "postfix_runs": pf_rows, "policy_medians": polmed, "policy_runs": pol_rows,
+         "report_runs": report_rows},
         indent=1, default=str) + "\n")
     write_documents(out, info, med, pfmed, held, targets, dnscap, params, polmed)
     log(f"done in {params['elapsed_s']} s; results in {out}/latest.md")
@@ -874,7 +876,7 @@ def render_only(out: Path) -> int:
     polmed = d.get("policy_medians", [])
     targets = evaluate_targets(d["medians"], d["postfix_medians"], d["held"], d.get("dnspython_lookup_cost"),
                                d["machine"]["nproc"], d["params"].get("cpu_scaling")) \
-        + policy_bench.targets(polmed)
+        + policy_bench.targets(polmed) + report_bench.targets(d.get("report_runs", []))
     write_documents(out, d["machine"], d["medians"], d["postfix_medians"], d["held"], targets, d["dns_capacity"],
                     d["params"], polmed)
     return 0
@@ -897,6 +899,9 @@ def main() -> int:
     p.add_argument("--no-policy", action="store_true", help="skip the policy-protocol runs")
     p.add_argument("--only-policy", action="store_true",
                    help="run only NSD and the policy-protocol runs (results in policy.md/json)")
+    p.add_argument("--no-report", action="store_true", help="skip the spfmilter report run")
+    p.add_argument("--report-messages", type=int, default=250_000,
+                   help="messages in the logs spfmilter report reads (8 lines each)")
     p.add_argument("--out", default=str(RESULTS))
     p.add_argument("--render-only", action="store_true",
                    help="rewrite latest.md and README-section.rst from latest.json")
