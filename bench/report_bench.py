@@ -96,7 +96,7 @@ def measure(path: Path, lines: int) -> dict:
             "lines_per_s": round(lines / wall), "peak_rss_mb": round(after.ru_maxrss / 1024, 1)}
 
 
-def run_report(messages: int, log=print) -> list[dict]:  # noqa: ANN001 -- bench's log()
+def run_report(messages: int, log=print) -> list[dict]:
     rows = []
     with tempfile.TemporaryDirectory(prefix="spfmilter-report-bench-") as tmp:
         for name, (path, lines) in write_logs(Path(tmp), messages).items():
