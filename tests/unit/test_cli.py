@@ -115,5 +115,5 @@ def test_manual_synopsis_names_every_command_and_option():
         for action in sub._actions:
             if action.help == argparse.SUPPRESS or action.dest in ("help", "command"):
                 continue
-            assert any(opt in "".join(mine) for opt in action.option_strings), \
-                (name, action.option_strings)
+            names = action.option_strings or [str(action.metavar or action.dest)]  # positional
+            assert any(opt in "".join(mine) for opt in names), (name, names)
