@@ -97,6 +97,8 @@ class Clock:
     def __init__(self, now: dt.datetime | None = None) -> None:
         self.now = now or dt.datetime.now()
         self._cache: dict[str, dt.datetime | None] = {}
+        self._last_key = ""
+        self._last: dt.datetime | None = None
 
     def __call__(self, line: str) -> dt.datetime | None:
         if line[:3] in _MONTHS:
@@ -105,12 +107,16 @@ class Clock:
             key = line[:line.find(" ", 11 if line[10:11] == " " else 0)]
         else:
             return None
+        if key == self._last_key:   # a busy log: many lines a second
+            return self._last
         cache = self._cache
         if key in cache:
-            return cache[key]
+            self._last_key, self._last = key, cache[key]
+            return self._last
         if len(cache) >= _CACHE:
             cache.clear()
         when = cache[key] = self._parse(key)
+        self._last_key, self._last = key, when
         return when
 
     def _parse(self, key: str) -> dt.datetime | None:

@@ -78,6 +78,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -88,6 +89,8 @@ SHOW_TEXT = 10              # keys shown per table in the text
 SHOW_JSON = 100             # keys given per table in JSON
 
 _FAILS = frozenset({"fail", "softfail"})
+# a HELO that can go in Domain_Whitelist (not an address literal, nor a sender's junk)
+_NAME = re.compile(r"(?:[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?\.)+[A-Za-z]{2,63}\.?")
 
 
 @dataclass(slots=True)
@@ -270,7 +273,7 @@ class Summary:
                 c.domains.add(org)
             else:
                 c.more = True
-        if r.helo_result == "pass" and r.helo:
+        if r.helo_result == "pass" and _NAME.fullmatch(r.helo):
             c.helo = r.helo.rstrip(".").lower()
 
     def dns_failure(self, name: str, when: dt.datetime | None = None) -> None:

@@ -63,3 +63,11 @@ def test_json_keys_are_the_documented_ones():
     assert list(out) == documented
     assert json.loads(s.json_text()) == {"summary": out}
     assert out["results"] == {"helo": {"pass": 1}, "mailfrom": {"pass": 1}}
+
+
+def test_a_helo_that_is_no_domain_name_is_not_offered_for_domain_whitelist():
+    s = Summary()
+    for domain in ("one.example", "two.example", "three.example"):
+        s.add(Record(action="reject", mailfrom_result="fail", helo_result="pass",
+                     helo="[192.0.2.1]", sender_domain=domain, client_ip="192.0.2.1"))
+    assert s.forwarders()[0]["exempt"] == ["Whitelist = 192.0.2.1"]
