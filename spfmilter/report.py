@@ -180,12 +180,16 @@ def decision(line: str, start: int, when: dt.datetime | None) -> tuple[bool, Rec
     m = _DECISION.match(line, start)
     if m is None:
         return False, None
-    action, reason, identity, result, helo_result, client, helo, sender, relay = m.groups()
+    action, reason, identity, result, helo_result, client, helo, sender, relay = m.groups("")
     if action not in _DECISIONS:
         return False, None
-    return True, _record(action, value(reason or ""), identity, result, helo_result,
-                   value(client or ""), value(helo or ""), value(sender or ""),
-                   value(relay) if relay else None, when)
+    # most values are bare: unquote only those that are not
+    return True, _record(action, value(reason) if reason[:1] == '"' else reason,
+                         identity or None, result or None, helo_result or None,
+                         value(client) if client[:1] == '"' else client,
+                         value(helo) if helo[:1] == '"' else helo,
+                         value(sender) if sender[:1] == '"' else sender,
+                         value(relay) or None, when)
 
 
 class Reader:
