@@ -248,3 +248,15 @@ def test_the_fast_path_gives_the_generic_parse_record(over):
     done, fast = report.decision(line, start, None)
     assert done
     assert fast == report.record(report.fields(line, start), None)
+
+
+def test_the_report_command_of_the_cli(capsys, tmp_path):
+    from spfmilter import cli
+
+    log = tmp_path / "mail.log"
+    log.write_text(decision_line())
+    assert cli.main(["report", "--json", "--since", "2000-01-01", str(log)]) == 0
+    assert json.loads(capsys.readouterr().out)["summary"]["refused"]["count"] == 1
+    assert cli.main(["report", str(tmp_path / "absent.log")]) == 1
+    assert capsys.readouterr().err == \
+        f"spfmilter report: {tmp_path / 'absent.log'}: No such file or directory\n"
