@@ -36,7 +36,10 @@ from spfmilter.summary import Record, Summary
 _QUOTED = r'"[^"\\]*(?:\\.[^"\\]*)*"'
 _BARE = r'[^ "\n]*'
 _VALUE = f"(?:{_QUOTED}|{_BARE})"
-_PAIR = re.compile(rf"(\w+)=({_VALUE})")
+# A key starts a word: without the look-behind, a long run of word characters with no
+# '=' (a hostile value left unquoted by a cut line) would be rescanned from each of its
+# characters, quadratic in its length.
+_PAIR = re.compile(rf"(?<!\w)(\w+)=({_VALUE})")
 # The decision line's keys up to ``relay`` in the order log.decision() writes them, in
 # one match: the fast path (a generic split costs several times more).  It must end
 # where a known later key starts; any other line (a key added in between, a line cut
