@@ -111,6 +111,11 @@ bench: test-deps
 	sh bench/setup.sh $(PYTHON)
 	$(BIN)/python -m bench.bench $(BENCH_ARGS)
 
+# spfmilter report's lines/s alone (no root, no DNS; also part of `make bench`).
+.PHONY: bench-report
+bench-report: test-deps
+	$(BIN)/python -m bench.report_bench
+
 .PHONY: fuzz soak
 
 # The longer fuzz run (FUZZ_SECONDS per target; atheris when it installs, else hypothesis);

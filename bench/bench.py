@@ -45,7 +45,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench import documents, loadgen, policy_bench, replay_bench, zones
+from bench import documents, loadgen, policy_bench, replay_bench, report_bench, zones
 from bench.matrix import CONCURRENCY, MILTER_ORDER, POSTFIX_SETUPS, SPFMILTERS
 from bench.targets import evaluate_targets
 from tests.kit.mta import PostfixLab
@@ -857,6 +857,7 @@ def inner(args: argparse.Namespace) -> int:
             "127.0.0.1", RUN, info["nproc"], server_cpu=lambda: cpu_seconds(tree(nsd.pid)))
         if replayed:
             log(f"replay: {replayed['target']['measured']}")
+        report_rows = [] if args.no_report else report_bench.run_report(args.report_messages, log)
     finally:
         for m in milters:
             m.stop()
@@ -865,7 +866,8 @@ def inner(args: argparse.Namespace) -> int:
     pfmed = median_rows(pf_rows, ("setup", "sessions")) if pf_rows else []
     polmed = policy_bench.medians(pol_rows)
     targets = evaluate_targets(med, pfmed, held, dnscost, info["nproc"], scaling) \
-        + policy_bench.targets(polmed) + ([replayed["target"]] if replayed else [])
+        + policy_bench.targets(polmed) + ([replayed["target"]] if replayed else []) \
+        + report_bench.targets(report_rows)
     params["elapsed_s"] = round(time.monotonic() - started)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -874,7 +876,8 @@ def inner(args: argparse.Namespace) -> int:
          "targets": targets, "medians": med, "postfix_medians": pfmed, "held": held,
          "dns_capacity": dnscap, "dnspython_lookup_cost": dnscost, "runs": rows,
          "postfix_runs": pf_rows, "policy_medians": polmed, "policy_runs": pol_rows,
-         "replay": replayed},
+         "replay": replayed,
+         "report_runs": report_rows},
         indent=1, default=str) + "\n")
     write_documents(out, info, med, pfmed, held, targets, dnscap, params, polmed)
     log(f"done in {params['elapsed_s']} s; results in {out}/latest.md")
@@ -896,7 +899,7 @@ def render_only(out: Path) -> int:
     polmed = d.get("policy_medians", [])
     targets = evaluate_targets(d["medians"], d["postfix_medians"], d["held"], d.get("dnspython_lookup_cost"),
                                d["machine"]["nproc"], d["params"].get("cpu_scaling")) \
-        + policy_bench.targets(polmed)
+        + policy_bench.targets(polmed) + report_bench.targets(d.get("report_runs", []))
     write_documents(out, d["machine"], d["medians"], d["postfix_medians"], d["held"], targets, d["dns_capacity"],
                     d["params"], polmed)
     return 0
@@ -923,6 +926,9 @@ def main() -> int:
     p.add_argument("--only-replay", action="store_true",
                    help="run only the spfmilter replay measurement (no root: the tests' DNS "
                         "server; results in replay.json)")
+    p.add_argument("--no-report", action="store_true", help="skip the spfmilter report run")
+    p.add_argument("--report-messages", type=int, default=250_000,
+                   help="messages in the logs spfmilter report reads (8 lines each)")
     p.add_argument("--out", default=str(RESULTS))
     p.add_argument("--render-only", action="store_true",
                    help="rewrite latest.md and README-section.rst from latest.json")

@@ -95,6 +95,16 @@ def _parser() -> argparse.ArgumentParser:
                    help="processes to replay with (default: the number of CPUs)")
     r.add_argument("paths", nargs="+", metavar="PATH",
                    help="an mbox file (also gzip'd), a Maildir folder or a message file")
+    rp = sub.add_parser("report", help="summarise spfmilter's decision lines from syslog files, "
+                                      "journalctl output or standard input")
+    rp.add_argument("logs", nargs="*", metavar="LOG",
+                   help="log files, plain or gzip'd (default or '-': standard input)")
+    rp.add_argument("--since", metavar="DATE", help="only lines at or after DATE (YYYY-MM-DD "
+                                                   "[HH:MM[:SS]], local time)")
+    rp.add_argument("--until", metavar="DATE", help="only lines before DATE (a bare date: "
+                                                   "up to the end of that day)")
+    rp.add_argument("--json", action="store_true", help='the summary as one JSON object, '
+                                                       '{"summary": ...}')
     return p
 
 
@@ -120,6 +130,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return doctor.main(args.doctor_config_file or args.config, args.postfix_config,
                            args.sendmail_cf, args.json)
+    if args.command == "report":  # reads logs only: no configuration, no DNS
+        from spfmilter import report
+
+        return report.main(args.logs, args.since, args.until, args.json)
     path = args.config
     if args.command == "check" and args.check_config_file:
         path = args.check_config_file

@@ -24,6 +24,8 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "spfmilter.checks": ("spfmilter.core", "spfmilter.resolver"),
     "spfmilter.log": ("spfmilter.core",),
     "spfmilter.metrics": ("spfmilter.core",),
+    "spfmilter.summary": (),                 # plain records in, counts out
+    "spfmilter.report": ("spfmilter.summary",),
     # the steps around a decision; its checkers and observers are handed in
     "spfmilter.engine": ("spfmilter.core",),
     "spfmilter.runtime": ("spfmilter.config", "spfmilter.checks", "spfmilter.resolver",

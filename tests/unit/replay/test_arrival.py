@@ -3,7 +3,7 @@ never from what the sending side put into them."""
 
 import pytest
 
-from spfmilter.config import _networks
+from spfmilter.config_values import networks as _networks
 from spfmilter.frontends.check import split_message
 from spfmilter.replay.arrival import Arrival, NotReplayable, read
 from tests.kit import mailstore as ms
