@@ -33,7 +33,7 @@ def test_systemd_unit_verifies(tmp_path):
     for option in ("NoNewPrivileges=yes", "ProtectSystem=strict", "ProtectHome=yes", "PrivateTmp=yes",
                    "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6",
                    "SystemCallFilter=@system-service", "RuntimeDirectory=spfmilter",
-                   "ExecReload=/bin/kill -HUP $MAINPID", "Restart=on-failure", "User=spfmilter"):
+                   "ExecReload=/bin/sh -c 'kill -HUP \"$$MAINPID\"'", "Restart=on-failure", "User=spfmilter"):
         assert option in text
 
 
