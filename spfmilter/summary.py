@@ -48,8 +48,9 @@ JSON (``to_json()``; ``replay --json`` and ``report --json`` print it as
     deferred, plus ``"by_action": {"reject": n, "defer": n}``.
 ``forwarders``
     List of probable forwarders: clients for which MAIL FROM failed
-    (fail/softfail) for at least ``FORWARDER_DOMAINS`` unrelated sender
-    domains: ``{"client_ip", "failures", "domains" (at most
+    (fail/softfail) for at least ``limits.forwarder_domains`` unrelated sender
+    domains (organizational domains: replay's by the public suffix list,
+    report's by a rule of thumb; report asks for 3, replay for 2): ``{"client_ip", "failures", "domains" (at most
     ``FORWARDER_KEEP``, sorted), "more_domains" (bool), "helo" (a HELO name
     that passed SPF for it, or null), "exempt" (the configuration lines that
     would exempt it)}``.
@@ -71,7 +72,11 @@ JSON (``to_json()``; ``replay --json`` and ``report --json`` print it as
 ``not_replayable``
     ``{"count": n, "by_reason": table}`` (replay only).
 ``limits``
-    ``{"table_keys": limit, "forwarder_clients": n}``: the bounds above.
+    ``{"table_keys": limit, "forwarder_clients": n, "forwarder_domains": n}``:
+    the bounds above.
+``note``
+    A caveat to read the summary with, or null (replay: results reflect
+    today's DNS, not the DNS when the mail arrived).
 """
 
 from __future__ import annotations
@@ -79,7 +84,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 TABLE_LIMIT = 5000          # keys a table keeps before folding its least-counted half
@@ -182,8 +187,15 @@ def org_domain(name: str) -> str:
 class Summary:
     """Counts over records; ``add`` each, then ``to_json()`` or ``render()``."""
 
-    def __init__(self, limit: int = TABLE_LIMIT) -> None:
+    def __init__(self, limit: int = TABLE_LIMIT, org: Callable[[str], str] | None = None,
+                 forwarder_domains: int = FORWARDER_DOMAINS, note: str | None = None) -> None:
+        """``org``: the organizational domain of a sender domain, for forwarder
+        detection (replay passes the public suffix list's; the default is
+        :func:`org_domain`).  ``note``: a caveat the reader must see (replay's)."""
         self.limit = limit
+        self._org = org or org_domain
+        self.forwarder_domains = max(2, forwarder_domains)
+        self.note = note
         self.first: dt.datetime | None = None
         self.last: dt.datetime | None = None
         self.decisions = 0
@@ -267,7 +279,7 @@ class Summary:
                 self._clients = clients = dict(ranked[:self.limit // 2])
             c = clients[r.client_ip] = _Client()
         c.failures += 1
-        org = org_domain(r.sender_domain) if r.sender_domain else ""
+        org = self._org(r.sender_domain) if r.sender_domain else ""
         if org and org not in c.domains:
             if len(c.domains) < FORWARDER_KEEP:
                 c.domains.add(org)
@@ -286,7 +298,7 @@ class Summary:
 
     def forwarders(self) -> list[dict[str, object]]:
         found = sorted(((ip, c) for ip, c in self._clients.items()
-                        if len(c.domains) >= FORWARDER_DOMAINS),
+                        if len(c.domains) >= self.forwarder_domains),
                        key=lambda ic: (-len(ic[1].domains), -ic[1].failures, ic[0]))
         return [{"client_ip": ip, "failures": c.failures, "domains": sorted(c.domains),
                  "more_domains": c.more, "helo": c.helo, "exempt": _exempt(ip, c.helo)}
@@ -321,7 +333,9 @@ class Summary:
                                 "by_error": self.internal_errors.to_json()},
             "not_replayable": {"count": self.not_replayable.total(),
                                "by_reason": self.not_replayable.to_json()},
-            "limits": {"table_keys": self.limit, "forwarder_clients": self.limit},
+            "limits": {"table_keys": self.limit, "forwarder_clients": self.limit,
+                       "forwarder_domains": self.forwarder_domains},
+            "note": self.note,
         }
 
     def json_text(self) -> str:
@@ -348,7 +362,7 @@ class Summary:
         _pair(out, "What TestOnly = 0 kept from refusing" + (f" ({would})" if would else ""),
               self.would)
         out += ["", f"Probable forwarders (MAIL FROM fail/softfail for at least "
-                    f"{FORWARDER_DOMAINS} unrelated sender domains)"]
+                    f"{self.forwarder_domains} unrelated sender domains)"]
         forwarders = self.forwarders()
         if not forwarders:
             out.append("  none")
@@ -374,6 +388,8 @@ class Summary:
         if any(t.folded for t in self._tables()):
             out += ["", f"Some tables held more than {self.limit:,} keys: their least counted "
                         "keys were folded into 'other', and the counts shown are lower bounds."]
+        if self.note:
+            out += ["", f"Note: {self.note}."]
         return "\n".join(out) + "\n"
 
     def _tables(self) -> Iterable[Table]:

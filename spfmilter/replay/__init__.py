@@ -3,9 +3,10 @@
 Why: the evidence an administrator needs before enforcing SPF is already on
 disk -- the delivered mail, whose headers record how each message arrived.
 Each message's arrival (``arrival``) is played through SPFMilter with the
-given configuration (``run``), and the records add up to a summary
-(``summary``) that names what would be refused, the probable forwarders and
-the lines that exempt them.
+given configuration (``run``), and the records add up to the summary
+``spfmilter report`` gives for logs (``spfmilter.summary``: the same keys, so
+the two compare) that names what would be refused, the probable forwarders
+and the lines that exempt them.
 
 Messages are read one at a time (``stores``), and with ``--jobs N`` they are
 handed in bounded batches to N processes, each with its own resolver and
@@ -22,16 +23,21 @@ import sys
 from collections.abc import Iterable, Iterator
 from typing import TextIO
 
+from spfmilter.checks import psl
 from spfmilter.config import Settings
 from spfmilter.log import kv
 from spfmilter.replay import run, stores
-from spfmilter.replay.summary import NOTE, Summary
 from spfmilter.resolver import Resolver
+from spfmilter.summary import Record, Summary
 
 #: Messages handed to the worker processes per job at a time: enough to keep them
 #: busy, few enough that memory does not grow with the store.
 BATCH_PER_JOB = 256
 _CHUNK = 16
+#: MAIL FROM fails from one client for this many unrelated sender domains make it a
+#: probable forwarder: a mail store is a smaller sample than weeks of logs.
+FORWARDER_DOMAINS = 2
+NOTE = "results reflect today's DNS, not the DNS when the mail arrived"
 
 
 def _resolver(settings: Settings) -> Resolver:
@@ -88,6 +94,26 @@ def records(settings: Settings, paths: Iterable[str], names: tuple[str, ...], jo
             yield from pool.imap(_work, batch, chunksize=_CHUNK)
 
 
+def summary_record(record: run.Record) -> Record:
+    """A replay record as the shared summary's plain record."""
+    sender = record.get("envelope_from") or ""
+    return Record(action=str(record.get("action") or "tempfail"),
+                  helo_result=record.get("helo_result"),
+                  mailfrom_result=record.get("mailfrom_result"),
+                  sender_domain=sender.rpartition("@")[2].lower(),
+                  client_ip=record.get("client_ip") or "", helo=record.get("helo") or "",
+                  rescued=True if record.get("rescued") else None,
+                  error=(record.get("reply") or None) if record.get("action") == "tempfail"
+                  else None,
+                  reason=record.get("reason") or None)
+
+
+def new_summary() -> Summary:
+    """The summary replay fills: organizational domains by the public suffix list."""
+    return Summary(org=psl.organizational_domain, forwarder_domains=FORWARDER_DOMAINS,
+                   note=NOTE)
+
+
 def line(record: run.Record) -> str:
     """The text line for one message."""
     return kv(source=record["source"], client=record["client_ip"], helo=record["helo"],
@@ -107,12 +133,12 @@ def main(settings: Settings, paths: list[str], receivers: list[str] | None, as_j
     settings = run.enforcing(settings)
     names = run.receivers(settings, receivers)
     errors: list[str] = []
-    summary = Summary()
+    summary = new_summary()
     if not as_json:
         print(f"Replaying with refusal on (TestOnly = 1); arrival headers written by "
               f"{', '.join(names)}; {NOTE}.", file=out)
     for record in records(settings, paths, names, jobs or os.cpu_count() or 1, errors):
-        summary.add(record)
+        summary.add(summary_record(record))
         print(json.dumps(record) if as_json else line(record), file=out)
     if as_json:
         print(json.dumps({"summary": summary.to_json()}), file=out)

@@ -108,17 +108,17 @@ def test_json_records_and_summary_over_two_processes(tmp_path, conf):
     assert (n["action"], n["reason"], n["client_ip"]) == ("not-replayable", "no Received header", None)
 
     s = last["summary"]
-    assert s["messages"] == len(messages)
-    assert s["actions"] == {"accept": 4, "reject": 3, "defer": 0, "tempfail": 0,
-                            "not-replayable": 1}
-    assert s["refused"]["by_sender_domain"] == {"bank.test": 2, "other.test": 1}
-    assert s["refused"]["by_client"] == {FWD: 2, "203.0.113.66": 1}
-    [fw] = s["probable_forwarders"]
-    assert fw["client_ip"] == FWD and fw["sender_domains"] == ["bank.test", "other.test"]
-    assert fw["whitelist_line"] == f"Whitelist = {FWD}"
-    assert fw["domain_whitelist_line"] == "Domain_Whitelist = fwd.test"
-    assert s["rescued"] == {"messages": 1, "by_sender_domain": {"bank.test": 1}}
-    assert s["temperrors"] == {"messages": 1, "by_domain": {"slow.test": 1}}
+    assert s["decisions"] == len(messages)
+    assert s["actions"] == {"accept": 4, "reject": 3, "not-replayable": 1}
+    assert s["refused"]["count"] == 3
+    assert s["refused"]["by_sender_domain"]["top"] == {"bank.test": 2, "other.test": 1}
+    assert s["refused"]["by_client"]["top"] == {FWD: 2, "203.0.113.66": 1}
+    [fw] = s["forwarders"]
+    assert fw["client_ip"] == FWD and fw["domains"] == ["bank.test", "other.test"]
+    assert fw["exempt"] == [f"Whitelist = {FWD}", "Domain_Whitelist = fwd.test"]
+    assert s["dkim"]["rescued"] == 1 and s["dkim"]["by_domain"]["top"] == {"bank.test": 1}
+    assert s["temperror"]["count"] == 1 and s["temperror"]["by_name"]["top"] == {"slow.test": 1}
+    assert s["not_replayable"]["by_reason"]["top"] == {"no Received header": 1}
     assert "today's DNS" in s["note"]
 
 
@@ -128,12 +128,12 @@ def test_the_exempting_line_does_exempt_the_forwarder(tmp_path, conf):
     messages = [raw for name, raw in store() if name in ("forwarded", "other")]
     box = ms.write_mbox(tmp_path / "box", messages)
     first = json.loads(replay(conf, "--json", "--jobs", "1", str(box)).stdout.splitlines()[-1])
-    [fw] = first["summary"]["probable_forwarders"]
-    conf.write_text(conf.read_text() + fw["whitelist_line"] + "\n")
+    [fw] = first["summary"]["forwarders"]
+    conf.write_text(conf.read_text() + fw["exempt"][0] + "\n")
     res = replay(conf, "--json", "--jobs", "1", str(box))
     assert res.returncode == 0, res.stderr
     after = json.loads(res.stdout.splitlines()[-1])["summary"]
-    assert after["actions"]["accept"] == 2 and after["actions"]["reject"] == 0
+    assert after["actions"] == {"accept": 2}
 
 
 def test_text_output_from_gzip_mbox_maildir_and_eml(tmp_path, conf):
@@ -155,7 +155,7 @@ def test_text_output_from_gzip_mbox_maildir_and_eml(tmp_path, conf):
     assert sum("action=reject reply=\"550 5.7.23 " in line for line in per_message) == 3
     assert sum("rescued=yes" in line for line in per_message) == 2   # gzip, Maildir
     text = "\n".join(out)
-    assert "Would be refused: 3" in text and "Rescued by DKIM_Rescue: 2" in text
+    assert "Refused (reject): 3" in text and "DKIM_Rescue: 2 rescued" in text
     assert "results reflect today's DNS" in text
 
 

@@ -36,7 +36,8 @@ ALLOWED: dict[str, tuple[str, ...]] = {
                             "spfmilter.endpoint"),
     "spfmilter.replay": ("spfmilter.core", "spfmilter.config", "spfmilter.checks",
                          "spfmilter.resolver", "spfmilter.log", "spfmilter.frontends",
-                         "spfmilter.replay"),   # a front end: a mail store through check
+                         "spfmilter.replay", "spfmilter.summary"),   # a front end: a mail
+                                                                   # store through check
     "spfmilter.doctor": ("spfmilter.config", "spfmilter.resolver", "spfmilter.milter_protocol",
                          "spfmilter.endpoint", "spfmilter.frontends", "spfmilter.log",
                          "spfmilter.doctor"),   # its facts, rules and driver
