@@ -1,6 +1,10 @@
 """What a set of decisions amounts to: the summary ``spfmilter report`` prints for its logs
 (and ``spfmilter replay`` for a mail store), as text and as JSON.
 
+(One module although long: most of its length is the JSON keys' documentation,
+the one place they are written down; the counting and the two renderings read
+the same tables and change together.)
+
 One model for both commands, so that an administrator compares a replay of the
 mail store with weeks of ``TestOnly = 0`` in the same words and the same JSON.
 It takes plain records (:class:`Record`), never log lines or milter objects:
