@@ -10,12 +10,11 @@ from __future__ import annotations
 import logging
 import logging.handlers
 import os
-import re
 import stat
 import sys
 from collections.abc import Mapping
 
-from spfmilter.core.headers import clean
+from spfmilter.core.keyvalue import kv as kv  # the lines' form; spfmilter.log.kv for callers
 from spfmilter.core.transaction import Transaction
 from spfmilter.core.values import Verdict
 
@@ -71,22 +70,6 @@ def stderr_is_stdout() -> bool:
 def set_level(debug_level: int) -> None:
     """Apply a (reloaded) debugLevel."""
     logging.getLogger(LOGGER_NAME).setLevel(logging.DEBUG if debug_level >= 2 else logging.INFO)
-
-
-_NEEDS_QUOTES = re.compile(r'[ "=;]')
-
-
-def kv(**fields: object) -> str:
-    """key=value pairs; values with spaces, quotes or '=' are quoted."""
-    parts = []
-    for key, value in fields.items():
-        if value is None:
-            continue
-        text = clean(value if type(value) is str else str(value), 512)
-        if not text or _NEEDS_QUOTES.search(text):
-            text = '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
-        parts.append(f"{key}={text}")
-    return " ".join(parts)
 
 
 def decision(txn: Transaction, verdict: Verdict, recipient: str, *, log_queue_id: bool,

@@ -35,7 +35,7 @@ ALLOWED: dict[str, tuple[str, ...]] = {
                             "spfmilter.log", "spfmilter.metrics", "spfmilter.frontends",
                             "spfmilter.endpoint"),
     "spfmilter.replay": ("spfmilter.core", "spfmilter.config", "spfmilter.checks",
-                         "spfmilter.resolver", "spfmilter.log", "spfmilter.frontends",
+                         "spfmilter.resolver", "spfmilter.frontends",
                          "spfmilter.replay", "spfmilter.summary"),   # a front end: a mail
                                                                    # store through check
     "spfmilter.doctor": ("spfmilter.config", "spfmilter.resolver", "spfmilter.milter_protocol",
