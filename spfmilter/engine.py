@@ -9,7 +9,9 @@ a held refusal at end of message, remove forged result headers and add ours
 normalised two ways).  A front end now only translates its protocol into
 calls on a :class:`Session`; what happened is reported to :class:`Observer`
 values (the decision line, the metrics, a benchmark's probe) wired in by
-whoever builds the :class:`Engine` (``runtime``).
+whoever builds the :class:`Engine` (``runtime``) -- and so is what a front
+end meets beside a decision (bad input, a closed client, a start or stop,
+connections in flight): a front end writes no line and counts nothing.
 
 The engine imports only the core: the checkers it drives are the core's
 protocols, handed in by the runtime, so it knows no DNS, libmilter or
@@ -53,9 +55,19 @@ class Observer(Protocol):
     def forged_removed(self, txn: Transaction, name: str, index: int, queue_id: str) -> None:
         """An incoming header that claimed to be our verdict was removed."""
 
-    def fault(self, action: str, error: str, fields: Mapping[str, object]) -> None:
+    def fault(self, action: str, error: str, fields: Mapping[str, object],
+              exc: BaseException | None) -> None:
         """A fault in spfmilter that a front end answered for (a tempfail, a closed
-        client); ``fields`` say where."""
+        client); ``fields`` say where, ``exc`` (when given) is the exception, for
+        its traceback."""
+
+    def event(self, level: int, action: str, fields: Mapping[str, object]) -> None:
+        """Something a front end met that is no decision and no fault of ours: bad
+        input, a client closed or gone, a server started or stopped, a socket option
+        that could not be set.  ``level``: a ``logging`` level, how much it matters."""
+
+    def connections_moved(self, by: int) -> None:
+        """Connections in flight in this process opened (+1) or closed (-1)."""
 
 
 @functools.lru_cache(maxsize=4)
@@ -78,25 +90,30 @@ class EndOfMessage:
     headers: tuple[tuple[str, str], ...] = ()
 
 
-class Engine:
-    """One process's way to decide (a reload builds a new one; connections keep theirs)."""
+class Reporter:
+    """Where what happened goes: each observer, in turn.
 
-    def __init__(self, policy: Policy, spf: SPFChecker, dkim: DKIMChecker,
-                 org_domain: Callable[[str], str], observers: Sequence[Observer] = ()) -> None:
-        self.policy = policy
-        self.spf = spf
-        self.dkim = dkim
-        self.org_domain = org_domain
+    Why apart from the engine: a front end also reports where no connection's
+    engine is at hand (a listener tuned, a server started, the gauge of
+    connections in flight); ``runtime.reporter()`` gives it the current engine
+    or, before any is installed, a reporter of the standard observers.  Either
+    way a front end writes no line and counts nothing itself."""
+
+    def __init__(self, observers: Sequence[Observer] = ()) -> None:
         self.observers = tuple(observers)
 
-    def session(self, *, sees_message: bool = True) -> Session:
-        """A session for one connection; ``sees_message=False`` for a front end that
-        decides without the message (see ``without_the_message``)."""
-        return Session(self, self.policy if sees_message else without_the_message(self.policy))
-
-    def fault(self, action: str, error: str, **fields: object) -> None:
+    def fault(self, action: str, error: str, *, exc: BaseException | None = None,
+              **fields: object) -> None:
         """Report a fault a front end answered for (see ``Observer.fault``)."""
-        self._notify("fault", action, error, fields)
+        self._notify("fault", action, error, fields, exc)
+
+    def event(self, level: int, action: str, **fields: object) -> None:
+        """Report what a front end met that is no decision (see ``Observer.event``)."""
+        self._notify("event", level, action, fields)
+
+    def connections_moved(self, by: int) -> None:
+        """Report connections in flight opened (+1) or closed (-1)."""
+        self._notify("connections_moved", by)
 
     def _notify(self, event: str, *args: object) -> None:
         """Tell every observer.  An observer that fails is logged and passed over:
@@ -107,6 +124,23 @@ class Engine:
             except Exception as exc:
                 _log.error("observer %s failed on %s: %s: %s", type(observer).__name__,
                            event, type(exc).__name__, exc)
+
+
+class Engine(Reporter):
+    """One process's way to decide (a reload builds a new one; connections keep theirs)."""
+
+    def __init__(self, policy: Policy, spf: SPFChecker, dkim: DKIMChecker,
+                 org_domain: Callable[[str], str], observers: Sequence[Observer] = ()) -> None:
+        super().__init__(observers)
+        self.policy = policy
+        self.spf = spf
+        self.dkim = dkim
+        self.org_domain = org_domain
+
+    def session(self, *, sees_message: bool = True) -> Session:
+        """A session for one connection; ``sees_message=False`` for a front end that
+        decides without the message (see ``without_the_message``)."""
+        return Session(self, self.policy if sees_message else without_the_message(self.policy))
 
 
 class Session:
@@ -215,5 +249,6 @@ class Session:
         """The message ended without end of message (RSET, a refusal elsewhere)."""
         self.txn = None
 
-    def fault(self, action: str, error: str, **fields: object) -> None:
-        self.engine.fault(action, error, **fields)
+    def fault(self, action: str, error: str, *, exc: BaseException | None = None,
+              **fields: object) -> None:
+        self.engine.fault(action, error, exc=exc, **fields)

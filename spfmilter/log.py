@@ -10,12 +10,11 @@ from __future__ import annotations
 import logging
 import logging.handlers
 import os
-import re
 import stat
 import sys
 from collections.abc import Mapping
 
-from spfmilter.core.headers import clean
+from spfmilter.core.keyvalue import kv as kv  # the lines' form; spfmilter.log.kv for callers
 from spfmilter.core.transaction import Transaction
 from spfmilter.core.values import Verdict
 
@@ -73,22 +72,6 @@ def set_level(debug_level: int) -> None:
     logging.getLogger(LOGGER_NAME).setLevel(logging.DEBUG if debug_level >= 2 else logging.INFO)
 
 
-_NEEDS_QUOTES = re.compile(r'[ "=;]')
-
-
-def kv(**fields: object) -> str:
-    """key=value pairs; values with spaces, quotes or '=' are quoted."""
-    parts = []
-    for key, value in fields.items():
-        if value is None:
-            continue
-        text = clean(value if type(value) is str else str(value), 512)
-        if not text or _NEEDS_QUOTES.search(text):
-            text = '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
-        parts.append(f"{key}={text}")
-    return " ".join(parts)
-
-
 def decision(txn: Transaction, verdict: Verdict, recipient: str, *, log_queue_id: bool,
              **extra: object) -> None:
     """The decision line, the same from every front end (``extra``: where it came from;
@@ -112,7 +95,9 @@ def decision(txn: Transaction, verdict: Verdict, recipient: str, *, log_queue_id
 class DecisionLog:
     """The engine's observer that writes the lines (see ``engine.Observer``): the
     decision line, and one line for each forged header removed, each message behind
-    a trusted relay that could not be checked, and each fault answered for."""
+    a trusted relay that could not be checked, each fault answered for (its
+    traceback at debug level) and each event a front end reports (bad input, a
+    closed client, a start or stop: ``action`` first, then its fields)."""
 
     def __init__(self, *, log_queue_id: bool) -> None:
         self.log_queue_id = log_queue_id
@@ -131,5 +116,14 @@ class DecisionLog:
         log.info("%s", kv(action="removed-forged-header", header=name, index=index,
                           queue_id=queue_id or None))
 
-    def fault(self, action: str, error: str, fields: Mapping[str, object]) -> None:
+    def fault(self, action: str, error: str, fields: Mapping[str, object],
+              exc: BaseException | None) -> None:
         log.error("%s", kv(action=action, error=error, **fields))
+        if exc is not None:  # the line says what; the traceback, for debugging, where
+            log.debug("traceback", exc_info=exc)
+
+    def event(self, level: int, action: str, fields: Mapping[str, object]) -> None:
+        log.log(level, "%s", kv(action=action, **fields))
+
+    def connections_moved(self, by: int) -> None:
+        """No line per connection: the metrics' gauge shows them."""

@@ -186,8 +186,15 @@ class Counting:
     def forged_removed(self, txn: Transaction, name: str, index: int, queue_id: str) -> None:
         current().forged.inc()
 
-    def fault(self, action: str, error: str, fields: Mapping[str, object]) -> None:
+    def fault(self, action: str, error: str, fields: Mapping[str, object],
+              exc: BaseException | None) -> None:
         current().errors.inc()
+
+    def event(self, level: int, action: str, fields: Mapping[str, object]) -> None:
+        """Not counted: a front end's events (bad input, a closed client) are lines only."""
+
+    def connections_moved(self, by: int) -> None:
+        connections_moved(by)
 
 
 # --- the endpoint: bound by the supervisor, served by a process of its own ----------

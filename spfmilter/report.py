@@ -14,7 +14,7 @@ messages, no time), plain or gzip'd (found by its magic, so ``.gz`` and
 starts with ``action=`` are read; every other line is skipped on a cheap test
 first, since a mail log is mostly Postfix's.
 
-Values come from SMTP clients, quoted by :func:`spfmilter.log.kv`: the pattern
+Values come from SMTP clients, quoted by :func:`spfmilter.core.keyvalue.kv`: the pattern
 that splits a line has no nested repetition, so a hostile value cannot make it
 backtrack, and a line cut short (syslog truncates) still parses what it holds.
 """

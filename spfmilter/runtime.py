@@ -9,6 +9,7 @@ in flight finish with what they started with.
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ from spfmilter import log, metrics
 from spfmilter import resolver as resolvermod
 from spfmilter.checks import dkim, psl
 from spfmilter.checks.spf import Checker
-from spfmilter.engine import Engine, Observer
+from spfmilter.engine import Engine, Observer, Reporter
 from spfmilter.resolver import Resolver
 
 
@@ -103,3 +104,18 @@ def current() -> Runtime:
 def current_or_none() -> Runtime | None:
     with _lock:
         return _current
+
+
+def reporter() -> Reporter:
+    """Where a front end reports what it met outside a connection's session (a listener
+    tuned, a server started or stopped, bad input before a message, the gauge of
+    connections in flight): the current runtime's engine.  Before one is installed
+    (a listener opened by the supervisor, ``spfmilter check`` setting up), the standard
+    observers of default settings: the same line and the same count, never lost."""
+    current = current_or_none()
+    return current.engine if current is not None else _before_any_runtime()
+
+
+@functools.cache
+def _before_any_runtime() -> Reporter:
+    return Reporter(standard_observers(cfg.Settings()))

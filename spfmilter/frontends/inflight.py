@@ -13,7 +13,8 @@ from collections.abc import Callable
 
 class InFlight:
     """Open connections, at most ``limit`` at once (None: no limit), each change told
-    to ``moved`` (+1, -1: the metrics' gauge, looked up when it moves)."""
+    to ``moved`` (+1, -1: the front end reports it through the current engine, whose
+    metrics observer moves the gauge)."""
 
     def __init__(self, limit: int | None = None,
                  moved: Callable[[int], None] | None = None) -> None:

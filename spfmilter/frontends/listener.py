@@ -18,7 +18,7 @@ TCP port or unix path.  Two things need it:
   message over an inet socket would stall for one delayed-ACK timeout.  On
   Linux a socket returned by accept() inherits TCP_NODELAY from its listener,
   so setting it once covers every MTA connection.  Failing to set it is not
-  fatal (only slower), so failures are logged and swallowed.
+  fatal (only slower), so failures are reported (a warning line) and swallowed.
 * A graceful stop.  libmilter (built with its worker pool, as Debian's is)
   drops every session that is not inside a callback the moment it is told to
   stop, so a stop that lets transactions finish must first stop *accepting*
@@ -30,6 +30,7 @@ TCP port or unix path.  Two things need it:
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import socket
 import stat
@@ -38,9 +39,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from spfmilter import runtime
 from spfmilter.config import ConfigError
 from spfmilter.endpoint import Endpoint
-from spfmilter.log import kv, log
 
 BACKLOG = 128
 
@@ -213,13 +214,13 @@ def tune_listener(endpoint: Endpoint) -> int:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             tuned += 1
         except OSError as exc:
-            log.warning("%s", kv(action="sockopt-failed", option="TCP_NODELAY", socket=endpoint,
-                                 error=exc.strerror))
+            runtime.reporter().event(logging.WARNING, "sockopt-failed", option="TCP_NODELAY",
+                                     socket=endpoint, error=exc.strerror)
         finally:
             sock.close()
     if not tuned:
-        log.warning("%s", kv(action="sockopt-failed", option="TCP_NODELAY", socket=endpoint,
-                             error="listening socket not found"))
+        runtime.reporter().event(logging.WARNING, "sockopt-failed", option="TCP_NODELAY",
+                                 socket=endpoint, error="listening socket not found")
     return tuned
 
 

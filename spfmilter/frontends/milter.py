@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import Milter
 import milter as libmilter
 
-from spfmilter import metrics, runtime
+from spfmilter import runtime
 from spfmilter.config import Settings
 from spfmilter.core.addresses import strip_brackets
 from spfmilter.core.policy import Policy
@@ -27,9 +27,9 @@ from spfmilter.core.transaction import Connection, Transaction
 from spfmilter.core.values import Action, Verdict
 from spfmilter.frontends import listener
 from spfmilter.frontends.inflight import InFlight
-from spfmilter.log import log
 
-connections = InFlight(moved=metrics.connections_moved)
+# the gauge is the process's, as the count is: moved through the current engine's observers
+connections = InFlight(moved=lambda by: runtime.reporter().connections_moved(by))
 
 _F = TypeVar("_F", bound=Callable[..., int])
 # pymilter's decorators (they mark a callback for protocol negotiation), with types
@@ -39,7 +39,8 @@ _REPLYING = frozenset({"envrcpt", "eom"})
 
 
 def guarded(callback: Callable[..., int]) -> Callable[..., int]:
-    """Turn any exception in a callback into a logged 451 tempfail.
+    """Turn any exception in a callback into a reported 451 tempfail (the engine's
+    observers log it, with its traceback at debug level, and count it).
 
     Callbacks negotiated as no-reply cannot refuse anything, so a fault there is
     remembered and the next callback that can reply (RCPT, end of message)
@@ -54,9 +55,8 @@ def guarded(callback: Callable[..., int]) -> Callable[..., int]:
         except Exception as exc:
             self.fault = f"{type(exc).__name__}: {exc}"
             txn = self.session.txn
-            self.session.fault("tempfail", self.fault, callback=callback.__name__,
+            self.session.fault("tempfail", self.fault, exc=exc, callback=callback.__name__,
                                queue_id=(txn.queue_id if txn else "") or None)
-            log.debug("traceback", exc_info=True)
             if callback.__name__ not in _REPLYING:
                 return int(Milter.CONTINUE)
             try:

@@ -33,6 +33,7 @@ workers (a listener the supervisor opened before forking).
 
 from __future__ import annotations
 
+import logging
 import os
 import select
 import socket
@@ -41,7 +42,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from spfmilter import engine, metrics, runtime
+from spfmilter import engine, runtime
 from spfmilter.config import Settings
 from spfmilter.core.headers import AUTH_RESULTS, RECEIVED_SPF, clean
 from spfmilter.core.policy import HeaderType
@@ -49,7 +50,6 @@ from spfmilter.core.transaction import Transaction
 from spfmilter.core.values import Action, Verdict
 from spfmilter.frontends import listener
 from spfmilter.frontends.inflight import InFlight
-from spfmilter.log import kv, log
 
 MAX_LINE = 8192          # bytes in one name=value line (Postfix's longest are certificates)
 MAX_REQUEST = 65536      # bytes in one request
@@ -90,22 +90,21 @@ class Session:
         try:
             return self._answer(attrs)
         except Exception as exc:
-            _fault(self._runtime, "tempfail", f"{type(exc).__name__}: {exc}",
+            _fault(self._runtime, "tempfail", f"{type(exc).__name__}: {exc}", exc=exc,
                    callback="policy", queue_id=attrs.get("queue_id") or None)
-            log.debug("traceback", exc_info=True)
             return _INTERNAL
 
     def _answer(self, attrs: dict[str, str]) -> str:
         request = attrs.get("request", "")
         if request != "smtpd_access_policy":
-            log.info("%s", kv(action="bad-input", error="unknown request type", request=request,
-                              via=self.via, answer=DUNNO))
+            _event(logging.INFO, "bad-input", error="unknown request type", request=request,
+                   via=self.via, answer=DUNNO)
             return DUNNO
         if attrs.get("protocol_state", "").upper() != "RCPT":
             return DUNNO  # evaluated at RCPT only, as policyd-spf does
         for name in ("client_address", "sender"):
             if name not in attrs:
-                log.info("%s", kv(action="bad-input", error=f"no {name}", via=self.via))
+                _event(logging.INFO, "bad-input", error=f"no {name}", via=self.via)
                 return _INCOMPLETE.format(name)
         session = self._session(attrs)
         verdict = session.rcpt(attrs.get("recipient", ""), via=self.via)
@@ -150,13 +149,18 @@ class Session:
         return f"PREPEND {header[0]}: {header[1]}"
 
 
-def _fault(current: runtime.Runtime | None, action: str, error: str, **fields: object) -> None:
-    """A fault answered for, reported by the engine (counted and logged)."""
-    current = current or runtime.current_or_none()
-    if current is not None:
-        current.engine.fault(action, error, **fields)
-    else:  # nothing installed to report through: the line at least
-        log.error("%s", kv(action=action, error=error, **fields))
+def _fault(current: runtime.Runtime | None, action: str, error: str, *,
+           exc: BaseException | None = None, **fields: object) -> None:
+    """A fault answered for, reported by the engine (counted and logged): the message's
+    own runtime's, else the current one (``runtime.reporter``)."""
+    reporter = current.engine if current is not None else runtime.reporter()
+    reporter.fault(action, error, exc=exc, **fields)
+
+
+def _event(level: int, action: str, **fields: object) -> None:
+    """What the protocol met (bad input, a closed client, a start or stop): a line the
+    engine's observers write, not this module (``runtime.reporter``)."""
+    runtime.reporter().event(level, action, **fields)
 
 
 def result_header(txn: Transaction) -> tuple[str, str] | None:
@@ -214,13 +218,13 @@ def converse(session: Session, recv: Recv, send: Callable[[bytes], None], *,
                 chunk = recv(began + limit - time.monotonic() if started else idle_timeout,
                              not started)
             except _Idle:
-                log.info("%s", kv(action="policy-close", reason="idle" if not started else
-                                  "request stalled", via=session.via))
+                _event(logging.INFO, "policy-close",
+                       reason="idle" if not started else "request stalled", via=session.via)
                 return "idle"
             if not chunk:
                 if started:
-                    log.info("%s", kv(action="bad-input", error="end of input inside a request",
-                                      via=session.via))
+                    _event(logging.INFO, "bad-input", error="end of input inside a request",
+                           via=session.via)
                 return "end of input"
             if not started:
                 began = time.monotonic()
@@ -242,8 +246,7 @@ def converse(session: Session, recv: Recv, send: Callable[[bytes], None], *,
                 attrs[_decode(name)] = _decode(value)
             continue
         if bad:
-            log.info("%s", kv(action="bad-input", error=bad, via=session.via,
-                              answer=_BAD_REQUEST))
+            _event(logging.INFO, "bad-input", error=bad, via=session.via, answer=_BAD_REQUEST)
             action = _BAD_REQUEST
         else:
             action = session.answer(attrs)
@@ -255,7 +258,7 @@ def converse(session: Session, recv: Recv, send: Callable[[bytes], None], *,
 def _refuse(send: Callable[[bytes], None], why: str, size: int, via: str) -> str:
     """Answer a request we will not read to its end, then close: the rest of it
     cannot be told apart from the next request."""
-    log.info("%s", kv(action="bad-input", error=why, size=size, via=via, answer=_TOO_LARGE))
+    _event(logging.INFO, "bad-input", error=why, size=size, via=via, answer=_TOO_LARGE)
     send(_reply(_TOO_LARGE))
     return why
 
@@ -290,14 +293,16 @@ def serve_stdio(settings: Settings, stdin: int = 0, stdout: int = 1) -> int:
     try:
         converse(Session("policy-stdin"), recv, send, idle_timeout=settings.policy_idle_timeout)
     except (BrokenPipeError, ConnectionResetError):
-        log.info("%s", kv(action="policy-close", reason="client went away", via="policy-stdin"))
+        _event(logging.INFO, "policy-close", reason="client went away", via="policy-stdin")
         return 1
     return 0
 
 
 # --- Policy_Socket: served by every daemon worker --------------------------------------------
 
-connections = InFlight(limit=MAX_CONNECTIONS, moved=metrics.connections_moved)
+# the gauge is the process's, as the count is: moved through the current engine's observers
+connections = InFlight(limit=MAX_CONNECTIONS,
+                       moved=lambda by: runtime.reporter().connections_moved(by))
 
 
 class PolicyService:
@@ -322,8 +327,8 @@ class PolicyService:
         self._accepting = threading.Thread(target=_accept_loop, args=(self.sock, stopping),
                                            name="spfmilter-policy", daemon=True)
         self._accepting.start()
-        log.info("%s", kv(action="policy-start",
-                          policy_socket=runtime.current().settings.policy_socket, pid=os.getpid()))
+        _event(logging.INFO, "policy-start",
+               policy_socket=runtime.current().settings.policy_socket, pid=os.getpid())
 
     def drain(self, grace: float) -> bool:
         """Stop accepting policy clients; wait for those in flight (a request being
@@ -335,8 +340,8 @@ class PolicyService:
         if self._accepting is not None:  # it notices the flag within POLL
             self._accepting.join(grace)
         idle = connections.wait_idle(max(0.0, deadline - time.monotonic()))
-        log.info("%s", kv(action="stop", policy_in_flight=0 if idle else connections.count,
-                          pid=os.getpid()))
+        _event(logging.INFO, "stop", policy_in_flight=0 if idle else connections.count,
+               pid=os.getpid())
         return idle
 
 
@@ -364,12 +369,12 @@ def _accept_loop(sock: socket.socket, stopping: threading.Event) -> None:
         except OSError as exc:
             if stopping.is_set():
                 break
-            log.error("%s", kv(action="policy-accept-failed", error=exc.strerror or str(exc)))
+            _event(logging.ERROR, "policy-accept-failed", error=exc.strerror or str(exc))
             time.sleep(POLL)  # e.g. out of descriptors: let connections close
             continue
         if not connections.opened():
-            log.warning("%s", kv(action="policy-close", reason="too many connections",
-                                 limit=MAX_CONNECTIONS))
+            _event(logging.WARNING, "policy-close", reason="too many connections",
+                   limit=MAX_CONNECTIONS)
             conn.close()
             continue
         try:
@@ -403,8 +408,8 @@ def _serve_connection(conn: socket.socket, stopping: threading.Event) -> None:
         converse(Session(), recv, send, idle_timeout=idle, stopping=stopping.is_set)
         _linger(conn)
     except OSError as exc:
-        log.info("%s", kv(action="policy-close", reason="client went away",
-                          error=exc.strerror or str(exc)))
+        _event(logging.INFO, "policy-close", reason="client went away",
+               error=exc.strerror or str(exc))
     except Exception as exc:  # never let a connection's fault reach the worker
         _fault(runtime.current_or_none(), "policy-close", f"{type(exc).__name__}: {exc}")
     finally:

@@ -25,7 +25,7 @@ from typing import TextIO
 
 from spfmilter.checks import psl
 from spfmilter.config import Settings
-from spfmilter.log import kv
+from spfmilter.core.keyvalue import kv
 from spfmilter.replay import run, stores
 from spfmilter.resolver import Resolver
 from spfmilter.summary import Record, Summary

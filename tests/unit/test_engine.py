@@ -13,7 +13,7 @@ from socket import AF_INET6
 import pytest
 
 from spfmilter import config as cfg
-from spfmilter import runtime
+from spfmilter import metrics, runtime
 from spfmilter.core.transaction import Transaction
 from spfmilter.core.values import Action, Verdict
 from spfmilter.engine import Engine
@@ -42,8 +42,15 @@ class Recorder:
     def forged_removed(self, txn: Transaction, name: str, index: int, queue_id: str) -> None:
         self.events.append(("forged_removed", name, index, queue_id))
 
-    def fault(self, action: str, error: str, fields: Mapping[str, object]) -> None:
-        self.events.append(("fault", action, error, dict(fields)))
+    def fault(self, action: str, error: str, fields: Mapping[str, object],
+              exc: BaseException | None) -> None:
+        self.events.append(("fault", action, error, dict(fields), exc))
+
+    def event(self, level: int, action: str, fields: Mapping[str, object]) -> None:
+        self.events.append(("event", level, action, dict(fields)))
+
+    def connections_moved(self, by: int) -> None:
+        self.events.append(("connections_moved", by))
 
     def kinds(self) -> list[object]:
         return [e[0] for e in self.events]
@@ -193,4 +200,69 @@ def test_a_fault_is_reported_to_every_observer(install):
     a, b = Recorder(), Recorder()
     install(a, b).fault("tempfail", "RuntimeError: x", callback="envrcpt", queue_id=None)
     assert a.events == b.events == [("fault", "tempfail", "RuntimeError: x",
-                                     {"callback": "envrcpt", "queue_id": None})]
+                                     {"callback": "envrcpt", "queue_id": None}, None)]
+
+
+class DeafToEvents(Recorder):
+    """An observer that fails on every front-end event and every move of the gauge."""
+
+    def event(self, *args: object) -> None:
+        raise RuntimeError("observer exploded")
+
+    def connections_moved(self, *args: object) -> None:
+        raise RuntimeError("observer exploded")
+
+
+def test_an_observer_that_fails_on_an_event_is_passed_over_and_the_next_still_hears_it(
+        install, caplog):
+    """A front end's event (bad input, a closed client) is reported like a decision: an
+    observer that raises is logged and skipped, and the one after it gets the event."""
+    rec = Recorder()
+    engine = install(DeafToEvents(), rec)
+    with caplog.at_level(logging.ERROR, logger="spfmilter"):
+        engine.event(logging.INFO, "bad-input", error="no sender", via="policy")
+        engine.connections_moved(1)
+    assert rec.events == [("event", logging.INFO, "bad-input",
+                           {"error": "no sender", "via": "policy"}),
+                          ("connections_moved", 1)]
+    failures = [r.getMessage() for r in caplog.records if "observer DeafToEvents failed" in
+                r.getMessage()]
+    assert [m.split(" on ")[1].split(":")[0] for m in failures] == ["event", "connections_moved"]
+
+
+def test_a_fault_carries_its_exception_to_the_observers(install):
+    """The front end no longer logs the traceback itself: the exception travels with
+    the fault, for the log observer to write it."""
+    rec = Recorder()
+    session = install(rec).session()
+    boom = ValueError("boom")
+    session.fault("tempfail", "ValueError: boom", exc=boom, callback="envrcpt")
+    assert rec.events == [("fault", "tempfail", "ValueError: boom", {"callback": "envrcpt"},
+                           boom)]
+
+
+def test_a_milter_connection_moves_the_gauge_through_the_engines_observers(install):
+    """Opened and closed connections reach the observers (the metrics' gauge among
+    them), not the metrics module straight from the front end."""
+    rec = Recorder()
+    install(rec)
+    m = milter_frontend.on_context(check_frontend.Recorder({}))
+    m.connect("client", AF_INET6, ("2001:db8::1", 25, 0, 0))
+    assert rec.events == [("connections_moved", 1)]
+    m.close()
+    assert rec.events == [("connections_moved", 1), ("connections_moved", -1)]
+
+
+def test_the_standard_observers_move_the_metrics_connections_gauge(install, dns_server):
+    """With the observers the daemon runs with, the gauge moves exactly as a front end's
+    connections open and close (policy's count, here)."""
+    s = cfg.from_mapping({"Nameservers": dns_server.nameserver})
+    install(*runtime.standard_observers(s))
+    def in_flight() -> float | None:
+        return metrics.current().registry.get_sample_value("spfmilter_connections_in_flight")
+
+    before = in_flight() or 0.0
+    assert policy.connections.opened()
+    assert in_flight() == before + 1
+    policy.connections.closed()
+    assert in_flight() == before

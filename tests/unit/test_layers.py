@@ -30,12 +30,12 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "spfmilter.engine": ("spfmilter.core",),
     "spfmilter.runtime": ("spfmilter.config", "spfmilter.checks", "spfmilter.resolver",
                           "spfmilter.engine", "spfmilter.log", "spfmilter.metrics"),
+    # what they meet is reported through the engine: neither log nor metrics (below)
     "spfmilter.frontends": ("spfmilter.core", "spfmilter.config", "spfmilter.checks",
                             "spfmilter.resolver", "spfmilter.runtime", "spfmilter.engine",
-                            "spfmilter.log", "spfmilter.metrics", "spfmilter.frontends",
-                            "spfmilter.endpoint"),
+                            "spfmilter.frontends", "spfmilter.endpoint"),
     "spfmilter.replay": ("spfmilter.core", "spfmilter.config", "spfmilter.checks",
-                         "spfmilter.resolver", "spfmilter.log", "spfmilter.frontends",
+                         "spfmilter.resolver", "spfmilter.frontends",
                          "spfmilter.replay", "spfmilter.summary"),   # a front end: a mail
                                                                    # store through check
     "spfmilter.doctor": ("spfmilter.config", "spfmilter.resolver", "spfmilter.milter_protocol",
@@ -46,6 +46,8 @@ ALLOWED: dict[str, tuple[str, ...]] = {
 }
 ANYWHERE = ("spfmilter",)  # `from spfmilter import __version__`, anywhere but in the core
 CORE = "spfmilter.core"
+FRONT_ENDS = ("frontends", "replay")
+REPORTED_THROUGH_THE_ENGINE = ("spfmilter.log", "spfmilter.metrics")
 
 
 def _module_name(path: Path) -> str:
@@ -97,3 +99,21 @@ def test_the_rule_table_covers_every_module_but_the_top():
     uncovered = [m for m in (_module_name(p) for p in PACKAGE.rglob("*.py"))
                  if _rule(m) is None and m not in ("spfmilter", "spfmilter.cli", "spfmilter.__main__")]
     assert uncovered == []
+
+
+def test_no_front_end_calls_log_or_metrics_directly():
+    """A front end reports what it met (bad input, a closed client, a start or stop,
+    connections in flight) through the engine's observers, so a probe or a test sees
+    all of it and the lines and counts are written in one place: no module of a front
+    end imports the log or the metrics, in any form (``from spfmilter import log``,
+    ``import spfmilter.metrics``, ``from spfmilter.log import kv``)."""
+    direct = []
+    for folder in FRONT_ENDS:
+        paths = sorted((PACKAGE / folder).rglob("*.py"))
+        assert paths, folder   # a moved folder must not make this pass vacuously
+        for path in paths:
+            for target in _imports(path):
+                if any(target == m or target.startswith(m + ".")
+                       for m in REPORTED_THROUGH_THE_ENGINE):
+                    direct.append(f"{_module_name(path)} imports {target}")
+    assert direct == []

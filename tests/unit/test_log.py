@@ -1,9 +1,12 @@
-"""The decision line's keys: each one documented in README's Logging section."""
+"""The decision line's keys: each one documented in README's Logging section; the log
+observer's other lines (a front end's events, a fault and its traceback)."""
 
 from __future__ import annotations
 
 import ast
+import logging
 
+from spfmilter.log import DecisionLog
 from tests.kit import ROOT
 
 
@@ -23,3 +26,35 @@ def test_every_key_of_the_decision_line_is_documented_in_the_logging_section():
     extras = ["mta", "daemon", "via"]   # the front ends' own (milter: mta, daemon; policy: via)
     undocumented = [k for k in keys + extras if f"``{k}``" not in logging]
     assert undocumented == []
+
+
+def test_an_event_is_one_line_at_its_level_with_action_first(caplog):
+    """The front ends' lines (bad input, policy-close, ...) keep their form now that the
+    log observer writes them: ``action`` first, the fields in the order given."""
+    with caplog.at_level(logging.DEBUG, logger="spfmilter"):
+        DecisionLog(log_queue_id=True).event(
+            logging.WARNING, "policy-close", {"reason": "too many connections", "limit": 512})
+    assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
+        (logging.WARNING, 'action=policy-close reason="too many connections" limit=512')]
+
+
+def test_a_fault_line_is_followed_by_its_traceback_at_debug_level(caplog):
+    """The traceback the front ends wrote themselves comes with the fault now: the error
+    line first, then the traceback (shown with debugLevel 2 only)."""
+    try:
+        raise ValueError("boom")
+    except ValueError as exc:
+        error = exc
+    with caplog.at_level(logging.DEBUG, logger="spfmilter"):
+        DecisionLog(log_queue_id=True).fault("tempfail", "ValueError: boom",
+                                             {"callback": "envrcpt"}, error)
+    assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
+        (logging.ERROR, 'action=tempfail error="ValueError: boom" callback=envrcpt'),
+        (logging.DEBUG, "traceback")]
+    assert "raise ValueError" in caplog.text and "ValueError: boom" in caplog.text
+
+
+def test_a_fault_without_its_exception_writes_no_traceback(caplog):
+    with caplog.at_level(logging.DEBUG, logger="spfmilter"):
+        DecisionLog(log_queue_id=True).fault("policy-close", "OSError: x", {}, None)
+    assert [r.getMessage() for r in caplog.records] == ['action=policy-close error="OSError: x"']
