@@ -269,3 +269,39 @@ def test_each_starts_no_thread_while_dns_answers_quickly(dns_server, monkeypatch
     results = spf_check.each(slow_first)
     assert [r.result for r in results] == ["temperror", "fail", "fail"] and started == [1, 1]
     assert time.monotonic() - started_at < 1.8
+
+
+_TREE = {  # a sender domain and its HELO name as providers publish them (the benchmark's shape)
+    "h.tree.test": [{"TXT": "v=spf1 a include:_nb.tree.test ~all"}, {"A": "198.18.100.1"}],
+    "tree.test": [{"TXT": "v=spf1 mx a:out.tree.test include:_spf.tree.test ~all"},
+                  {"MX": [10, "mx1.tree.test"]}, {"MX": [20, "mx2.tree.test"]}],
+    "mx1.tree.test": [{"A": "198.18.0.1"}], "mx2.tree.test": [{"A": "198.18.1.1"}],
+    "out.tree.test": [{"A": "198.18.2.1"}],
+    "_spf.tree.test": [{"TXT": "v=spf1 ip4:198.18.3.0/24 include:_nb.tree.test ~all"}],
+    "_nb.tree.test": [{"TXT": "v=spf1 ip4:198.19.0.0/24 ip6:2001:db8::/64 ~all"}],
+}
+
+
+def test_a_message_asks_each_name_the_evaluation_needs_once_and_nothing_else(dns_server):
+    """HELO and MAIL FROM of one message, cold: one query per name and type that RFC 7208
+    evaluation reaches (the HELO record, its a, its include; the sender's record, its mx,
+    the address of each MX host, its a:, its include), the include both share asked once,
+    no SPF-type, PTR or DKIM query; warm, none."""
+    dns_server.update(_TREE)
+    checker = spf_check.Checker(Resolver((dns_server.address,), timeout=2.0), receiver="mx.test",
+                                void_limit=2)
+
+    def message():
+        return checker.each([
+            lambda: checker("helo", "198.19.0.7", "", "h.tree.test", lookup_time=2.0),
+            lambda: checker("mailfrom", "198.19.0.7", "u@tree.test", "h.tree.test", lookup_time=2.0)])
+
+    dns_server.clear_queries()
+    assert [r.result for r in message()] == ["pass", "pass"]
+    assert [q[:2] for q in dns_server.queries] == [
+        ("h.tree.test", "TXT"), ("h.tree.test", "A"), ("_nb.tree.test", "TXT"),
+        ("tree.test", "TXT"), ("tree.test", "MX"), ("mx1.tree.test", "A"), ("mx2.tree.test", "A"),
+        ("out.tree.test", "A"), ("_spf.tree.test", "TXT")]
+    dns_server.clear_queries()
+    assert [r.result for r in message()] == ["pass", "pass"]
+    assert dns_server.queries == []
