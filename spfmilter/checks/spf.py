@@ -113,10 +113,16 @@ class _Memo:
 _networks = _Memo(4096)       # (address or CIDR text, prefix) -> ipaddress network
 _mechanisms = _Memo(4096)     # (term, domain, ip version) -> validate_mechanism's tuple
 _client_ips = _Memo(1024)     # client address text -> what pyspf's set_ip sets from it
-# (record, domain, ip version) -> its networks, or False.  Bounded in entries and in
+# (record, domain, ip version) -> its networks.  Bounded in entries and in
 # networks per entry (a longer record is pyspf's to walk), so records published to
 # fill memory keep it bounded: at most 256 entries of at most 100 networks.
 _address_lists = _Memo(256)
+# The same key -> False for a record that is no address list (most records: every
+# sender domain's own), kept apart so that they never push the lists out of theirs;
+# only records of at most _MAX_NOT_LISTED characters are kept (a longer one is found
+# no list again).
+_not_lists = _Memo(4096)
+_MAX_NOT_LISTED = 512
 # (network, or None for ``all``; the term; its result) in record order
 _Listed = list[tuple["ipaddress.IPv4Network | ipaddress.IPv6Network | None", str, str]]
 # the list, and whether its pass terms together cover every address of the client's version
@@ -158,6 +164,11 @@ def _covers_all(listed: _Listed) -> bool:
             return True
         passing.append(network)
     if not passing:
+        return False
+    # networks that hold fewer addresses between them than the whole space cannot cover
+    # it: most lists are told apart here, without collapsing them
+    space = passing[0].max_prefixlen
+    if sum(1 << (space - network.prefixlen) for network in passing) < 1 << space:
         return False
     collapsed = list(ipaddress.collapse_addresses(passing))  # type: ignore[type-var]  # one version
     return len(collapsed) == 1 and collapsed[0].prefixlen == 0
@@ -272,10 +283,13 @@ class _Query(spf.query):  # type: ignore[misc]  # pyspf has no type hints
         record pyspf would find an error in, is pyspf's own check0."""
         if spf_record and self.strict is True and isinstance(self.iplist, bool):
             key = (spf_record, self.d, self.v)
-            kept = _address_lists.data.get(key)
+            kept = _address_lists.data.get(key) or _not_lists.data.get(key)
             if kept is None:
                 kept = self._address_list(spf_record)
-                _address_lists.put(key, kept)
+                if kept is not False:
+                    _address_lists.put(key, kept)
+                elif len(spf_record) <= _MAX_NOT_LISTED:
+                    _not_lists.put(key, kept)
             if not isinstance(kept, bool):
                 networks, covers_all = kept
                 client = self.ipaddr

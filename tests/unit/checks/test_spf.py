@@ -34,7 +34,8 @@ CASES = [  # (client address, sender, result, the client address as pyspf shows 
 
 
 def _forget() -> None:
-    for memo in (spf_check._networks, spf_check._mechanisms, spf_check._client_ips, spf_check._address_lists):
+    for memo in (spf_check._networks, spf_check._mechanisms, spf_check._client_ips, spf_check._address_lists,
+                 spf_check._not_lists):
         memo.data.clear()
     parse_ip.cache_clear()
 
@@ -98,6 +99,23 @@ def test_address_lists_match_pyspf(record, client):
     assert run(spf_check._Query) == expected
 
 
+def test_records_that_are_no_address_list_never_push_the_lists_out():
+    """Every sender domain's own record is no address list; more of them than the lists'
+    memo holds must leave the lists that providers' includes share where they are."""
+    _forget()
+    listed = "v=spf1 ip4:192.0.2.0/24 ip4:198.51.100.0/24 -all"
+
+    def check(record):
+        q = spf_check._Query(i="192.0.2.10", s="user@example.test", h="helo.test", receiver="mx.test")
+        return q.check(spf=record)[0]
+
+    assert check(listed) == "pass"
+    for i in range(2 * spf_check._address_lists.size):
+        assert check(f"v=spf1 ip4:192.0.2.0/24 exp=e{i}.example.test -all") == "pass"
+    assert [k[0] for k in spf_check._address_lists.data] == [listed]
+    assert len(spf_check._not_lists.data) == 2 * spf_check._address_lists.size
+
+
 def test_long_address_lists_are_left_to_pyspf():
     """A record longer than what is kept (published to fill memory, say) is walked by
     pyspf itself, with the same outcome, and leaves nothing behind."""
@@ -106,8 +124,9 @@ def test_long_address_lists_are_left_to_pyspf():
     for client, result in (("192.0.2.10", "pass"), ("198.51.100.7", "fail"), ("2001:db8::1", "fail")):
         q = spf_check._Query(i=client, s="user@example.test", h="helo.test", receiver="mx.test")
         assert q.check(spf=record)[0] == result
-    kept = [v for k, v in spf_check._address_lists.data.items() if k[0] == record]
-    assert kept == [False, False]  # IPv4 and IPv6: "not a list", no networks held
+    kept = [v for memo in (spf_check._address_lists, spf_check._not_lists)
+            for k, v in memo.data.items() if k[0] == record]
+    assert kept == []  # IPv4 and IPv6: "not a list", nothing held for a record that long
 
 
 def test_void_limit_is_each_checks_own_and_no_global_is_rewritten(dns_server):
@@ -231,6 +250,9 @@ def test_address_lists_whose_pass_terms_cover_every_address():
     assert not covers("v=spf1 ~ip4:0.0.0.0/0 -all")            # covered, but not by a pass
     assert not covers("v=spf1 ip6:::/0 -all")                  # another version than the client's
     assert covers("v=spf1 ip6:::/1 ip6:8000::/1", "2001:db8::1")
+    # as many addresses as the whole space, counted twice: not everything
+    assert not covers("v=spf1 ip4:0.0.0.0/1 ip4:0.0.0.0/2 ip4:64.0.0.0/2")
+    assert covers("v=spf1 ip4:0.0.0.0/2 ip4:0.0.0.0/1 ip4:64.0.0.0/2 ip4:128.0.0.0/1")
 
 
 @pytest.mark.parametrize("record,result,term", [
