@@ -32,6 +32,7 @@ import errno
 import ipaddress
 import logging
 import os
+import re
 import secrets
 import socket
 import struct
@@ -498,6 +499,19 @@ def _positive(data: bytes, qname: dns.name.Name, rdtype: int, end: int) -> _Posi
     return None
 
 
+_PLAIN_NAME = re.compile(r"(?:[A-Za-z0-9_-]{1,63}\.)*[A-Za-z0-9_-]{1,63}\.?\Z")
+
+
+def _name(text: str) -> dns.name.Name:
+    """``dns.name.from_text(text)``, for a name of plain labels (letters, digits, "-", "_":
+    what SPF records name) without its escape, IDNA and origin handling; the Name and
+    any error (a name over 255 bytes) are the same."""
+    if _PLAIN_NAME.match(text):
+        labels: list[bytes | str] = [label.encode() for label in text.rstrip(".").split(".")]
+        return dns.name.Name([*labels, b""])
+    return dns.name.from_text(text)
+
+
 class Resolver:
     """The lookups pyspf needs, answered through one cached dnspython resolver."""
 
@@ -592,7 +606,7 @@ class Resolver:
                 ) -> tuple[dns.resolver.Answer | _Positive | None, float | None]:
         """One query to the servers in turn, as dnspython's Resolver would ask them
         (recursion desired, no search list; each server may use the whole budget)."""
-        qname = dns.name.from_text(name)
+        qname = _name(name)
         rdtype = dns.rdatatype.from_text(qtype)
         question = cast(bytes, qname.to_wire()) + _QTAIL.pack(rdtype, dns.rdataclass.IN)
         qid = secrets.randbits(16)

@@ -413,3 +413,22 @@ def test_answers_read_from_the_answer_section_alone_are_what_dnspython_reads(qty
     assert got.rrset == list(expected.rrset)
     assert [r.to_text() for r in got.rrset] == [r.to_text() for r in expected.rrset]
     assert abs(got.expiration - expected.expiration) < 1
+
+
+@hsettings(max_examples=500, deadline=None)
+@given(text=st.one_of(
+    st.lists(st.text(st.sampled_from("aZ09-_"), min_size=0, max_size=70), min_size=1, max_size=6)
+    .map(".".join),
+    st.text(st.sampled_from("aZ9-_.\\@*\u00fc "), max_size=30)).flatmap(
+        lambda t: st.sampled_from([t, t + ".", t * 5])))
+def test_names_are_the_names_dnspython_makes_of_the_text(text):
+    """The question's name, made quickly for plain labels, is dnspython's from_text
+    name (labels, case, absolute) or the same error."""
+    try:
+        expected = dns.name.from_text(text)
+    except Exception as exc:
+        with pytest.raises(type(exc)):
+            resolver_mod._name(text)
+        return
+    got = resolver_mod._name(text)
+    assert got.labels == expected.labels and got.to_wire() == expected.to_wire()
