@@ -438,6 +438,7 @@ _CNAME = dns.rdatatype.CNAME
 _SPECIAL = (dns.rdatatype.OPT, dns.rdatatype.TSIG)
 _MAX_CHAIN = 16                # dnspython's (dns.message.MAX_CHAIN)
 _MAX_TTL = 2**32 - 1
+_TO_QUESTION = b"\xc0\x0c"     # a compression pointer to the name right after the header
 
 
 def _positive(data: bytes, qname: dns.name.Name, rdtype: int, end: int) -> _Positive | None:
@@ -456,7 +457,8 @@ def _positive(data: bytes, qname: dns.name.Name, rdtype: int, end: int) -> _Posi
     the last of several CNAMEs of one owner replaces the others, and the chain is
     followed from the question's name through the first target, at most 16 links.
 
-    ``end`` is where the question ends (its bytes are the ones sent)."""
+    ``end`` is where the question ends (its bytes are the ones sent, but for the case of
+    letters: an owner that points to them is ``qname``, names compare case-blind)."""
     if data[2] & 0x78 or data[3] & 0x0F or data[4:6] != b"\0\1" or data[8:12] != b"\0\0\0\0":
         return None
     same = _SAME.get(rdtype)
@@ -465,7 +467,12 @@ def _positive(data: bytes, qname: dns.name.Name, rdtype: int, end: int) -> _Posi
     parser = dns.wire.Parser(data, end)
     found: dict[tuple[dns.name.Name, int], tuple[list[int], dict[Any, Any]]] = {}
     for _ in range(int.from_bytes(data[6:8], "big")):
-        owner = dns.name.from_wire_parser(parser)
+        at = parser.current
+        if data[at:at + 2] == _TO_QUESTION:   # the usual owner: the question's name
+            owner = qname
+            parser.seek(at + 2)
+        else:
+            owner = dns.name.from_wire_parser(parser)
         rrtype, rrclass, ttl, rdlen = parser.get_struct("!HHIH")
         if rrtype in _SPECIAL:
             return None

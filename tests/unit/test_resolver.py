@@ -357,7 +357,9 @@ _OWNERS = ["q.example.", "Q.EXAMPLE.", "c1.example.", "c2.example.", "other.exam
 
 def _rr(owner, rtype, rclass, ttl, text):
     rdata = dns.rdata.from_text(dns.rdataclass.IN, rtype, text)  # its bytes, whatever the class
-    return (dns.name.from_text(owner).to_wire() + struct.pack("!HHIH", rdata.rdtype, rclass, ttl,
+    # the question's name as servers write it again: a pointer to the question
+    name = b"\xc0\x0c" if owner == "q.example." else dns.name.from_text(owner).to_wire()
+    return (name + struct.pack("!HHIH", rdata.rdtype, rclass, ttl,
                                                                len(rdata.to_wire())) + rdata.to_wire())
 
 
