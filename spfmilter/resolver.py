@@ -425,14 +425,20 @@ class _Positive:
         self.expiration = expiration
 
 
+def _key(name: dns.name.Name) -> tuple[bytes, ...]:
+    """A name as dnspython compares names (ASCII case-blind), cheaper to hash than the
+    Name itself (whose hash walks every byte in Python)."""
+    return tuple(label.lower() for label in name.labels)
+
+
 # The record types ``_positive`` reads (those ``Resolver.records`` keeps), and the key
 # that says two records of a type are the same record, as dnspython's rdata equality
 # (canonical wire form) does, without building that form for each record.
 _SAME: dict[int, Callable[[Any], Any]] = {
     dns.rdatatype.A: lambda rd: rd.address, dns.rdatatype.AAAA: lambda rd: rd.address,
     dns.rdatatype.TXT: lambda rd: rd.strings, dns.rdatatype.SPF: lambda rd: rd.strings,
-    dns.rdatatype.MX: lambda rd: (rd.preference, rd.exchange),   # names compare case-blind
-    dns.rdatatype.PTR: lambda rd: rd.target,
+    dns.rdatatype.MX: lambda rd: (rd.preference, _key(rd.exchange)),
+    dns.rdatatype.PTR: lambda rd: _key(rd.target),
 }
 _CNAME = dns.rdatatype.CNAME
 _SPECIAL = (dns.rdatatype.OPT, dns.rdatatype.TSIG)
@@ -465,14 +471,15 @@ def _positive(data: bytes, qname: dns.name.Name, rdtype: int, end: int) -> _Posi
     if same is None:
         return None
     parser = dns.wire.Parser(data, end)
-    found: dict[tuple[dns.name.Name, int], tuple[list[int], dict[Any, Any]]] = {}
+    found: dict[tuple[tuple[bytes, ...], int], tuple[list[int], dict[Any, Any]]] = {}
+    question = _key(qname)
     for _ in range(int.from_bytes(data[6:8], "big")):
         at = parser.current
         if data[at:at + 2] == _TO_QUESTION:   # the usual owner: the question's name
-            owner = qname
+            owner = question
             parser.seek(at + 2)
         else:
-            owner = dns.name.from_wire_parser(parser)
+            owner = _key(dns.name.from_wire_parser(parser))
         rrtype, rrclass, ttl, rdlen = parser.get_struct("!HHIH")
         if rrtype in _SPECIAL:
             return None
@@ -493,7 +500,7 @@ def _positive(data: bytes, qname: dns.name.Name, rdtype: int, end: int) -> _Posi
             kept[1].setdefault(same(rd), rd)
     if parser.remaining() != 0:
         return None
-    name, least = qname, _MAX_TTL
+    name, least = question, _MAX_TTL
     for _ in range(_MAX_CHAIN):
         records = found.get((name, rdtype))
         if records is not None:
@@ -502,7 +509,7 @@ def _positive(data: bytes, qname: dns.name.Name, rdtype: int, end: int) -> _Posi
         if cname is None:
             return None
         least = min(least, cname[0][0])
-        name = cname[1][0].target
+        name = _key(cname[1][0].target)
     return None
 
 
