@@ -138,6 +138,17 @@ _ZERO_PREFIX = re.compile(r"/0+\Z")
 _INCLUDE = re.compile(r"\+?include:", re.IGNORECASE)
 
 
+def _network(text: str, prefix: int) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """The network of an address (an A/AAAA/MX answer, an ip4:/ip6: term) at a prefix
+    length, kept (ValueError for text that is no address); one parse for the ranges that
+    many records list."""
+    network = _networks.data.get((text, prefix))
+    if network is None:
+        network = ipaddress.ip_network(text).supernet(new_prefix=prefix)
+        _networks.put((text, prefix), network)
+    return network
+
+
 def _matches_everything(term: str, ipv6: bool) -> bool:
     """Whether a (passing) term matches every address of the client's IP version: all,
     ip4:/ip6: with a prefix of length 0, a/mx whose prefix for that version is 0."""
@@ -219,17 +230,13 @@ class _Query(spf.query):  # type: ignore[misc]  # pyspf has no type hints
         if not isinstance(self.iplist, bool):  # pyspf's "list" mode: keep its own code
             own: bool = super().cidrmatch(ipaddrs, n)
             return own
-        memo = _networks.data
         client = self.ipaddr
         matched = False
         for ip in ipaddrs:  # all parsed, as pyspf does: a bad one is a PermError even after a match
-            network = memo.get((ip, n))
-            if network is None:
-                try:
-                    network = ipaddress.ip_network(ip).supernet(new_prefix=n)
-                except ValueError as exc:
-                    raise spf.PermError(str(exc)) from None
-                _networks.put((ip, n), network)
+            try:
+                network = _network(ip, n)
+            except ValueError as exc:
+                raise spf.PermError(str(exc)) from None
             if not matched and client in network:
                 matched = True
         return matched
@@ -354,7 +361,7 @@ class _Query(spf.query):  # type: ignore[misc]  # pyspf has no type hints
                 done = True
             elif (kind == "ip4") == (self.v == "in-addr"):  # only the client's own version
                 try:
-                    network = ipaddress.ip_network(arg).supernet(new_prefix=cidr)
+                    network = _network(arg, cidr)
                 except ValueError:
                     return False
                 out.append((network, mech, result))
