@@ -32,6 +32,7 @@ import errno
 import ipaddress
 import logging
 import os
+import re
 import secrets
 import socket
 import struct
@@ -48,9 +49,11 @@ import dns.message
 import dns.name
 import dns.query
 import dns.rcode
+import dns.rdata
 import dns.rdataclass
 import dns.rdatatype
 import dns.resolver
+import dns.wire
 
 try:
     import dns.nameserver
@@ -411,6 +414,118 @@ def _udp_exchange(wire: bytes, question: bytes, host: str, port: int, deadline: 
             _wait_at_most(sock, _left(deadline, watch))
 
 
+class _Positive:
+    """A NOERROR answer's records of the type asked for (at the end of its CNAMEs) and
+    when it expires: the two things ``Resolver.records`` keeps of dnspython's Answer."""
+
+    __slots__ = ("expiration", "rrset")
+
+    def __init__(self, rrset: list[Any], expiration: float) -> None:
+        self.rrset = rrset
+        self.expiration = expiration
+
+
+def _key(name: dns.name.Name) -> tuple[bytes, ...]:
+    """A name as dnspython compares names (ASCII case-blind), cheaper to hash than the
+    Name itself (whose hash walks every byte in Python)."""
+    return tuple(label.lower() for label in name.labels)
+
+
+# The record types ``_positive`` reads (those ``Resolver.records`` keeps), and the key
+# that says two records of a type are the same record, as dnspython's rdata equality
+# (canonical wire form) does, without building that form for each record.
+_SAME: dict[int, Callable[[Any], Any]] = {
+    dns.rdatatype.A: lambda rd: rd.address, dns.rdatatype.AAAA: lambda rd: rd.address,
+    dns.rdatatype.TXT: lambda rd: rd.strings, dns.rdatatype.SPF: lambda rd: rd.strings,
+    dns.rdatatype.MX: lambda rd: (rd.preference, _key(rd.exchange)),
+    dns.rdatatype.PTR: lambda rd: _key(rd.target),
+}
+_CNAME = dns.rdatatype.CNAME
+_SPECIAL = (dns.rdatatype.OPT, dns.rdatatype.TSIG)
+_MAX_CHAIN = 16                # dnspython's (dns.message.MAX_CHAIN)
+_MAX_TTL = 2**32 - 1
+_TO_QUESTION = b"\xc0\x0c"     # a compression pointer to the name right after the header
+
+
+def _positive(data: bytes, qname: dns.name.Name, rdtype: int, end: int) -> _Positive | None:
+    """What dnspython's ``Answer(qname, rdtype, IN, from_wire(data))`` would give for a
+    plain positive answer, read from the answer section alone; None for anything else
+    (another opcode or rcode, authority or additional records, no records of the type
+    asked for, a record dnspython treats apart), which then takes dnspython's full way.
+
+    Why: a cold transaction's lookups are mostly this case, and the full way builds a
+    Message (the question parsed again although ``_udp_exchange`` compared its bytes,
+    every record hashed in its canonical wire form into an RRset) and then looks the
+    records up again to follow the CNAMEs.  The records themselves are still decoded
+    by dnspython (``dns.rdata.from_wire_parser``), so a malformed one raises as before;
+    the RRset rules are dnspython's: records merge per (owner, class, type), the TTL is
+    the least of them (one above 2^31-1 counts as 0), a duplicate record is kept once,
+    the last of several CNAMEs of one owner replaces the others, and the chain is
+    followed from the question's name through the first target, at most 16 links.
+
+    ``end`` is where the question ends (its bytes are the ones sent, but for the case of
+    letters: an owner that points to them is ``qname``, names compare case-blind)."""
+    if data[2] & 0x78 or data[3] & 0x0F or data[4:6] != b"\0\1" or data[8:12] != b"\0\0\0\0":
+        return None
+    same = _SAME.get(rdtype)
+    if same is None:
+        return None
+    parser = dns.wire.Parser(data, end)
+    found: dict[tuple[tuple[bytes, ...], int], tuple[list[int], dict[Any, Any]]] = {}
+    question = _key(qname)
+    for _ in range(int.from_bytes(data[6:8], "big")):
+        at = parser.current
+        if data[at:at + 2] == _TO_QUESTION:   # the usual owner: the question's name
+            owner = question
+            parser.seek(at + 2)
+        else:
+            owner = _key(dns.name.from_wire_parser(parser))
+        rrtype, rrclass, ttl, rdlen = parser.get_struct("!HHIH")
+        if rrtype in _SPECIAL:
+            return None
+        with parser.restrict_to(rdlen):
+            rd = dns.rdata.from_wire_parser(rrclass, rrtype, parser)
+        if rrclass != dns.rdataclass.IN or (rrtype != rdtype and rrtype != _CNAME):
+            continue
+        if ttl > 0x7FFFFFFF:
+            ttl = 0
+        kept = found.get((owner, rrtype))
+        if kept is None:
+            found[(owner, rrtype)] = ([ttl], {same(rd) if rrtype == rdtype else 0: rd})
+            continue
+        kept[0][0] = min(kept[0][0], ttl)
+        if rrtype == _CNAME:
+            kept[1][0] = rd             # a singleton type: the last one stays
+        else:
+            kept[1].setdefault(same(rd), rd)
+    if parser.remaining() != 0:
+        return None
+    name, least = question, _MAX_TTL
+    for _ in range(_MAX_CHAIN):
+        records = found.get((name, rdtype))
+        if records is not None:
+            return _Positive(list(records[1].values()), time.time() + min(least, records[0][0]))
+        cname = found.get((name, _CNAME))
+        if cname is None:
+            return None
+        least = min(least, cname[0][0])
+        name = _key(cname[1][0].target)
+    return None
+
+
+_PLAIN_NAME = re.compile(r"(?:[A-Za-z0-9_-]{1,63}\.)*[A-Za-z0-9_-]{1,63}\.?\Z")
+
+
+def _name(text: str) -> dns.name.Name:
+    """``dns.name.from_text(text)``, for a name of plain labels (letters, digits, "-", "_":
+    what SPF records name) without its escape, IDNA and origin handling; the Name and
+    any error (a name over 255 bytes) are the same."""
+    if _PLAIN_NAME.match(text):
+        labels: list[bytes | str] = [label.encode() for label in text.rstrip(".").split(".")]
+        return dns.name.Name([*labels, b""])
+    return dns.name.from_text(text)
+
+
 class Resolver:
     """The lookups pyspf needs, answered through one cached dnspython resolver."""
 
@@ -472,14 +587,15 @@ class Resolver:
     def resolve(self, name: str, qtype: str, lifetime: float) -> dns.resolver.Answer | None:
         """One lookup on the network; None means 'no such data' (NXDOMAIN or no records)."""
         answer, _ = self._query(name, qtype, lifetime)
-        return answer
+        return cast(dns.resolver.Answer | None, answer)
 
-    def _query(self, name: str, qtype: str,
-               lifetime: float) -> tuple[dns.resolver.Answer | None, float | None]:
-        """(answer, None), or (None, expiration of the negative answer, if it has one)."""
+    def _query(self, name: str, qtype: str, lifetime: float, lean: bool = False
+               ) -> tuple[dns.resolver.Answer | _Positive | None, float | None]:
+        """(answer, None), or (None, expiration of the negative answer, if it has one).
+        ``lean``: a plain positive answer may come as a _Positive (records, expiration)."""
         try:
             if self._servers:
-                return self._direct(name, qtype, max(lifetime, 0.001))
+                return self._direct(name, qtype, max(lifetime, 0.001), lean)
             answer = self._resolver.resolve(name, qtype, lifetime=max(lifetime, 0.001),
                                             search=False, raise_on_no_answer=False)
             return answer, None
@@ -500,11 +616,11 @@ class Resolver:
             raise _failed(f"DNS error looking up {name}/{qtype}", name, qtype,
                           f"{type(exc).__name__}: {exc}") from exc
 
-    def _direct(self, name: str, qtype: str,
-                lifetime: float) -> tuple[dns.resolver.Answer | None, float | None]:
+    def _direct(self, name: str, qtype: str, lifetime: float, lean: bool = False
+                ) -> tuple[dns.resolver.Answer | _Positive | None, float | None]:
         """One query to the servers in turn, as dnspython's Resolver would ask them
         (recursion desired, no search list; each server may use the whole budget)."""
-        qname = dns.name.from_text(name)
+        qname = _name(name)
         rdtype = dns.rdatatype.from_text(qtype)
         question = cast(bytes, qname.to_wire()) + _QTAIL.pack(rdtype, dns.rdataclass.IN)
         qid = secrets.randbits(16)
@@ -522,6 +638,9 @@ class Resolver:
                     response = dns.query.tcp(query, host, timeout=deadline - time.monotonic(),
                                              port=port)
                 else:
+                    positive = _positive(data, qname, rdtype, len(wire)) if lean else None
+                    if positive is not None:
+                        return positive, None
                     response = dns.message.from_wire(data)
             except dns.exception.Timeout:
                 raise
@@ -556,7 +675,7 @@ class Resolver:
         cached = self._cache.get(key) if attempt is None else attempt.use(self._cache, key)
         if cached is not None:   # None when absent or expired
             return cached.pyspf(key)
-        answer, negative_expiration = self._query(name, qtype, lifetime)
+        answer, negative_expiration = self._query(name, qtype, lifetime, lean=True)
         if answer is None or answer.rrset is None:
             expiration = answer.expiration if answer is not None else negative_expiration
             if expiration is not None:

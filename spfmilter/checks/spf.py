@@ -113,10 +113,16 @@ class _Memo:
 _networks = _Memo(4096)       # (address or CIDR text, prefix) -> ipaddress network
 _mechanisms = _Memo(4096)     # (term, domain, ip version) -> validate_mechanism's tuple
 _client_ips = _Memo(1024)     # client address text -> what pyspf's set_ip sets from it
-# (record, domain, ip version) -> its networks, or False.  Bounded in entries and in
+# (record, domain, ip version) -> its networks.  Bounded in entries and in
 # networks per entry (a longer record is pyspf's to walk), so records published to
 # fill memory keep it bounded: at most 256 entries of at most 100 networks.
 _address_lists = _Memo(256)
+# The same key -> False for a record that is no address list (most records: every
+# sender domain's own), kept apart so that they never push the lists out of theirs;
+# only records of at most _MAX_NOT_LISTED characters are kept (a longer one is found
+# no list again).
+_not_lists = _Memo(4096)
+_MAX_NOT_LISTED = 512
 # (network, or None for ``all``; the term; its result) in record order
 _Listed = list[tuple["ipaddress.IPv4Network | ipaddress.IPv6Network | None", str, str]]
 # the list, and whether its pass terms together cover every address of the client's version
@@ -130,6 +136,17 @@ _SET_IP_ATTRS = ("iplist", "ipaddr", "c", "A", "v", "i", "cidrmax")
 _A_MX = re.compile(r"(?:a|mx)(?::[^/]*)?(?:/(\d+))?(?://(\d+))?\Z")
 _ZERO_PREFIX = re.compile(r"/0+\Z")
 _INCLUDE = re.compile(r"\+?include:", re.IGNORECASE)
+
+
+def _network(text: str, prefix: int) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """The network of an address (an A/AAAA/MX answer, an ip4:/ip6: term) at a prefix
+    length, kept (ValueError for text that is no address); one parse for the ranges that
+    many records list."""
+    network = _networks.data.get((text, prefix))
+    if network is None:
+        network = ipaddress.ip_network(text).supernet(new_prefix=prefix)
+        _networks.put((text, prefix), network)
+    return network
 
 
 def _matches_everything(term: str, ipv6: bool) -> bool:
@@ -158,6 +175,11 @@ def _covers_all(listed: _Listed) -> bool:
             return True
         passing.append(network)
     if not passing:
+        return False
+    # networks that hold fewer addresses between them than the whole space cannot cover
+    # it: most lists are told apart here, without collapsing them
+    space = passing[0].max_prefixlen
+    if sum(1 << (space - network.prefixlen) for network in passing) < 1 << space:
         return False
     collapsed = list(ipaddress.collapse_addresses(passing))  # type: ignore[type-var]  # one version
     return len(collapsed) == 1 and collapsed[0].prefixlen == 0
@@ -208,17 +230,13 @@ class _Query(spf.query):  # type: ignore[misc]  # pyspf has no type hints
         if not isinstance(self.iplist, bool):  # pyspf's "list" mode: keep its own code
             own: bool = super().cidrmatch(ipaddrs, n)
             return own
-        memo = _networks.data
         client = self.ipaddr
         matched = False
         for ip in ipaddrs:  # all parsed, as pyspf does: a bad one is a PermError even after a match
-            network = memo.get((ip, n))
-            if network is None:
-                try:
-                    network = ipaddress.ip_network(ip).supernet(new_prefix=n)
-                except ValueError as exc:
-                    raise spf.PermError(str(exc)) from None
-                _networks.put((ip, n), network)
+            try:
+                network = _network(ip, n)
+            except ValueError as exc:
+                raise spf.PermError(str(exc)) from None
             if not matched and client in network:
                 matched = True
         return matched
@@ -272,10 +290,13 @@ class _Query(spf.query):  # type: ignore[misc]  # pyspf has no type hints
         record pyspf would find an error in, is pyspf's own check0."""
         if spf_record and self.strict is True and isinstance(self.iplist, bool):
             key = (spf_record, self.d, self.v)
-            kept = _address_lists.data.get(key)
+            kept = _address_lists.data.get(key) or _not_lists.data.get(key)
             if kept is None:
                 kept = self._address_list(spf_record)
-                _address_lists.put(key, kept)
+                if kept is not False:
+                    _address_lists.put(key, kept)
+                elif len(spf_record) <= _MAX_NOT_LISTED:
+                    _not_lists.put(key, kept)
             if not isinstance(kept, bool):
                 networks, covers_all = kept
                 client = self.ipaddr
@@ -340,7 +361,7 @@ class _Query(spf.query):  # type: ignore[misc]  # pyspf has no type hints
                 done = True
             elif (kind == "ip4") == (self.v == "in-addr"):  # only the client's own version
                 try:
-                    network = ipaddress.ip_network(arg).supernet(new_prefix=cidr)
+                    network = _network(arg, cidr)
                 except ValueError:
                     return False
                 out.append((network, mech, result))

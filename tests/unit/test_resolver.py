@@ -2,18 +2,26 @@
 
 import logging
 import socket
+import struct
 import threading
 import time
 
+import dns.exception
 import dns.flags
 import dns.message
 import dns.name
 import dns.rcode
+import dns.rdata
 import dns.rdataclass
 import dns.rdatatype
+import dns.resolver
 import dns.rrset
 import pytest
+from hypothesis import example, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
+from spfmilter import resolver as resolver_mod
 from spfmilter.resolver import Resolver, TempFailure
 
 
@@ -338,3 +346,91 @@ def test_a_failure_names_what_failed_but_not_the_resolver(scripted):
     logged = lines.lines
     assert len(logged) == 1 and "action=dns-failure name=\"gone.test\" type=TXT" in logged[0]
     assert f"127.0.0.1#{servfail.address[1]}: SERVFAIL" in logged[0]
+
+
+_POOL = {"A": ["192.0.2.1", "192.0.2.2"], "AAAA": ["2001:db8::1", "2001:db8::2"],
+         "MX": ["10 mx.example.", "10 MX.Example.", "20 mx.example."],
+         "TXT": ['"v=spf1 -all"', '"a" "b"', '"ab"'], "PTR": ["h.example.", "H.EXAMPLE."],
+         "CNAME": ["c1.example.", "C2.example.", "q.example."]}
+_OWNERS = ["q.example.", "Q.EXAMPLE.", "c1.example.", "c2.example.", "other.example."]
+
+
+def _rr(owner, rtype, rclass, ttl, text):
+    rdata = dns.rdata.from_text(dns.rdataclass.IN, rtype, text)  # its bytes, whatever the class
+    # the question's name as servers write it again: a pointer to the question
+    name = b"\xc0\x0c" if owner == "q.example." else dns.name.from_text(owner).to_wire()
+    return (name + struct.pack("!HHIH", rdata.rdtype, rclass, ttl,
+                                                               len(rdata.to_wire())) + rdata.to_wire())
+
+
+_records = st.tuples(st.sampled_from(_OWNERS), st.sampled_from(["qtype", "CNAME", "A", "TXT"]),
+                     st.sampled_from([dns.rdataclass.IN, dns.rdataclass.IN, dns.rdataclass.CH]),
+                     st.sampled_from([0, 5, 300, 0x80000000, 2**32 - 1]), st.integers(0, 2))
+
+
+@hsettings(max_examples=400, deadline=None)
+@given(qtype=st.sampled_from(["A", "AAAA", "MX", "TXT", "PTR"]), records=st.lists(_records, max_size=7),
+       rcode=st.sampled_from([0, 0, 0, 3]), authority=st.sampled_from([0, 0, 1]),
+       junk=st.sampled_from([b"", b"", b"\0"]))
+# the rules that differ from a naive reading: a duplicate kept once (names case-blind, the
+# first stays), the least TTL of an RRset, the last of two CNAMEs of one owner
+@example(qtype="MX", records=[("q.example.", "qtype", 1, 300, 0), ("q.example.", "qtype", 1, 300, 1)],
+         rcode=0, authority=0, junk=b"")
+@example(qtype="A", records=[("q.example.", "qtype", 1, 300, 0), ("Q.EXAMPLE.", "qtype", 1, 5, 1)],
+         rcode=0, authority=0, junk=b"")
+@example(qtype="A", records=[("q.example.", "CNAME", 1, 300, 0), ("q.example.", "CNAME", 1, 300, 1),
+                             ("c1.example.", "A", 1, 300, 0), ("c2.example.", "A", 1, 300, 1)],
+         rcode=0, authority=0, junk=b"")
+def test_answers_read_from_the_answer_section_alone_are_what_dnspython_reads(qtype, records, rcode,
+                                                                            authority, junk):
+    """A plain positive answer is read without dnspython's Message and Answer (the cold
+    path's cost): the records, their order and the expiration must be dnspython's, and
+    every other answer (or one dnspython refuses) must be left to dnspython."""
+    rdtype = dns.rdatatype.from_text(qtype)
+    qname = dns.name.from_text("q.example.")
+    question = qname.to_wire() + struct.pack("!HH", rdtype, dns.rdataclass.IN)
+    rrs = []
+    for owner, rtype, rclass, ttl, pick in records:
+        rtype = qtype if rtype == "qtype" else rtype
+        pool = _POOL[rtype]
+        rrs.append(_rr(owner, dns.rdatatype.from_text(rtype), rclass, ttl, pool[pick % len(pool)]))
+    soa = [_rr("example.", dns.rdatatype.SOA, dns.rdataclass.IN, 60, "ns.example. h.example. 1 2 3 4 5")]
+    answer, auth = rrs, soa * authority
+    wire = (struct.pack("!HHHHHH", 7, 0x8180 | rcode, 1, len(answer), len(auth), 0) + question
+            + b"".join(answer) + b"".join(auth) + junk)
+    try:
+        expected = dns.resolver.Answer(qname, rdtype, dns.rdataclass.IN, dns.message.from_wire(wire))
+    except dns.exception.DNSException as exc:
+        expected = exc
+    try:
+        got = resolver_mod._positive(wire, qname, rdtype, 12 + len(question))
+    except dns.exception.DNSException as exc:
+        assert type(exc) is type(expected)
+        return
+    plain = rcode == 0 and not authority and not junk
+    if got is None:
+        assert isinstance(expected, Exception) or expected.rrset is None or not plain
+        return
+    assert not isinstance(expected, Exception) and expected.rrset is not None
+    assert got.rrset == list(expected.rrset)
+    assert [r.to_text() for r in got.rrset] == [r.to_text() for r in expected.rrset]
+    assert abs(got.expiration - expected.expiration) < 1
+
+
+@hsettings(max_examples=500, deadline=None)
+@given(text=st.one_of(
+    st.lists(st.text(st.sampled_from("aZ09-_"), min_size=0, max_size=70), min_size=1, max_size=6)
+    .map(".".join),
+    st.text(st.sampled_from("aZ9-_.\\@*\u00fc "), max_size=30)).flatmap(
+        lambda t: st.sampled_from([t, t + ".", t * 5])))
+def test_names_are_the_names_dnspython_makes_of_the_text(text):
+    """The question's name, made quickly for plain labels, is dnspython's from_text
+    name (labels, case, absolute) or the same error."""
+    try:
+        expected = dns.name.from_text(text)
+    except Exception as exc:
+        with pytest.raises(type(exc)):
+            resolver_mod._name(text)
+        return
+    got = resolver_mod._name(text)
+    assert got.labels == expected.labels and got.to_wire() == expected.to_wire()

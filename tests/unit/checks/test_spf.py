@@ -34,7 +34,8 @@ CASES = [  # (client address, sender, result, the client address as pyspf shows 
 
 
 def _forget() -> None:
-    for memo in (spf_check._networks, spf_check._mechanisms, spf_check._client_ips, spf_check._address_lists):
+    for memo in (spf_check._networks, spf_check._mechanisms, spf_check._client_ips, spf_check._address_lists,
+                 spf_check._not_lists):
         memo.data.clear()
     parse_ip.cache_clear()
 
@@ -98,6 +99,23 @@ def test_address_lists_match_pyspf(record, client):
     assert run(spf_check._Query) == expected
 
 
+def test_records_that_are_no_address_list_never_push_the_lists_out():
+    """Every sender domain's own record is no address list; more of them than the lists'
+    memo holds must leave the lists that providers' includes share where they are."""
+    _forget()
+    listed = "v=spf1 ip4:192.0.2.0/24 ip4:198.51.100.0/24 -all"
+
+    def check(record):
+        q = spf_check._Query(i="192.0.2.10", s="user@example.test", h="helo.test", receiver="mx.test")
+        return q.check(spf=record)[0]
+
+    assert check(listed) == "pass"
+    for i in range(2 * spf_check._address_lists.size):
+        assert check(f"v=spf1 ip4:192.0.2.0/24 exp=e{i}.example.test -all") == "pass"
+    assert [k[0] for k in spf_check._address_lists.data] == [listed]
+    assert len(spf_check._not_lists.data) == 2 * spf_check._address_lists.size
+
+
 def test_long_address_lists_are_left_to_pyspf():
     """A record longer than what is kept (published to fill memory, say) is walked by
     pyspf itself, with the same outcome, and leaves nothing behind."""
@@ -106,8 +124,9 @@ def test_long_address_lists_are_left_to_pyspf():
     for client, result in (("192.0.2.10", "pass"), ("198.51.100.7", "fail"), ("2001:db8::1", "fail")):
         q = spf_check._Query(i=client, s="user@example.test", h="helo.test", receiver="mx.test")
         assert q.check(spf=record)[0] == result
-    kept = [v for k, v in spf_check._address_lists.data.items() if k[0] == record]
-    assert kept == [False, False]  # IPv4 and IPv6: "not a list", no networks held
+    kept = [v for memo in (spf_check._address_lists, spf_check._not_lists)
+            for k, v in memo.data.items() if k[0] == record]
+    assert kept == []  # IPv4 and IPv6: "not a list", nothing held for a record that long
 
 
 def test_void_limit_is_each_checks_own_and_no_global_is_rewritten(dns_server):
@@ -231,6 +250,9 @@ def test_address_lists_whose_pass_terms_cover_every_address():
     assert not covers("v=spf1 ~ip4:0.0.0.0/0 -all")            # covered, but not by a pass
     assert not covers("v=spf1 ip6:::/0 -all")                  # another version than the client's
     assert covers("v=spf1 ip6:::/1 ip6:8000::/1", "2001:db8::1")
+    # as many addresses as the whole space, counted twice: not everything
+    assert not covers("v=spf1 ip4:0.0.0.0/1 ip4:0.0.0.0/2 ip4:64.0.0.0/2")
+    assert covers("v=spf1 ip4:0.0.0.0/2 ip4:0.0.0.0/1 ip4:64.0.0.0/2 ip4:128.0.0.0/1")
 
 
 @pytest.mark.parametrize("record,result,term", [
@@ -269,3 +291,39 @@ def test_each_starts_no_thread_while_dns_answers_quickly(dns_server, monkeypatch
     results = spf_check.each(slow_first)
     assert [r.result for r in results] == ["temperror", "fail", "fail"] and started == [1, 1]
     assert time.monotonic() - started_at < 1.8
+
+
+_TREE = {  # a sender domain and its HELO name as providers publish them (the benchmark's shape)
+    "h.tree.test": [{"TXT": "v=spf1 a include:_nb.tree.test ~all"}, {"A": "198.18.100.1"}],
+    "tree.test": [{"TXT": "v=spf1 mx a:out.tree.test include:_spf.tree.test ~all"},
+                  {"MX": [10, "mx1.tree.test"]}, {"MX": [20, "mx2.tree.test"]}],
+    "mx1.tree.test": [{"A": "198.18.0.1"}], "mx2.tree.test": [{"A": "198.18.1.1"}],
+    "out.tree.test": [{"A": "198.18.2.1"}],
+    "_spf.tree.test": [{"TXT": "v=spf1 ip4:198.18.3.0/24 include:_nb.tree.test ~all"}],
+    "_nb.tree.test": [{"TXT": "v=spf1 ip4:198.19.0.0/24 ip6:2001:db8::/64 ~all"}],
+}
+
+
+def test_a_message_asks_each_name_the_evaluation_needs_once_and_nothing_else(dns_server):
+    """HELO and MAIL FROM of one message, cold: one query per name and type that RFC 7208
+    evaluation reaches (the HELO record, its a, its include; the sender's record, its mx,
+    the address of each MX host, its a:, its include), the include both share asked once,
+    no SPF-type, PTR or DKIM query; warm, none."""
+    dns_server.update(_TREE)
+    checker = spf_check.Checker(Resolver((dns_server.address,), timeout=2.0), receiver="mx.test",
+                                void_limit=2)
+
+    def message():
+        return checker.each([
+            lambda: checker("helo", "198.19.0.7", "", "h.tree.test", lookup_time=2.0),
+            lambda: checker("mailfrom", "198.19.0.7", "u@tree.test", "h.tree.test", lookup_time=2.0)])
+
+    dns_server.clear_queries()
+    assert [r.result for r in message()] == ["pass", "pass"]
+    assert [q[:2] for q in dns_server.queries] == [
+        ("h.tree.test", "TXT"), ("h.tree.test", "A"), ("_nb.tree.test", "TXT"),
+        ("tree.test", "TXT"), ("tree.test", "MX"), ("mx1.tree.test", "A"), ("mx2.tree.test", "A"),
+        ("out.tree.test", "A"), ("_spf.tree.test", "TXT")]
+    dns_server.clear_queries()
+    assert [r.result for r in message()] == ["pass", "pass"]
+    assert dns_server.queries == []
