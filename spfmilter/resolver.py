@@ -149,9 +149,11 @@ class TempFailure(Exception):
     names the servers asked and the system's errors, for the log and the doctor.
     """
 
-    def __init__(self, message: str, detail: str = "") -> None:
+    def __init__(self, message: str, detail: str = "", timed_out: bool = False) -> None:
         super().__init__(message)
         self.detail = detail
+        #: no answer came within the budget (rather than an answer that is a failure)
+        self.timed_out = timed_out
 
 
 _log = logging.getLogger("spfmilter.resolver")
@@ -289,6 +291,11 @@ class _Cache:
             entry = self._protected.get(key) or self._probation.get(key)
             return entry if entry is not None and entry.expiration > time.time() else None
 
+    def missed(self) -> None:
+        """Count a lookup that the cache did not answer although it asked nothing of it."""
+        with self._lock:
+            self._misses += 1
+
     def hits(self) -> int:
         return self._hits
 
@@ -306,6 +313,10 @@ def _negative_expiration(exc: dns.resolver.NXDOMAIN) -> float | None:
         return dns.resolver.Answer(qname, dns.rdatatype.ANY, dns.rdataclass.IN, response).expiration
     except Exception:
         return None
+
+
+def _timeout(name: str, qtype: str) -> TempFailure:
+    return TempFailure(f"DNS timeout looking up {name}/{qtype}", timed_out=True)
 
 
 def resolv_conf() -> str:
@@ -526,6 +537,37 @@ def _name(text: str) -> dns.name.Name:
     return dns.name.from_text(text)
 
 
+#: At most this many lookups of one process run ahead of the evaluations that asked for
+#: them (``Resolver.ahead``), each on a thread of its own that ends with its lookup.
+AHEAD_THREADS = 8
+_ahead_slots = threading.BoundedSemaphore(AHEAD_THREADS)
+
+
+def _fresh_slots() -> None:
+    """A forked child has none of its parent's threads, so none of their slots are taken."""
+    global _ahead_slots
+    _ahead_slots = threading.BoundedSemaphore(AHEAD_THREADS)
+
+
+os.register_at_fork(after_in_child=_fresh_slots)
+
+# A lookup that joined another's and saw it time out asks again itself only with at least
+# this much of its own budget left (an evaluation's own look-ahead ends a moment before it).
+_RETRY_MARGIN = 0.1
+
+
+class Flight:
+    """One lookup on the network of a (name, type), which other lookups of the same key
+    wait for instead of asking again (the answer is the same; a second query is not)."""
+
+    __slots__ = ("done", "entry", "error")
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.entry: _Cached | None = None       # the answer, also when it is not cached
+        self.error: TempFailure | None = None   # or the failure; neither: asked for nothing
+
+
 class Resolver:
     """The lookups pyspf needs, answered through one cached dnspython resolver."""
 
@@ -555,6 +597,7 @@ class Resolver:
         self._servers = tuple(nameservers) if nameservers else _plain_servers(res)
         self._cache = _Cache(cache_size)
         self._lock = threading.Lock()
+        self._flights: dict[tuple[str, str], Flight] = {}
         self.timeouts = 0
 
     def system_servers_changed(self) -> bool:
@@ -606,7 +649,7 @@ class Resolver:
         except dns.exception.Timeout as exc:
             with self._lock:
                 self.timeouts += 1
-            raise TempFailure(f"DNS timeout looking up {name}/{qtype}") from exc
+            raise _timeout(name, qtype) from exc
         except dns.resolver.NoNameservers as exc:
             raise _failed(f"DNS server failure looking up {name}/{qtype}", name, qtype,
                           str(exc)) from exc
@@ -663,24 +706,107 @@ class Resolver:
         raise _failed(f"DNS server failure looking up {name}/{qtype} ({kinds})", name, qtype,
                       "; ".join(detail for _, detail in failures))
 
-    def records(self, name: str, qtype: str, lifetime: float) -> list[tuple[tuple[str, str], Any]]:
+    def records(self, name: str, qtype: str, lifetime: float, ahead: Flight | None = None
+                ) -> list[tuple[tuple[str, str], Any]]:
         """One name's records of one type, through the cache, for every check (SPF's
         pyspf hook and the DKIM key lookup alike), in the shape pyspf's DNSLookup
-        hook returns: [((name, type), data)]."""
+        hook returns: [((name, type), data)].
+
+        ``ahead``: the lookup of this key that ``ahead`` started for the caller's
+        evaluation; its answer is taken (and counted as the cache miss it was) whether
+        or not the cache kept it, so that looking ahead never makes a second query."""
         lines = trace.get()
         if lines is not None:
-            return self._traced(lines, name, qtype, lifetime)
+            return self._traced(lines, name, qtype, lifetime, ahead)
         key = (name, qtype)
         attempt = cache_only.get()
-        cached = self._cache.get(key) if attempt is None else attempt.use(self._cache, key)
-        if cached is not None:   # None when absent or expired
+        if attempt is not None:
+            cached = attempt.use(self._cache, key)
+        elif ahead is not None:
+            cached = None
+            self._cache.missed()
+        else:
+            cached = self._cache.get(key)   # None when absent or expired
+        if cached is not None:
             return cached.pyspf(key)
+        return self._fetch(key, name, qtype, lifetime, ahead).pyspf(key)
+
+    def _fetch(self, key: tuple[str, str], name: str, qtype: str, lifetime: float,
+               flight: Flight | None) -> _Cached:
+        """The answer from the network: this caller's own lookup, or the one in flight
+        for the same key (another evaluation's, or one started ahead), waited for."""
+        deadline = time.monotonic() + lifetime
+        while True:
+            if flight is None:
+                boarded = self._board(key)
+                if isinstance(boarded, _Cached):
+                    return boarded
+                flight, lead = boarded
+                if lead:
+                    return self._fly(flight, key, name, qtype, deadline - time.monotonic())
+            entry = self._land(flight, name, qtype, deadline)
+            if entry is not None:
+                return entry
+            flight = None
+
+    def _board(self, key: tuple[str, str]) -> _Cached | tuple[Flight, bool]:
+        """The cached answer, or the flight in progress for ``key`` (False: to wait for),
+        or a new one that the caller must fly (True)."""
+        with self._lock:
+            flight = self._flights.get(key)
+            if flight is not None:
+                return flight, False
+            entry = self._cache.entry(key)   # a flight puts its answer there before it lands
+            if entry is not None:
+                return entry
+            flight = self._flights[key] = Flight()
+            return flight, True
+
+    def _land(self, flight: Flight, name: str, qtype: str, deadline: float) -> _Cached | None:
+        """Wait (within ``deadline``, waking the evaluation's SlowWatch as a query of
+        its own would) for a lookup in flight: its answer, its failure, or None when
+        this caller must ask itself (the other lookup asked nothing, or ran out of a
+        budget shorter than this caller's)."""
+        watch = slow_wait.get()
+        while not flight.done.wait(max(_left(deadline, watch), 0.0)):
+            if time.monotonic() >= deadline:
+                raise _timeout(name, qtype)
+            if watch is not None:
+                watch.fire()
+        if flight.entry is not None:
+            return flight.entry
+        error = flight.error
+        if error is not None and not error.timed_out:
+            raise TempFailure(str(error), error.detail)
+        if error is not None and deadline - time.monotonic() < _RETRY_MARGIN:
+            raise _timeout(name, qtype)
+        return None
+
+    def _fly(self, flight: Flight, key: tuple[str, str], name: str, qtype: str,
+             lifetime: float) -> _Cached:
+        """Ask the network for ``key``, as ``flight``: its answer (or failure) for
+        everyone waiting, then the flight lands whatever happened."""
+        try:
+            entry = self._ask(key, name, qtype, lifetime)
+            flight.entry = entry
+            return entry
+        except TempFailure as exc:
+            flight.error = exc
+            raise
+        finally:
+            with self._lock:
+                if self._flights.get(key) is flight:
+                    del self._flights[key]
+            flight.done.set()
+
+    def _ask(self, key: tuple[str, str], name: str, qtype: str, lifetime: float) -> _Cached:
         answer, negative_expiration = self._query(name, qtype, lifetime, lean=True)
         if answer is None or answer.rrset is None:
             expiration = answer.expiration if answer is not None else negative_expiration
+            entry = _Cached(expiration or 0.0, ())
             if expiration is not None:
-                self._cache.put(key, _Cached(expiration, ()))
-            return []
+                self._cache.put(key, entry)
+            return entry
         values: list[Any] = []
         for rdata in answer.rrset:
             if qtype in ("A", "AAAA"):
@@ -693,14 +819,59 @@ class Resolver:
                 values.append(tuple(rdata.strings))
         entry = _Cached(answer.expiration, tuple(values))
         self._cache.put(key, entry)
-        return entry.pyspf(key)
+        return entry
 
-    def _traced(self, lines: list[str], name: str, qtype: str,
-                lifetime: float) -> list[tuple[tuple[str, str], Any]]:
-        cached = self._cache.peek((name, qtype))
+    def ahead(self, name: str, qtype: str, deadline: float) -> Flight | None:
+        """Start looking ``name``/``qtype`` up on a thread of its own, to be done by
+        ``deadline`` (time.monotonic()), for a ``records`` call that is to come: the
+        Flight to hand it, or None when there is nothing to start (cached already, no
+        budget left, every slot taken: that call then asks itself).
+
+        Why: an evaluation asks its names one after another, though many are known
+        before the first answer comes.  The threads are bounded per process
+        (AHEAD_THREADS) and each ends with its lookup, by the deadline of the
+        evaluation that started it, so names that never answer cannot pile threads
+        up across transactions."""
+        key = (name, qtype)
+        if deadline - time.monotonic() <= 0.001:
+            return None
+        slots = _ahead_slots
+        with self._lock:
+            flight = self._flights.get(key)
+            if flight is not None:
+                return flight            # asked already: wait for that one
+            if self._cache.entry(key) is not None or not slots.acquire(blocking=False):
+                return None
+            flight = self._flights[key] = Flight()
+        try:
+            threading.Thread(target=self._ahead, args=(slots, flight, key, name, qtype, deadline),
+                             name="dns-ahead", daemon=True).start()
+        except BaseException:
+            slots.release()
+            with self._lock:
+                del self._flights[key]
+            flight.done.set()            # asked for nothing: whoever waits asks itself
+            return None
+        return flight
+
+    def _ahead(self, slots: threading.BoundedSemaphore, flight: Flight, key: tuple[str, str],
+               name: str, qtype: str, deadline: float) -> None:
+        try:
+            self._fly(flight, key, name, qtype, deadline - time.monotonic())
+        except TempFailure:
+            pass                         # the flight holds it for whoever asks
+        except Exception as exc:         # an answer the lookup could not take: whoever asks
+            _log.debug("action=dns-ahead-error name=%s type=%s error=%s",  # asks itself
+                       _quoted(name), qtype, _quoted(f"{type(exc).__name__}: {exc}"))
+        finally:
+            slots.release()
+
+    def _traced(self, lines: list[str], name: str, qtype: str, lifetime: float,
+                ahead: Flight | None) -> list[tuple[tuple[str, str], Any]]:
+        cached = ahead is None and self._cache.peek((name, qtype))
         token = trace.set(None)
         try:
-            out = self.records(name, qtype, lifetime)
+            out = self.records(name, qtype, lifetime, ahead)
         except TempFailure as exc:
             lines.append(f"DNS {name} {qtype}: {exc}" + (f" [{exc.detail}]" if exc.detail else ""))
             raise
