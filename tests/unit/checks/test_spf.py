@@ -6,6 +6,7 @@ again once everything is kept, against the test DNS server.
 """
 
 import ipaddress
+import threading
 import time
 
 import pytest
@@ -14,6 +15,7 @@ from hypothesis import given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
+from spfmilter import resolver as resolver_mod
 from spfmilter.checks import spf as spf_check
 from spfmilter.checks.spf import evaluate
 from spfmilter.core.addresses import parse_ip
@@ -320,10 +322,159 @@ def test_a_message_asks_each_name_the_evaluation_needs_once_and_nothing_else(dns
 
     dns_server.clear_queries()
     assert [r.result for r in message()] == ["pass", "pass"]
-    assert [q[:2] for q in dns_server.queries] == [
+    # as a multiset: the names a record lists are asked for together (look-ahead), so the
+    # order among them is the network's; each identity's record still comes first
+    queries = [q[:2] for q in dns_server.queries]
+    assert sorted(queries) == sorted([
         ("h.tree.test", "TXT"), ("h.tree.test", "A"), ("_nb.tree.test", "TXT"),
         ("tree.test", "TXT"), ("tree.test", "MX"), ("mx1.tree.test", "A"), ("mx2.tree.test", "A"),
-        ("out.tree.test", "A"), ("_spf.tree.test", "TXT")]
+        ("out.tree.test", "A"), ("_spf.tree.test", "TXT")])
+    assert queries[0] == ("h.tree.test", "TXT") and queries.index(("tree.test", "TXT")) < \
+        min(queries.index(q) for q in [("tree.test", "MX"), ("out.tree.test", "A"),
+                                       ("_spf.tree.test", "TXT")])
     dns_server.clear_queries()
     assert [r.result for r in message()] == ["pass", "pass"]
     assert dns_server.queries == []
+
+
+# --- looking ahead: a record's names asked for together, pyspf's results unchanged -----------
+
+def _slow_tree(delay):
+    return {
+        "par.test": [{"TXT": "v=spf1 a:a1.par.test mx:m.par.test include:i1.par.test "
+                             "include:i2.par.test -all"}],
+        "a1.par.test": [{"A": "198.51.100.1"}, {"DELAY": delay}],
+        "m.par.test": [{"MX": [10, "mh.par.test"]}, {"DELAY": delay}],
+        "mh.par.test": [{"A": "198.51.100.2"}],
+        "i1.par.test": [{"TXT": "v=spf1 ip4:198.51.100.3 -all"}, {"DELAY": delay}],
+        "i2.par.test": [{"TXT": "v=spf1 ip4:192.0.2.0/24 -all"}, {"DELAY": delay}],
+    }
+
+
+def test_independent_names_of_a_record_are_looked_up_at_once(dns_server):
+    """Four names of one record, each answered after 0.3 s: the evaluation waits about
+    one answer, not four one after another, and asks each name once."""
+    dns_server.update(_slow_tree(0.3))
+    resolver = Resolver((dns_server.address,), timeout=3.0)
+    dns_server.clear_queries()
+    started = time.monotonic()
+    res = evaluate("mailfrom", "192.0.2.10", "u@par.test", "helo.test", resolver=resolver,
+                   receiver="mx.test", lookup_time=3.0, void_limit=2)
+    took = time.monotonic() - started
+    assert (res.result, res.mechanism, res.lookups) == ("pass", "include:i2.par.test", 4)
+    assert took < 0.75, took          # one after another: at least 1.2 s
+    assert sorted(q[:2] for q in dns_server.queries) == [
+        ("a1.par.test", "A"), ("i1.par.test", "TXT"), ("i2.par.test", "TXT"),
+        ("m.par.test", "MX"), ("mh.par.test", "A"), ("par.test", "TXT")]
+
+
+class _Asked:
+    """A resolver that records what is to be looked up ahead (the choice is pure logic)."""
+
+    def __init__(self):
+        self.asked = []
+
+    def ahead(self, name, qtype, deadline):
+        self.asked.append((name, qtype))
+        return object()
+
+
+def _ahead_of(records, client="198.51.100.7", domain="d.test"):
+    asked = _Asked()
+    ahead = spf_check._Ahead(asked, time.monotonic() + 1.0)
+    token = spf_check._ahead.set(ahead)
+    try:
+        q = spf_check._Query(i=client, s=f"u@{domain}", h="helo.test", receiver="mx.test")
+        for record in records:
+            q.look_ahead(record)
+    finally:
+        spf_check._ahead.reset(token)
+    return asked.asked
+
+
+@pytest.mark.parametrize("record,client,expected", [
+    ("v=spf1 a mx include:X.Test. -all", "198.51.100.7",
+     [("d.test", "A"), ("d.test", "MX"), ("x.test", "TXT")]),
+    ("v=spf1 a a:h.test/24//64 -all", "2001:db8::7", [("d.test", "AAAA"), ("h.test", "AAAA")]),
+    # macros, ptr and exists are not looked up ahead
+    ("v=spf1 a:%{d}.m.test ptr exists:e.test include:%{l}.x.test mx:m.test -all", "198.51.100.7",
+     [("m.test", "MX")]),
+    # nothing after a term that matches the client, or after all
+    ("v=spf1 ip4:198.51.100.0/24 include:x.test -all", "198.51.100.7", []),
+    ("v=spf1 ip6:2001:db8::/32 ip4:192.0.2.0/24 include:x.test -all", "198.51.100.7",
+     [("x.test", "TXT")]),
+    ("v=spf1 include:x.test ?all include:y.test redirect=r.test", "198.51.100.7", [("x.test", "TXT")]),
+    ("v=spf1 include:x.test redirect=r.test", "198.51.100.7", [("x.test", "TXT"), ("r.test", "TXT")]),
+    ("v=spf1 include:x.test redirect=%{d}.r.test", "198.51.100.7", [("x.test", "TXT")]),
+    # a record pyspf fails before any lookup, a name pyspf would not ask for, no record
+    ("v=spf1 include:x.test a:192.0.2.1 -all", "198.51.100.7", []),
+    ("v=spf1 include:x.test moo -all", "198.51.100.7", []),
+    ("v=spf1 include:x..test a:" + "l" * 64 + ".test -all", "198.51.100.7", []),
+    ("v=spf2 include:x.test", "198.51.100.7", []),
+])
+def test_look_ahead_starts_only_what_pyspf_will_ask_for(record, client, expected):
+    assert _ahead_of([record], client) == expected
+
+
+def test_look_ahead_stops_at_ten_lookup_terms_per_evaluation():
+    """RFC 7208 §4.6.4's ten terms, counted over the whole evaluation as pyspf counts
+    them (ptr and exists too): fifty includes start ten lookups, not fifty."""
+    fifty = "v=spf1 " + " ".join(f"include:i{n}.test" for n in range(50)) + " -all"
+    assert _ahead_of([fifty]) == [(f"i{n}.test", "TXT") for n in range(10)]
+    nine = "v=spf1 " + "ptr " * 5 + "exists:e.test " * 4 + "include:a.test include:b.test -all"
+    assert _ahead_of([nine]) == [("a.test", "TXT")]
+    six = "v=spf1 " + " ".join(f"a:h{n}.test" for n in range(6)) + " -all"
+    assert len(_ahead_of([six, six.replace(":h", ":g")])) == 10
+
+
+def test_a_record_of_fifty_includes_asks_no_more_than_pyspf_does(dns_server):
+    """pyspf stops at the eleventh lookup term; looking ahead asks nothing beyond the
+    ten names it asks for itself, and the result is pyspf's."""
+    zones = {"fifty.test": [{"TXT": "v=spf1 " + " ".join(f"include:i{n}.fifty.test"
+                                                          for n in range(50)) + " -all"}]}
+    zones.update({f"i{n}.fifty.test": [{"TXT": "v=spf1 -all"}] for n in range(50)})
+    dns_server.update(zones)
+    resolver = Resolver((dns_server.address,), timeout=2.0)
+    dns_server.clear_queries()
+    res = evaluate("mailfrom", "192.0.2.10", "u@fifty.test", "helo.test", resolver=resolver,
+                   receiver="mx.test", lookup_time=2.0, void_limit=2)
+    assert res.result == "permerror" and "Too many DNS lookups" in res.explanation
+    # (the record itself is asked over UDP, then over TCP: too long for a datagram)
+    assert sorted(q[:2] for q in dns_server.queries if q[0] != "fifty.test") == sorted(
+        (f"i{n}.fifty.test", "TXT") for n in range(10))
+
+
+def _ahead_threads():
+    return [t for t in threading.enumerate() if t.name == "dns-ahead"]
+
+
+def test_lookups_ahead_of_names_that_never_answer_are_bounded_and_end_by_the_deadline(dns_server):
+    """Evaluations that pass before pyspf reaches the names that never answer leave
+    those lookups behind: never more than AHEAD_THREADS threads in the process (the
+    others are not looked up ahead), none waited for, each gone by its evaluation's
+    deadline."""
+    for thread in _ahead_threads():   # left by an earlier test: each ends by its deadline
+        thread.join(5)
+    zones = {"fast.test": [{"A": "192.0.2.10"}]}
+    for i in range(10):
+        zones[f"s{i}.test"] = [{"TXT": f"v=spf1 a:fast.test include:d{i}a.test "
+                                       f"include:d{i}b.test mx:d{i}c.test -all"}]
+        zones.update({f"d{i}{x}.test": ["TIMEOUT"] for x in "abc"})
+    dns_server.update(zones)
+    resolver = Resolver((dns_server.address,), timeout=1.0)
+    dns_server.clear_queries()
+    started = time.monotonic()
+    for i in range(10):
+        res = evaluate("mailfrom", "192.0.2.10", f"u@s{i}.test", "helo.test", resolver=resolver,
+                       receiver="mx.test", lookup_time=1.0, void_limit=2)
+        assert (res.result, res.mechanism) == ("pass", "a:fast.test")
+        assert len(_ahead_threads()) <= resolver_mod.AHEAD_THREADS
+    assert time.monotonic() - started < 0.8     # no evaluation waited for what it left behind
+    dead = [q for q in dns_server.queries if q[0].startswith("d")]
+    assert 0 < len(dead) <= resolver_mod.AHEAD_THREADS
+    for thread in _ahead_threads():
+        thread.join(started + 1.0 + 1.0 - time.monotonic())
+    assert _ahead_threads() == []
+    again = resolver.ahead("fast2.test", "A", time.monotonic() + 1.0)   # slots free again
+    assert again is not None and again.done.wait(2.0)
+
