@@ -314,8 +314,22 @@ class _Query(spf.query):  # type: ignore[misc]  # pyspf has no type hints
     _client_dns = False
 
     def dns(self, name: str, qtype: str, cnames: Any = None, ignore_void: bool = False) -> Any:
-        """pyspf's lookup; one for the client's reverse DNS never counts as void."""
-        return super().dns(name, qtype, cnames, ignore_void or self._client_dns)
+        """pyspf's lookup; one for the client's reverse DNS never counts as void.  An
+        MX answer (asked for by an ``mx`` term only) has the addresses of its hosts
+        looked up ahead: pyspf asks for each of them in turn right after it."""
+        found = super().dns(name, qtype, cnames, ignore_void or self._client_dns)
+        if qtype == "MX" and cnames is None and len(found) > 1:
+            self._look_ahead_hosts(found)
+        return found
+
+    def _look_ahead_hosts(self, mx: list[tuple[int, str]]) -> None:
+        """All but the first host pyspf asks for (that one it asks at once itself), as
+        far as pyspf goes: not at all for more than MAX_MX hosts (a permerror)."""
+        ahead = _ahead.get()
+        if ahead is None or self.strict is not True or len(mx) > spf.MAX_MX:
+            return
+        for _preference, host in sorted(mx)[1:]:
+            ahead.start(str(host), self.A)
 
     def check0(self, spf_record: str, recursion: int) -> tuple[Any, ...]:
         """A record of nothing but ip4:/ip6: terms and ``all`` (the address lists that
@@ -400,7 +414,7 @@ class _Query(spf.query):  # type: ignore[misc]  # pyspf has no type hints
                     wanted.append(("redirect", "redirect", redirect))
         except Exception:   # pyspf fails this record before it looks anything up
             return
-        for term, kind, name in wanted:
+        for term, kind, name in wanted:   # (an mx term's hosts: see dns)
             ahead.terms += 1
             if ahead.terms > spf.MAX_LOOKUP:
                 return

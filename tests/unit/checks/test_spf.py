@@ -478,3 +478,23 @@ def test_lookups_ahead_of_names_that_never_answer_are_bounded_and_end_by_the_dea
     again = resolver.ahead("fast2.test", "A", time.monotonic() + 1.0)   # slots free again
     assert again is not None and again.done.wait(2.0)
 
+
+def test_the_hosts_of_an_mx_answer_are_looked_up_at_once(dns_server):
+    """pyspf asks for each MX host's address in turn; the others are looked up beside
+    the first, each once."""
+    dns_server.update({
+        "mxs.test": [{"TXT": "v=spf1 mx -all"}, {"MX": [10, "h1.mxs.test"]},
+                     {"MX": [20, "h2.mxs.test"]}, {"MX": [30, "h3.mxs.test"]}],
+        **{f"h{n}.mxs.test": [{"A": f"198.51.100.{n}"}, {"DELAY": 0.3}] for n in (1, 2, 3)},
+    })
+    resolver = Resolver((dns_server.address,), timeout=3.0)
+    dns_server.clear_queries()
+    started = time.monotonic()
+    res = evaluate("mailfrom", "198.51.100.3", "u@mxs.test", "helo.test", resolver=resolver,
+                   receiver="mx.test", lookup_time=3.0, void_limit=2)
+    took = time.monotonic() - started
+    assert (res.result, res.mechanism) == ("pass", "mx")
+    assert took < 0.6, took           # one after another: at least 0.9 s
+    assert sorted(q[:2] for q in dns_server.queries) == [
+        ("h1.mxs.test", "A"), ("h2.mxs.test", "A"), ("h3.mxs.test", "A"),
+        ("mxs.test", "MX"), ("mxs.test", "TXT")]
