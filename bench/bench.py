@@ -637,7 +637,7 @@ class SlowUpstream:
             stdout=subprocess.PIPE, text=True, cwd=ROOT)
         assert self.proc.stdout is not None
         ready, _, _ = select.select([self.proc.stdout], [], [], 30)
-        if not ready or self.proc.stdout.readline().strip() != "ready":
+        if not ready or not self.proc.stdout.readline().startswith("ready "):
             raise RuntimeError(f"the slow upstream did not start (exit {self.proc.poll()})")
 
     def round_trips(self, count: int = 20) -> dict:

@@ -17,7 +17,7 @@ keeps no cache: every query pays the delay.
 
     python -m bench.slow_upstream LISTEN_HOST LISTEN_PORT UPSTREAM_HOST UPSTREAM_PORT DELAY_S
 
-prints ``ready`` once both listeners are bound.
+prints ``ready PORT`` once both listeners are bound (LISTEN_PORT 0: a free port).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import asyncio
 import struct
 import sys
 import time
+from typing import cast
 
 #: An answer the upstream never sent is forgotten after this long (its client has given up).
 FORGET_AFTER = 10.0
@@ -58,8 +59,7 @@ class _Front(asyncio.DatagramProtocol):
         self.next_id = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.DatagramTransport)
-        self.transport = transport
+        self.transport = cast(asyncio.DatagramTransport, transport)  # the selector's is no subclass
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         if len(data) < 12:
@@ -112,11 +112,12 @@ async def _tcp_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter
 async def serve(listen: tuple[str, int], upstream: tuple[str, int], delay: float) -> None:
     loop = asyncio.get_running_loop()
     front = _Front(delay)
-    await loop.create_datagram_endpoint(lambda: front, local_addr=listen)
+    listener, _ = await loop.create_datagram_endpoint(lambda: front, local_addr=listen)
+    port = listener.get_extra_info("sockname")[1]  # port 0: the one the system gave, for TCP too
     up_transport, _ = await loop.create_datagram_endpoint(lambda: _Upstream(front), remote_addr=upstream)
     front.upstream = up_transport
-    server = await asyncio.start_server(lambda r, w: _tcp_client(r, w, upstream, delay), *listen)
-    print("ready", flush=True)
+    server = await asyncio.start_server(lambda r, w: _tcp_client(r, w, upstream, delay), listen[0], port)
+    print(f"ready {port}", flush=True)
     async with server:
         await server.serve_forever()
 
