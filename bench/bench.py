@@ -16,14 +16,15 @@ Contenders (each on a unix and an inet socket):
 Load: bench/loadgen.py, a Postfix-like MTA side of the milter protocol, in one
 (concurrency 1) or two processes.  Every cell of the matrix is run for each
 contender in turn (A B C A B C ...), ``--rounds`` times; the tables show the
-median over the rounds.  Then: 500 connections held open at once (RSS), and
-smtp-source through a private Postfix with no milter / spfmilter /
-pyspf-milter.  The slow-upstream cell: cold DNS, concurrency 1, spfmilter (both
-Workers) and pyspf-milter asking bench/slow_upstream.py, which holds every
-query ``--slow-ms`` (20 ms) before it goes on to NSD (``--only-slow`` runs just
-that cell, into slow.{md,json}).  And Postfix's policy protocol without Postfix: ``spfmilter
-policy`` against python policyd-spf on stdin/stdout (bench/policy_bench.py;
-``--only-policy`` runs just that part, into policy.{md,json}).  Results go to bench/results/latest.{md,json} and
+median over the rounds.  Then the slow-upstream cell: cold DNS, concurrency 1,
+spfmilter (both Workers) and pyspf-milter asking bench/slow_upstream.py, which
+holds every query ``--slow-ms`` (20 ms) before it goes on to NSD
+(``--only-slow`` runs just that cell, into slow.{md,json}).  Then: 500
+connections held open at once (RSS), and smtp-source through a private Postfix
+with no milter / spfmilter / pyspf-milter; and Postfix's policy protocol
+without Postfix: ``spfmilter policy`` against python policyd-spf on
+stdin/stdout (bench/policy_bench.py; ``--only-policy`` runs just that part,
+into policy.{md,json}).  Results go to bench/results/latest.{md,json} and
 bench/results/README-section.rst.
 """
 

@@ -82,7 +82,8 @@ SLOW_METHOD = """\
   over TCP); a truncated answer costs the client the delay again over TCP.  spfmilter (both
   Workers) and pyspf-milter are started for this cell only: spfmilter with ``Nameservers`` on it,
   pyspf-milter in a mount namespace of its own whose /etc/resolv.conf names it.  Cold DNS (each
-  transaction a new domain), concurrency 1, contenders alternated within every round.
+  transaction a new domain), concurrency 1, contenders alternated within every round.  At a few
+  transactions per second, CPU per transaction includes what the processes spend while they wait.
 """
 
 
@@ -439,7 +440,7 @@ def readme_blocks(info: dict[str, Any], targets: list[dict[str, Any]], med: list
                       for rows in per.values())
             + " DNS queries per transaction in successive passes over it (cold: 9 per transaction",
             "whatever the workers).  See *Deployment* for a shared cache in front."))
-    slow = slow_rows(slowmed or [])
+    slow = [{**r, "milter": labels.get(r["milter"], r["milter"])} for r in slow_rows(slowmed or [])]
     if slow:
         B += [Paragraph.of(f"A slow upstream: every query the milter does not answer from its own cache takes "
                            f"{slow_delay(slow)}",

@@ -240,8 +240,8 @@ def test_readme_section_shows_the_slow_upstream_table_and_its_target_as_valid_re
     doc = _doctree(documents.readme_section(INFO, targets, MED, [], [], PARAMS, [], SLOWMED))
     tables = [_rows(t) for t in doc.findall(nodes.table)]
     assert ([["milter", "tx/s", "p50 ms", "p99 ms", "DNS queries/tx"]],
-            [["spfmilter", "11.1", "90.0", "135.0", "9.00"],
-             ["spfmilter-w1", "10.0", "100.0", "150.0", "9.00"],
+            [["spfmilter (2 workers)", "11.1", "90.0", "135.0", "9.00"],
+             ["spfmilter (1 worker)", "10.0", "100.0", "150.0", "9.00"],
              ["pyspf-milter", "6.2", "160.0", "240.0", "8.00"]]) in tables
     [(head, body)] = [t for t in tables if t[0][0][0] == "target"]
     assert [(row[0].split(": ", 1)[1], row[2]) for row in body if row[0].startswith(("one worker", "slow"))] == [
