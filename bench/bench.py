@@ -554,6 +554,7 @@ def measure(m: Milter, nsd: NSD, conc: int, txs: list, seconds: float) -> dict:
         "dns_server_cpu_s_per_1000": (nsd1 - nsd0) / ok * 1000,
         "client_cpu_s_per_1000": r["client_cpu"] / ok * 1000,
         "headers_per_tx": r["mods"] / ok,
+        "started": r["started"],  # taken out again by the caller (ColdPool.give_back)
     }
     if probe is not None:
         d = sorted(probe["decisions"])
@@ -565,16 +566,27 @@ def measure(m: Milter, nsd: NSD, conc: int, txs: list, seconds: float) -> dict:
 # --- the matrix -------------------------------------------------------------------------
 
 class ColdPool:
-    """Hands out cold domains ``start`` to ``end`` - 1; none is ever used twice."""
+    """Hands out cold domains ``start`` to ``end`` - 1; none is ever used twice.
+
+    A run is given more than it can use (its rate is not known before); what
+    it never began goes back (``give_back``) and out again first, so later
+    rounds do not run out of domains that nothing has asked about yet."""
 
     def __init__(self, end: int, start: int = 0) -> None:
         self.size, self.next = end, start
+        self.unused: list = []
 
     def take(self, n: int, rng: random.Random) -> list:
-        n = min(n, self.size - self.next)
-        out = [zones.cold_tx(rng, i) for i in range(self.next, self.next + n)]
-        self.next += n
+        out, self.unused = self.unused[:n], self.unused[n:]
+        new = min(n - len(out), self.size - self.next)
+        out += [zones.cold_tx(rng, i) for i in range(self.next, self.next + new)]
+        self.next += new
         return out
+
+    def give_back(self, txs: list, started: list[int]) -> None:
+        """``started``: per load process p (which ran ``txs[p::procs]``), how many it began."""
+        procs = len(started)
+        self.unused += [tx for p, k in enumerate(started) for tx in txs[p::procs][k:]]
 
 
 def run_matrix(milters: list[Milter], nsd: NSD, rounds: int, seconds: float, cold: ColdPool,
@@ -602,6 +614,9 @@ def run_matrix(milters: list[Milter], nsd: NSD, rounds: int, seconds: float, col
                         log("cold domains exhausted; skipping")
                         continue
                 res = measure(m, nsd, conc, txs, seconds)
+                started = res.pop("started")
+                if mode == "cold":
+                    cold.give_back(txs, started)
                 res.update(round=rnd, milter=name, socket=sock_kind, mode=mode, concurrency=conc)
                 rows.append(res)
                 log(f"round {rnd} {sock_kind:4} {mode} c={conc:<2} {name:12} "
@@ -698,6 +713,7 @@ def run_slow(nsd: NSD, rounds: int, seconds: float, pool: ColdPool, delay_ms: fl
                     continue
                 u0 = up.cpu()
                 res = measure(m, nsd, 1, txs, seconds)
+                pool.give_back(txs, res.pop("started"))
                 res["upstream_cpu_s_per_1000"] = (up.cpu() - u0) / max(res["tx"], 1) * 1000
                 res.update(round=rnd, milter=m.name, socket="unix", mode="cold", concurrency=1,
                            upstream_ms=delay_ms)
