@@ -16,11 +16,15 @@ Contenders (each on a unix and an inet socket):
 Load: bench/loadgen.py, a Postfix-like MTA side of the milter protocol, in one
 (concurrency 1) or two processes.  Every cell of the matrix is run for each
 contender in turn (A B C A B C ...), ``--rounds`` times; the tables show the
-median over the rounds.  Then: 500 connections held open at once (RSS), and
-smtp-source through a private Postfix with no milter / spfmilter /
-pyspf-milter; and Postfix's policy protocol without Postfix: ``spfmilter
-policy`` against python policyd-spf on stdin/stdout (bench/policy_bench.py;
-``--only-policy`` runs just that part, into policy.{md,json}).  Results go to bench/results/latest.{md,json} and
+median over the rounds.  Then the slow-upstream cell: cold DNS, concurrency 1,
+spfmilter (both Workers) and pyspf-milter asking bench/slow_upstream.py, which
+holds every query ``--slow-ms`` (20 ms) before it goes on to NSD
+(``--only-slow`` runs just that cell, into slow.{md,json}).  Then: 500
+connections held open at once (RSS), and smtp-source through a private Postfix
+with no milter / spfmilter / pyspf-milter; and Postfix's policy protocol
+without Postfix: ``spfmilter policy`` against python policyd-spf on
+stdin/stdout (bench/policy_bench.py; ``--only-policy`` runs just that part,
+into policy.{md,json}).  Results go to bench/results/latest.{md,json} and
 bench/results/README-section.rst.
 """
 
@@ -47,7 +51,7 @@ from pathlib import Path
 
 from bench import documents, loadgen, policy_bench, replay_bench, report_bench, zones
 from bench.matrix import CONCURRENCY, MILTER_ORDER, POSTFIX_SETUPS, SPFMILTERS
-from bench.targets import evaluate_targets
+from bench.targets import evaluate_targets, slow_targets
 from tests.kit.mta import PostfixLab
 from tests.kit.wait import WaitTimeout
 
@@ -446,6 +450,39 @@ class Milter:
                 self.proc.wait(5)
 
 
+def spfmilter_milter(name: str, sock_kind: str, tag: str, spec: str, address: str, pf: str,
+                     nameserver: str = "127.0.0.1:53") -> Milter:
+    """spfmilter (through the timing probe) with ``Workers`` as WORKERS gives for ``name``."""
+    conf = RUN / f"{tag}.conf"
+    conf.write_text("\n".join([
+        f"Socket = {spec}", f"Nameservers = {nameserver}", "Authserv_Id = mx.bench.test",
+        "skip_addresses =", "UMask = 000", f"Workers = {WORKERS[name]}", ""]))
+    stats = str(SOCK / f"{tag}.stats")
+    return Milter(name, sock_kind, spec, address, pf,
+                  [sys.executable, "-m", "bench.spfmilter_probe", "-c", str(conf), "--log", "stderr"],
+                  env={"SPFMILTER_BENCH_STATS": stats}, stats=stats)
+
+
+def pyspf_milter(sock_kind: str, tag: str, spec: str, address: str, pf: str,
+                 resolv_conf: Path | None = None) -> Milter:
+    """pyspf-milter with its sample settings; it reads /etc/resolv.conf, so another
+    ``resolv_conf`` is bind-mounted there in a mount namespace of its own."""
+    conf = RUN / f"{tag}.conf"
+    pyspf_spec = f"local:{address[5:]}" if sock_kind == "unix" else spec
+    conf.write_text("\n".join([
+        "debugLevel = 1", "TestOnly = 1", "HELO_reject = Fail", "Mail_From_reject = Fail",
+        "PermError_reject = False", "TempError_Defer = False",
+        # nothing skipped: smtp-source connects from 127.0.0.1
+        "skip_addresses = 192.0.2.255/32", "InternalHosts = 192.0.2.254",
+        "Header_Type = AR", "Authserv_Id = mx.bench.test", f"Socket = {pyspf_spec}",
+        f"PidFile = {RUN}/{tag}.pid", "UserID = root", "UMask = 0", ""]))
+    argv = [str(PYSPF_VENV / "bin" / "pyspf-milter"), str(conf)]
+    if resolv_conf is not None:
+        argv = ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c",
+                'mount --bind "$1" /etc/resolv.conf && shift && exec "$@"', "sh", str(resolv_conf), *argv]
+    return Milter("pyspf-milter", sock_kind, spec, address, pf, argv)
+
+
 def make_milters(with_inet: bool = True) -> list[Milter]:
     py = sys.executable
     milters = []
@@ -462,32 +499,27 @@ def make_milters(with_inet: bool = True) -> list[Milter]:
                 port = ports[name]
                 spec, address, pf = f"inet:{port}@127.0.0.1", f"inet:127.0.0.1:{port}", f"inet:127.0.0.1:{port}"
             if name in SPFMILTERS:
-                conf = RUN / f"{tag}.conf"
-                conf.write_text("\n".join([
-                    f"Socket = {spec}", "Nameservers = 127.0.0.1:53", "Authserv_Id = mx.bench.test",
-                    "skip_addresses =", "UMask = 000", f"Workers = {WORKERS[name]}", ""]))
-                stats = str(SOCK / f"{tag}.stats")
-                m = Milter(name, sock_kind, spec, address, pf,
-                           [py, "-m", "bench.spfmilter_probe", "-c", str(conf), "--log", "stderr"],
-                           env={"SPFMILTER_BENCH_STATS": stats}, stats=stats)
+                m = spfmilter_milter(name, sock_kind, tag, spec, address, pf)
             elif name == "pyspf-milter":
-                conf = RUN / f"{tag}.conf"
-                pyspf_spec = f"local:{path}" if sock_kind == "unix" else spec
-                conf.write_text("\n".join([
-                    "debugLevel = 1", "TestOnly = 1", "HELO_reject = Fail", "Mail_From_reject = Fail",
-                    "PermError_reject = False", "TempError_Defer = False",
-                    # nothing skipped: smtp-source connects from 127.0.0.1
-                    "skip_addresses = 192.0.2.255/32", "InternalHosts = 192.0.2.254",
-                    "Header_Type = AR", "Authserv_Id = mx.bench.test", f"Socket = {pyspf_spec}",
-                    f"PidFile = {RUN}/{tag}.pid", "UserID = root", "UMask = 0", ""]))
-                m = Milter(name, sock_kind, spec, address, pf,
-                           [str(PYSPF_VENV / "bin" / "pyspf-milter"), str(conf)])
+                m = pyspf_milter(sock_kind, tag, spec, address, pf)
             else:
                 m = Milter(name, sock_kind, spec, address, pf,
                            [py, "-m", "bench.floor_milter", spec]
                            + (["--shape"] if name == "shape-floor" else []))
             milters.append(m)
     return milters
+
+
+def start_milters(milters: list[Milter]) -> None:
+    for m in milters:
+        m.start()
+    deadline = time.monotonic() + 60
+    for m in milters:
+        while not m.ready():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{m.key} not ready:\n{m.log_tail()}")
+            time.sleep(0.05)
+    log("milters ready: " + ", ".join(f"{m.key} pid {m.proc.pid}" for m in milters if m.proc))
 
 
 # --- one measured run ----------------------------------------------------------------
@@ -522,6 +554,7 @@ def measure(m: Milter, nsd: NSD, conc: int, txs: list, seconds: float) -> dict:
         "dns_server_cpu_s_per_1000": (nsd1 - nsd0) / ok * 1000,
         "client_cpu_s_per_1000": r["client_cpu"] / ok * 1000,
         "headers_per_tx": r["mods"] / ok,
+        "started": r["started"],  # taken out again by the caller (ColdPool.give_back)
     }
     if probe is not None:
         d = sorted(probe["decisions"])
@@ -533,16 +566,27 @@ def measure(m: Milter, nsd: NSD, conc: int, txs: list, seconds: float) -> dict:
 # --- the matrix -------------------------------------------------------------------------
 
 class ColdPool:
-    """Hands out cold domains; none is ever used twice."""
+    """Hands out cold domains ``start`` to ``end`` - 1; none is ever used twice.
 
-    def __init__(self, size: int) -> None:
-        self.size, self.next = size, 0
+    A run is given more than it can use (its rate is not known before); what
+    it never began goes back (``give_back``) and out again first, so later
+    rounds do not run out of domains that nothing has asked about yet."""
+
+    def __init__(self, end: int, start: int = 0) -> None:
+        self.size, self.next = end, start
+        self.unused: list = []
 
     def take(self, n: int, rng: random.Random) -> list:
-        n = min(n, self.size - self.next)
-        out = [zones.cold_tx(rng, i) for i in range(self.next, self.next + n)]
-        self.next += n
+        out, self.unused = self.unused[:n], self.unused[n:]
+        new = min(n - len(out), self.size - self.next)
+        out += [zones.cold_tx(rng, i) for i in range(self.next, self.next + new)]
+        self.next += new
         return out
+
+    def give_back(self, txs: list, started: list[int]) -> None:
+        """``started``: per load process p (which ran ``txs[p::procs]``), how many it began."""
+        procs = len(started)
+        self.unused += [tx for p, k in enumerate(started) for tx in txs[p::procs][k:]]
 
 
 def run_matrix(milters: list[Milter], nsd: NSD, rounds: int, seconds: float, cold: ColdPool,
@@ -570,6 +614,9 @@ def run_matrix(milters: list[Milter], nsd: NSD, rounds: int, seconds: float, col
                         log("cold domains exhausted; skipping")
                         continue
                 res = measure(m, nsd, conc, txs, seconds)
+                started = res.pop("started")
+                if mode == "cold":
+                    cold.give_back(txs, started)
                 res.update(round=rnd, milter=name, socket=sock_kind, mode=mode, concurrency=conc)
                 rows.append(res)
                 log(f"round {rnd} {sock_kind:4} {mode} c={conc:<2} {name:12} "
@@ -578,6 +625,108 @@ def run_matrix(milters: list[Milter], nsd: NSD, rounds: int, seconds: float, col
                     f"err {res['errors']} rej {res['rejected']}"
                     + (f" decision p50 {res['decision_p50_ms']:.3f} ms" if 'decision_p50_ms' in res else ""))
     return rows
+
+
+# --- slow upstream ------------------------------------------------------------------------
+
+SLOW_LISTEN = ("127.0.0.2", 53)  # port 53: resolv.conf (pyspf-milter's way to a server) names no port
+SLOW_CONTENDERS = ("spfmilter", "spfmilter-w1", "pyspf-milter")
+
+
+def slow_per_run(seconds: float) -> int:
+    """Cold domains one slow-upstream run may use (c=1 and a delay per query allow few)."""
+    return int(seconds * 30) + 20
+
+
+class SlowUpstream:
+    """bench/slow_upstream.py: every query held ``delay_ms`` before it goes on to NSD."""
+
+    def __init__(self, delay_ms: float) -> None:
+        self.delay_ms = delay_ms
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        import select
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "bench.slow_upstream", SLOW_LISTEN[0], str(SLOW_LISTEN[1]),
+             "127.0.0.1", "53", str(self.delay_ms / 1000)],
+            stdout=subprocess.PIPE, text=True, cwd=ROOT)
+        assert self.proc.stdout is not None
+        ready, _, _ = select.select([self.proc.stdout], [], [], 30)
+        if not ready or not self.proc.stdout.readline().startswith("ready "):
+            raise RuntimeError(f"the slow upstream did not start (exit {self.proc.poll()})")
+
+    def round_trips(self, count: int = 20) -> dict:
+        """Median milliseconds of one query through it, over UDP and over TCP: the delay it adds."""
+        import dns.message
+        import dns.query
+        udp, tcp = [], []
+        for i in range(count):
+            q = dns.message.make_query(f"_spf.mh{i % zones.PROVIDERS}.{zones.ZONE}", "TXT")
+            for times, ask in ((udp, dns.query.udp), (tcp, dns.query.tcp)):
+                t0 = time.perf_counter()
+                ask(q, SLOW_LISTEN[0], timeout=2.0, port=SLOW_LISTEN[1])
+                times.append((time.perf_counter() - t0) * 1000)
+        return {"udp_rtt_ms": statistics.median(udp), "tcp_rtt_ms": statistics.median(tcp)}
+
+    def cpu(self) -> float:
+        return cpu_seconds([self.proc.pid]) if self.proc else 0.0
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+def run_slow(nsd: NSD, rounds: int, seconds: float, pool: ColdPool, delay_ms: float) -> tuple[list[dict], dict]:
+    """Cold DNS, c=1, unix: spfmilter (both Workers) and pyspf-milter, each started for this cell
+    and asking the slow upstream; contenders alternated within every round."""
+    up = SlowUpstream(delay_ms)
+    resolv = RUN / "resolv-slow.conf"
+    resolv.write_text(f"nameserver {SLOW_LISTEN[0]}\noptions attempts:1\n")
+    milters = []
+    for name in SLOW_CONTENDERS:
+        tag = f"{name}-slow"
+        a = f"unix:{SOCK / tag}.sock"
+        milters.append(spfmilter_milter(name, "unix", tag, a, a, a, f"{SLOW_LISTEN[0]}:{SLOW_LISTEN[1]}")
+                       if name in SPFMILTERS else pyspf_milter("unix", tag, a, a, a, resolv))
+    rows = []
+    try:
+        up.start()
+        info = {"delay_ms": delay_ms, **up.round_trips()}
+        log(f"slow upstream on {SLOW_LISTEN[0]}:{SLOW_LISTEN[1]}: {info}")
+        start_milters(milters)
+        for m in milters:  # first-use costs (imports, sockets) outside the measured runs
+            r = loadgen.run(m.address, 4, zones.all_warm()[:16], 30, procs=1)
+            if r["errors"]:
+                raise RuntimeError(f"warm-up of {m.key} (slow upstream): {r['errors']} errors\n{m.log_tail()}")
+        rng = random.Random(13)
+        for rnd in range(1, rounds + 1):
+            for m in milters:
+                txs = pool.take(slow_per_run(seconds), rng)
+                if not txs:
+                    log("cold domains for the slow upstream exhausted; skipping")
+                    continue
+                u0 = up.cpu()
+                res = measure(m, nsd, 1, txs, seconds)
+                pool.give_back(txs, res.pop("started"))
+                res["upstream_cpu_s_per_1000"] = (up.cpu() - u0) / max(res["tx"], 1) * 1000
+                res.update(round=rnd, milter=m.name, socket="unix", mode="cold", concurrency=1,
+                           upstream_ms=delay_ms)
+                rows.append(res)
+                log(f"round {rnd} slow upstream {delay_ms:g} ms c=1 {m.name:12} {res['tx_per_s']:6.1f} tx/s "
+                    f"p50 {res['p50_ms']:7.2f} ms p99 {res['p99_ms']:7.2f} ms "
+                    f"cpu {res['cpu_s_per_1000']:5.2f} s/1000 dns/tx {res['dns_queries_per_tx']:5.2f} "
+                    f"err {res['errors']} rej {res['rejected']}")
+    finally:
+        for m in milters:
+            m.stop()
+        up.stop()
+    return rows, info
 
 
 def hold_many(m: Milter, n: int) -> dict:
@@ -756,6 +905,32 @@ def only_policy(args: argparse.Namespace, nsd: NSD, started: float) -> int:
     return 0
 
 
+def slow_reserve(args: argparse.Namespace) -> int:
+    """Cold domains the slow-upstream cell may use: every round, every contender."""
+    return args.rounds * len(SLOW_CONTENDERS) * slow_per_run(args.slow_seconds)
+
+
+def only_slow(args: argparse.Namespace, nsd: NSD, started: float) -> int:
+    """`--only-slow`: NSD and the slow-upstream cell alone, into slow.{md,json} (latest.* untouched)."""
+    reserve = slow_reserve(args)
+    try:
+        nsd.start(reserve)
+        rows, info = run_slow(nsd, args.rounds, args.slow_seconds, ColdPool(reserve), args.slow_ms)
+    finally:
+        nsd.stop()
+    med = median_rows(rows, ("milter", "socket", "mode", "concurrency"))
+    targets = slow_targets(med, info)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "slow.json").write_text(json.dumps({"machine": machine(), "targets": targets, "slow_upstream": info,
+                                               "slow_medians": med, "slow_runs": rows}, indent=1) + "\n")
+    (out / "slow.md").write_text(documents.slow_md(targets, med, info))
+    log(f"done in {time.monotonic() - started:.0f} s; results in {out}/slow.md")
+    for t in targets:
+        log(f"{'MET ' if t['met'] else 'MISS'} {t['target']}: {t['measured']}")
+    return 0
+
+
 def only_replay(out: Path) -> int:
     """`--only-replay`: the replay measurement against the tests' DNS server, into replay.json."""
     from tests.kit.dnsserver import TestDNSServer
@@ -786,6 +961,8 @@ def inner(args: argparse.Namespace) -> int:
     nsd = NSD()
     if args.only_policy:
         return only_policy(args, nsd, started)
+    if args.only_slow:
+        return only_slow(args, nsd, started)
     info = machine()
     log(f"machine: {info}")
     milters: list[Milter] = []
@@ -802,15 +979,7 @@ def inner(args: argparse.Namespace) -> int:
             dnscap["tests/dnsserver.py (Python)"] = python_dns_server_capacity()
             log(f"DNS server capacity: {dnscap}")
         milters = make_milters(with_inet=not args.no_inet)
-        for m in milters:
-            m.start()
-        deadline = time.monotonic() + 60
-        for m in milters:
-            while not m.ready():
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"{m.key} not ready:\n{m.log_tail()}")
-                time.sleep(0.05)
-        log("milters ready: " + ", ".join(f"{m.key} pid {m.proc.pid}" for m in milters))
+        start_milters(milters)
         # warm-up: every warm domain and HELO name once through each spfmilter (fills its cache),
         # a short run through the others (imports, first-use costs)
         # Each spfmilter worker has a cache of its own: passes over the warm set until a
@@ -837,9 +1006,14 @@ def inner(args: argparse.Namespace) -> int:
         log(f"warm-up done: {warmup}")
         params = {"rounds": args.rounds, "seconds": args.seconds,
                   "dnspython_lookup_cost": dnscost, "warmup": warmup, "cpu_scaling": scaling}
-        cold = ColdPool(args.cold_domains)
+        # the last cold domains are the slow-upstream cell's, whatever the matrix uses up
+        reserve = 0 if args.no_slow else slow_reserve(args)
+        cold = ColdPool(args.cold_domains - reserve)
         rows = [] if args.no_matrix else run_matrix(milters, nsd, args.rounds, args.seconds, cold,
                                                     args.cold_cap, not args.no_inet)
+        slow_rows, params["slow_upstream"] = ([], {}) if args.no_slow else run_slow(
+            nsd, args.rounds, args.slow_seconds, ColdPool(args.cold_domains, args.cold_domains - reserve),
+            args.slow_ms)
         held = []
         if not args.no_hold:
             for m in milters:
@@ -865,7 +1039,9 @@ def inner(args: argparse.Namespace) -> int:
     med = median_rows(rows, ("milter", "socket", "mode", "concurrency"))
     pfmed = median_rows(pf_rows, ("setup", "sessions")) if pf_rows else []
     polmed = policy_bench.medians(pol_rows)
+    slowmed = median_rows(slow_rows, ("milter", "socket", "mode", "concurrency"))
     targets = evaluate_targets(med, pfmed, held, dnscost, info["nproc"], scaling) \
+        + slow_targets(slowmed, params["slow_upstream"]) \
         + policy_bench.targets(polmed) + ([replayed["target"]] if replayed else []) \
         + report_bench.targets(report_rows)
     params["elapsed_s"] = round(time.monotonic() - started)
@@ -876,10 +1052,10 @@ def inner(args: argparse.Namespace) -> int:
          "targets": targets, "medians": med, "postfix_medians": pfmed, "held": held,
          "dns_capacity": dnscap, "dnspython_lookup_cost": dnscost, "runs": rows,
          "postfix_runs": pf_rows, "policy_medians": polmed, "policy_runs": pol_rows,
-         "replay": replayed,
+         "replay": replayed, "slow_medians": slowmed, "slow_runs": slow_rows,
          "report_runs": report_rows},
         indent=1, default=str) + "\n")
-    write_documents(out, info, med, pfmed, held, targets, dnscap, params, polmed)
+    write_documents(out, info, med, pfmed, held, targets, dnscap, params, polmed, slowmed)
     log(f"done in {params['elapsed_s']} s; results in {out}/latest.md")
     for t in targets:
         log(f"{'MET ' if t['met'] else 'MISS'} {t['target']}: {t['measured']}")
@@ -887,21 +1063,25 @@ def inner(args: argparse.Namespace) -> int:
 
 
 def write_documents(out: Path, info: dict, med: list[dict], pfmed: list[dict], held: list[dict],
-                    targets: list[dict], dnscap: dict, params: dict, polmed: list[dict]) -> None:
-    (out / "latest.md").write_text(documents.latest_md(info, med, pfmed, held, targets, dnscap, params, polmed))
+                    targets: list[dict], dnscap: dict, params: dict, polmed: list[dict],
+                    slowmed: list[dict]) -> None:
+    (out / "latest.md").write_text(documents.latest_md(info, med, pfmed, held, targets, dnscap, params, polmed,
+                                                       slowmed))
     (out / "README-section.rst").write_text(documents.readme_section(info, targets, med, pfmed, held, params,
-                                                                     polmed))
+                                                                     polmed, slowmed))
 
 
 def render_only(out: Path) -> int:
     """Write latest.md and README-section.rst again from latest.json (no measuring)."""
     d = json.loads((out / "latest.json").read_text())
     polmed = d.get("policy_medians", [])
+    slowmed = d.get("slow_medians", [])
     targets = evaluate_targets(d["medians"], d["postfix_medians"], d["held"], d.get("dnspython_lookup_cost"),
                                d["machine"]["nproc"], d["params"].get("cpu_scaling")) \
+        + slow_targets(slowmed, d["params"].get("slow_upstream")) \
         + policy_bench.targets(polmed) + report_bench.targets(d.get("report_runs", []))
     write_documents(out, d["machine"], d["medians"], d["postfix_medians"], d["held"], targets, d["dns_capacity"],
-                    d["params"], polmed)
+                    d["params"], polmed, slowmed)
     return 0
 
 
@@ -922,6 +1102,12 @@ def main() -> int:
     p.add_argument("--no-policy", action="store_true", help="skip the policy-protocol runs")
     p.add_argument("--only-policy", action="store_true",
                    help="run only NSD and the policy-protocol runs (results in policy.md/json)")
+    p.add_argument("--no-slow", action="store_true", help="skip the slow-upstream cell")
+    p.add_argument("--only-slow", action="store_true",
+                   help="run only NSD and the slow-upstream cell (results in slow.md/json)")
+    p.add_argument("--slow-ms", type=float, default=20.0,
+                   help="delay of every query to the slow upstream, in milliseconds")
+    p.add_argument("--slow-seconds", type=float, default=4.0, help="length of one slow-upstream run")
     p.add_argument("--no-replay", action="store_true", help="skip the spfmilter replay run")
     p.add_argument("--only-replay", action="store_true",
                    help="run only the spfmilter replay measurement (no root: the tests' DNS "

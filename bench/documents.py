@@ -76,6 +76,16 @@ POLICY_METHOD = """\
   server process's.
 """
 
+SLOW_METHOD = """\
+- Slow upstream: bench/slow_upstream.py on 127.0.0.2:53 (one asyncio loop, no cache) holds every
+  query for the delay on a timer, then forwards it to NSD (UDP over UDP with an ID of its own, TCP
+  over TCP); a truncated answer costs the client the delay again over TCP.  spfmilter (both
+  Workers) and pyspf-milter are started for this cell only: spfmilter with ``Nameservers`` on it,
+  pyspf-milter in a mount namespace of its own whose /etc/resolv.conf names it.  Cold DNS (each
+  transaction a new domain), concurrency 1, contenders alternated within every round.  At a few
+  transactions per second, CPU per transaction includes what the processes spend while they wait.
+"""
+
 
 # --- figures and tables -----------------------------------------------------------------
 
@@ -236,6 +246,37 @@ def policy_table(med: list[dict[str, Any]], full: bool) -> Table:
     return table(fields, med)
 
 
+def slow_table(rows: list[dict[str, Any]], full: bool) -> Table:
+    """The slow-upstream cell; ``full`` adds CPU, the forwarder's CPU and errors (latest.md)."""
+    fields = [text("milter", "milter"), num("tx/s", "tx_per_s", 1, grouped=full),
+              num("p50 ms", "p50_ms", 1, grouped=full), num("p99 ms", "p99_ms", 1, grouped=full)]
+    if full:
+        fields += [num("milter CPU s/1000 tx", "cpu_s_per_1000", 2),
+                   num("slow upstream CPU s/1000 tx", "upstream_cpu_s_per_1000", 2)]
+    fields.append(num("DNS queries/tx", "dns_queries_per_tx", 2, grouped=full))
+    if full:
+        fields.append(num("errors", "errors", 0))
+    return table(fields, rows)
+
+
+def slow_rows(slowmed: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The cell's medians in the matrix's order of contenders."""
+    return [r for name in MILTER_ORDER if (r := first(slowmed, milter=name))]
+
+
+def slow_delay(rows: list[dict[str, Any]]) -> str:
+    return f"{rows[0].get('upstream_ms', 20):g} ms"
+
+
+def slow_blocks(slowmed: list[dict[str, Any]]) -> list[Block]:
+    rows = slow_rows(slowmed)
+    if not rows:
+        return []
+    return [Heading(f"Slow upstream ({slow_delay(rows)} per uncached query), unix socket, cold DNS cache, "
+                    f"concurrency 1"),
+            slow_table(rows, full=True)]
+
+
 def policy_blocks(med: list[dict[str, Any]]) -> list[Block]:
     if not med:
         return []
@@ -246,7 +287,8 @@ def policy_blocks(med: list[dict[str, Any]]) -> list[Block]:
 
 def latest_blocks(info: dict[str, Any], med: list[dict[str, Any]], pfmed: list[dict[str, Any]],
                   held: list[dict[str, Any]], targets: list[dict[str, Any]], dnscap: dict[str, Any],
-                  params: dict[str, Any], polmed: list[dict[str, Any]] | None = None) -> list[Block]:
+                  params: dict[str, Any], polmed: list[dict[str, Any]] | None = None,
+                  slowmed: list[dict[str, Any]] | None = None) -> list[Block]:
     B: list[Block] = [
         Heading("spfmilter benchmark results", 1),
         Paragraph.of(f"Run {info['date']} on {info['nproc']} CPUs ({info['cpu']}), {info['memory_gb']} GB, "
@@ -263,6 +305,7 @@ def latest_blocks(info: dict[str, Any], med: list[dict[str, Any]], pfmed: list[d
             B += [Heading(f"Milter protocol, {sock_kind} socket, {mode} DNS cache"),
                   milter_table([r for conc in CONCURRENCY for name in MILTER_ORDER
                                 if (r := first(rows, milter=name, concurrency=conc))], full=True)]
+    B += slow_blocks(slowmed or [])
     cpus = info["nproc"]
     scal = scaling_rows(med, cpus)
     if scal:
@@ -329,14 +372,16 @@ def latest_blocks(info: dict[str, Any], med: list[dict[str, Any]], pfmed: list[d
                        f"dnspython's cheapest complete lookup (make_query + query.udp on a socket kept "
                        f"open, answer parsed): {cost['leanest_us']} us",
                        f"{cost['lookups']:,} lookups each"))]
-    B += [Heading("How it is measured"), bullets(METHOD + (POLICY_METHOD if polmed else ""))]
+    B += [Heading("How it is measured"),
+          bullets(METHOD + (SLOW_METHOD if slowmed else "") + (POLICY_METHOD if polmed else ""))]
     return B
 
 
 def latest_md(info: dict[str, Any], med: list[dict[str, Any]], pfmed: list[dict[str, Any]],
               held: list[dict[str, Any]], targets: list[dict[str, Any]], dnscap: dict[str, Any],
-              params: dict[str, Any], polmed: list[dict[str, Any]] | None = None) -> str:
-    return render_markdown(latest_blocks(info, med, pfmed, held, targets, dnscap, params, polmed))
+              params: dict[str, Any], polmed: list[dict[str, Any]] | None = None,
+              slowmed: list[dict[str, Any]] | None = None) -> str:
+    return render_markdown(latest_blocks(info, med, pfmed, held, targets, dnscap, params, polmed, slowmed))
 
 
 # --- the README's Performance section -------------------------------------------------------
@@ -356,7 +401,8 @@ README_MILTERS = ("spfmilter", "spfmilter-w1", "pyspf-milter", "floor")
 
 def readme_blocks(info: dict[str, Any], targets: list[dict[str, Any]], med: list[dict[str, Any]],
                   pfmed: list[dict[str, Any]], held: list[dict[str, Any]], params: dict[str, Any],
-                  polmed: list[dict[str, Any]] | None = None) -> list[Block]:
+                  polmed: list[dict[str, Any]] | None = None,
+                  slowmed: list[dict[str, Any]] | None = None) -> list[Block]:
     cpus = info["nproc"]
     labels = {"spfmilter": f"spfmilter ({cpus} workers)", "spfmilter-w1": "spfmilter (1 worker)"}
     milters = [{**r, "milter": labels.get(name, name)} for name in README_MILTERS
@@ -394,6 +440,12 @@ def readme_blocks(info: dict[str, Any], targets: list[dict[str, Any]], med: list
                       for rows in per.values())
             + " DNS queries per transaction in successive passes over it (cold: 9 per transaction",
             "whatever the workers).  See *Deployment* for a shared cache in front."))
+    slow = [{**r, "milter": labels.get(r["milter"], r["milter"])} for r in slow_rows(slowmed or [])]
+    if slow:
+        B += [Paragraph.of(f"A slow upstream: every query the milter does not answer from its own cache takes "
+                           f"{slow_delay(slow)}",
+                           "(a forwarder in front of NSD), cold DNS, one message at a time, unix socket:"),
+              slow_table(slow, full=False)]
     if targets:
         B += [Paragraph.of("Targets:"), targets_table(targets, "no")]
     rows = [{"setup": label, "one": a, "sixteen": b} for label, _ in POSTFIX_SETUPS
@@ -430,8 +482,9 @@ def readme_blocks(info: dict[str, Any], targets: list[dict[str, Any]], med: list
 
 def readme_section(info: dict[str, Any], targets: list[dict[str, Any]], med: list[dict[str, Any]],
                    pfmed: list[dict[str, Any]], held: list[dict[str, Any]], params: dict[str, Any],
-                   polmed: list[dict[str, Any]] | None = None) -> str:
-    return render_rst(readme_blocks(info, targets, med, pfmed, held, params, polmed))
+                   polmed: list[dict[str, Any]] | None = None,
+                   slowmed: list[dict[str, Any]] | None = None) -> str:
+    return render_rst(readme_blocks(info, targets, med, pfmed, held, params, polmed, slowmed))
 
 
 # --- policy.md (--only-policy) ---------------------------------------------------------------
@@ -439,3 +492,12 @@ def readme_section(info: dict[str, Any], targets: list[dict[str, Any]], med: lis
 def policy_md(targets: list[dict[str, Any]], med: list[dict[str, Any]]) -> str:
     return render_markdown([Heading("spfmilter policy against policyd-spf", 1), targets_table(targets, "**no**"),
                             *policy_blocks(med), bullets(POLICY_METHOD)])
+
+
+# --- slow.md (--only-slow) -------------------------------------------------------------------
+
+def slow_md(targets: list[dict[str, Any]], slowmed: list[dict[str, Any]], info: dict[str, Any]) -> str:
+    rtt = [Paragraph.of(f"One query through the slow upstream: {info['udp_rtt_ms']:.1f} ms over UDP, "
+                        f"{info['tcp_rtt_ms']:.1f} ms over TCP (medians of 20).")] if "udp_rtt_ms" in info else []
+    return render_markdown([Heading("spfmilter and pyspf-milter behind a slow upstream", 1),
+                            targets_table(targets, "**no**"), *slow_blocks(slowmed), *rtt, bullets(SLOW_METHOD)])

@@ -339,7 +339,7 @@ def run_worker(address: str, conc: int, txs: list[zones.Tx], start_at: float, du
     sel.close()
     return {"ok": ok, "rejected": rejected, "errors": errors, "mods": mods, "latencies_ms": lat,
             "elapsed": t_end - t_begin, "client_cpu": (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system),
-            "protocol": protocol_seen}
+            "protocol": protocol_seen, "started": next_tx}
 
 
 def _event_letters(chunk: bytes) -> bytes:
@@ -394,7 +394,9 @@ def run(address: str, conc: int, txs: list[zones.Tx], duration: float, procs: in
             "errors": sum(r["errors"] for r in results), "mods": sum(r["mods"] for r in results),
             "elapsed": max(r["elapsed"] for r in results), "latencies_ms": lat,
             "client_cpu": sum(r["client_cpu"] for r in results),
-            "protocol": next((r["protocol"] for r in results if r["protocol"] is not None), None)}
+            "protocol": next((r["protocol"] for r in results if r["protocol"] is not None), None),
+            # per process (process p ran txs[p::procs]): how many of its transactions it began
+            "started": [r["started"] for r in results]}
 
 
 if __name__ == "__main__":  # quick manual check: loadgen.py ADDRESS CONC SECONDS

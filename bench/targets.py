@@ -94,13 +94,110 @@ def workers_targets(med: list[dict], pf: list[dict], held: list[dict], cpus: int
     return t
 
 
+def serial_bound(r: dict) -> float:
+    """At c=1 one transaction at a time: milter, load client and NSD work in turn, so their CPU
+    per transaction adds up to its time and bounds tx/s on any number of CPUs."""
+    total = r["cpu_s_per_1000"] + r.get("client_cpu_s_per_1000", 0) + r.get("dns_server_cpu_s_per_1000", 0)
+    return 1000 / total if total else float("nan")
+
+
+def serial_text(r: dict) -> str:
+    return (f"; bound at c=1 (one transaction at a time): milter {r['cpu_s_per_1000']:.2f} + load client "
+            f"{r.get('client_cpu_s_per_1000', 0):.2f} + NSD {r.get('dns_server_cpu_s_per_1000', 0):.2f} "
+            f"s/1000 tx in turn allow at most {serial_bound(r):.0f} tx/s, "
+            f"{r['tx_per_s'] / serial_bound(r) * 100:.0f}% of it reached")
+
+
+def one_worker_targets(med: list[dict], cpus: int, dnscost: dict | None = None) -> list[dict]:
+    """Issue's one-worker targets: spfmilter with Workers=1 against pyspf-milter (one process)
+    cold, and against the shape-floor warm; each row says the bound its result meets."""
+    def cell(milter: str, mode: str, conc: int) -> dict:
+        return next((r for r in med if (r["milter"], r["socket"], r["mode"], r["concurrency"])
+                     == (milter, "unix", mode, conc)), {})
+
+    def per_query(r: dict) -> float:
+        return r["cpu_s_per_1000"] / r["dns_queries_per_tx"] if r["dns_queries_per_tx"] else float("nan")
+
+    def queries(w: dict, p: dict) -> str:
+        return f"DNS queries/tx {w['dns_queries_per_tx']:.2f} vs {p['dns_queries_per_tx']:.2f}"
+
+    t = []
+    w1, p1 = cell("spfmilter-w1", "cold", 1), cell("pyspf-milter", "cold", 1)
+    if w1 and p1:
+        ratio = w1["tx_per_s"] / p1["tx_per_s"]
+        t.append({"target": "one worker, cold, c=1, unix: spfmilter-w1 >= 1.3x pyspf-milter tx/s",
+                  "measured": f"{ratio:.2f}x ({w1['tx_per_s']:.0f} vs {p1['tx_per_s']:.0f} tx/s; "
+                              f"{queries(w1, p1)}){serial_text(w1)}; pyspf-milter's"
+                              f"{serial_text(p1).removeprefix('; bound at c=1 (one transaction at a time):')}",
+                  "met": ratio >= 1.3})
+        cr = w1["cpu_s_per_1000"] / p1["cpu_s_per_1000"]
+        floor = ""
+        warm = cell("spfmilter-w1", "warm", 1)
+        if dnscost and warm:
+            least = warm["cpu_s_per_1000"] + dnscost["resolver_us"] * w1["dns_queries_per_tx"] / 1000
+            floor = (f"; bound: the warm transaction {warm['cpu_s_per_1000']:.2f} + "
+                     f"{w1['dns_queries_per_tx']:.0f} lookups x {dnscost['resolver_us']:.0f} us "
+                     f"(spfmilter's resolver alone) = {least:.2f} s/1000 tx, "
+                     f"{least / p1['cpu_s_per_1000']:.2f}x pyspf-milter's")
+        t.append({"target": "one worker, cold, c=1, unix: spfmilter-w1 CPU per tx <= 0.8x pyspf-milter",
+                  "measured": f"{cr:.2f}x ({w1['cpu_s_per_1000']:.2f} vs {p1['cpu_s_per_1000']:.2f} s/1000 tx; "
+                              f"CPU per query asked {per_query(w1):.2f} vs {per_query(p1):.2f} ms; "
+                              f"{queries(w1, p1)}){floor}",
+                  "met": cr <= 0.8})
+    w16, p16 = cell("spfmilter-w1", "cold", 16), cell("pyspf-milter", "cold", 16)
+    if w16 and p16:
+        ratio = w16["tx_per_s"] / p16["tx_per_s"]
+        t.append({"target": "one worker, cold, c=16, unix: spfmilter-w1 >= 1.6x pyspf-milter tx/s",
+                  "measured": f"{ratio:.2f}x ({w16['tx_per_s']:.0f} vs {p16['tx_per_s']:.0f} tx/s; CPU "
+                              f"{w16['cpu_s_per_1000']:.2f} vs {p16['cpu_s_per_1000']:.2f} s/1000 tx; "
+                              f"{queries(w16, p16)}){bound_text(w16, cpus)}, "
+                              f"{w16['tx_per_s'] / cpu_bound(w16, cpus) * 100:.0f}% of it reached",
+                  "met": ratio >= 1.6})
+    ww, shp = cell("spfmilter-w1", "warm", 16), cell("shape-floor", "warm", 16)
+    if ww and shp:
+        ratio = ww["tx_per_s"] / shp["tx_per_s"]
+        shape_bound = bound_text(shp, cpus).removeprefix(f"; bound on {cpus} CPUs:")
+        t.append({"target": "one worker, warm, c=16, unix: spfmilter-w1 >= 55% of the shape-floor tx/s",
+                  "measured": f"{ratio * 100:.0f}% ({ww['tx_per_s']:.0f} vs {shp['tx_per_s']:.0f} tx/s; CPU "
+                              f"{ww['cpu_s_per_1000']:.2f} vs {shp['cpu_s_per_1000']:.2f} s/1000 tx)"
+                              f"{bound_text(ww, cpus)}, {ww['tx_per_s'] / cpu_bound(ww, cpus) * 100:.0f}% of it "
+                              f"reached; the shape-floor's{shape_bound}",
+                  "met": ratio >= 0.55})
+    return t
+
+
+def slow_targets(slow: list[dict], info: dict | None = None) -> list[dict]:
+    """The slow-upstream cell (every uncached query takes ``delay_ms``): spfmilter's median
+    message latency against pyspf-milter's, both spfmilters judged."""
+    def cell(milter: str) -> dict:
+        return next((r for r in slow if r["milter"] == milter), {})
+
+    py = cell("pyspf-milter")
+    ours = [(name, r) for name in ("spfmilter", "spfmilter-w1") if (r := cell(name))]
+    if not py or not ours:
+        return []
+    delay = (info or {}).get("delay_ms", py.get("upstream_ms", 20))
+    parts = [f"{name} {r['p50_ms'] / py['p50_ms']:.2f}x ({r['p50_ms']:.0f} ms, {r['tx_per_s']:.1f} tx/s, "
+             f"{r['dns_queries_per_tx']:.2f} queries/tx)" for name, r in ours]
+    serial = "; ".join(f"{name} {r['dns_queries_per_tx']:.0f} x {delay:g} = {r['dns_queries_per_tx'] * delay:.0f} ms"
+                       for name, r in [*ours, ("pyspf-milter", py)])
+    rtt = (f"; a query through the slow upstream took {info['udp_rtt_ms']:.1f} ms (UDP), "
+           f"{info['tcp_rtt_ms']:.1f} ms (TCP)") if info and "udp_rtt_ms" in info else ""
+    worst = max(r["p50_ms"] / py["p50_ms"] for _, r in ours)
+    return [{"target": f"slow upstream ({delay:g} ms per uncached query), cold, c=1, unix: spfmilter p50 "
+                       f"message latency <= 0.6x pyspf-milter (both Workers)",
+             "measured": ", ".join(parts) + f" vs pyspf-milter {py['p50_ms']:.0f} ms ({py['tx_per_s']:.1f} tx/s); "
+                         f"bound if the lookups go one after another (the delay alone): {serial}{rtt}",
+             "met": worst <= 0.6}]
+
+
 def evaluate_targets(med: list[dict], pf: list[dict], held: list[dict],
                      dnscost: dict | None = None, cpus: int = 2, scaling: dict | None = None) -> list[dict]:
     def cell(milter: str, sock: str, mode: str, conc: int) -> dict:
         return next((r for r in med if (r["milter"], r["socket"], r["mode"], r["concurrency"])
                      == (milter, sock, mode, conc)), {})
 
-    t = workers_targets(med, pf, held, cpus, scaling)
+    t = workers_targets(med, pf, held, cpus, scaling) + one_worker_targets(med, cpus, dnscost)
     spf, py, fl = (cell(n, "unix", "warm", 16) for n in ("spfmilter", "pyspf-milter", "floor"))
     if spf and py:
         ratio = spf["tx_per_s"] / py["tx_per_s"]
