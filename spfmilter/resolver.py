@@ -373,18 +373,36 @@ def _wait_at_most(sock: socket.socket, left: float) -> None:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _TIMEVAL.pack(*divmod(micro, 1_000_000)))
 
 
+def _udp_send(wire: bytes, host: str, port: int) -> socket.socket:
+    """A fresh socket (so a fresh random source port), connected to the server, with
+    the query sent on it: the caller reads the answer with ``_udp_receive``."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        sock.connect((host, port))
+        sock.send(wire)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
 def _udp_exchange(wire: bytes, question: bytes, host: str, port: int, deadline: float) -> bytes:
-    """Send one query over UDP from a fresh socket (so a fresh random source port) and
-    return the first datagram that answers it: from that server (the socket is
-    connected, so the kernel drops any other source and reports a closed port at
-    once), with the query's id, the response bit and the very question asked (DNS
-    names compare ASCII case-blind); anything else is ignored until the deadline,
-    as dnspython's ``udp(ignore_unexpected=True)`` does.  A server that answers a
-    failure (format error, ...) without repeating the question is taken as
-    answering, as dnspython's ``is_response`` does; so is a truncated answer
-    without the question (some servers send one), which only sends the query
-    again over TCP, where the answer's question is checked: at worst a forged
-    one costs a TCP exchange, never a wrong answer.
+    """Send one query over UDP and return the datagram that answers it (``_udp_receive``)."""
+    with _udp_send(wire, host, port) as sock:
+        return _udp_receive(sock, wire, question, deadline)
+
+
+def _udp_receive(sock: socket.socket, wire: bytes, question: bytes, deadline: float) -> bytes:
+    """The first datagram on ``sock`` that answers the query ``wire``: from that server
+    (the socket is connected, so the kernel drops any other source and reports a
+    closed port at once), with the query's id, the response bit and the very
+    question asked (DNS names compare ASCII case-blind); anything else is ignored
+    until the deadline, as dnspython's ``udp(ignore_unexpected=True)`` does.  A
+    server that answers a failure (format error, ...) without repeating the question
+    is taken as answering, as dnspython's ``is_response`` does; so is a truncated
+    answer without the question (some servers send one), which only sends the query
+    again over TCP, where the answer's question is checked: at worst a forged one
+    costs a TCP exchange, never a wrong answer.
 
     Why not ``dns.query.udp``: a cold transaction makes several lookups, and under
     load what they cost is mostly the interpreter lock -- every system call that
@@ -394,35 +412,53 @@ def _udp_exchange(wire: bytes, question: bytes, host: str, port: int, deadline: 
     lookup makes only the calls it needs (socket, connect, send, recv, close), the
     checks are on the header bytes, and dnspython parses only the answer.
     """
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
     qid = wire[:2]
     end = 12 + len(question)
     watch = slow_wait.get()
-    with socket.socket(family, socket.SOCK_DGRAM) as sock:
+    _wait_at_most(sock, _left(deadline, watch))
+    while True:
+        try:
+            data = sock.recv(65535)
+        except (BlockingIOError, TimeoutError):  # the receive timeout ran out
+            if watch is None or time.monotonic() >= deadline:
+                raise dns.exception.Timeout() from None  # type: ignore[no-untyped-call]
+            watch.fire()          # woken before the deadline: for the watch
+            _wait_at_most(sock, deadline - time.monotonic())
+            continue
+        if len(data) >= 12 and data[:2] == qid and data[2] & _QR:
+            if data[4:6] == b"\0\1" and data[12:end].lower() == question:
+                return data
+            if data[4:6] == b"\0\0" and (data[3] & 0x0F or data[2] & _TC):
+                # an error rcode, or a truncated answer, without the question: a server
+                # may drop the question from a truncated answer (RFC 2181 §9 leaves the
+                # sections of a TC answer to it); from this server with this id, it
+                # answers this query, and TC sends the question over TCP
+                return data
+        if deadline - time.monotonic() <= 0:
+            raise dns.exception.Timeout()  # type: ignore[no-untyped-call]
         _wait_at_most(sock, _left(deadline, watch))
-        sock.connect((host, port))
-        sock.send(wire)
-        while True:
-            try:
-                data = sock.recv(65535)
-            except (BlockingIOError, TimeoutError):  # the receive timeout ran out
-                if watch is None or time.monotonic() >= deadline:
-                    raise dns.exception.Timeout() from None  # type: ignore[no-untyped-call]
-                watch.fire()          # woken before the deadline: for the watch
-                _wait_at_most(sock, deadline - time.monotonic())
-                continue
-            if len(data) >= 12 and data[:2] == qid and data[2] & _QR:
-                if data[4:6] == b"\0\1" and data[12:end].lower() == question:
-                    return data
-                if data[4:6] == b"\0\0" and (data[3] & 0x0F or data[2] & _TC):
-                    # an error rcode, or a truncated answer, without the question: a server
-                    # may drop the question from a truncated answer (RFC 2181 §9 leaves the
-                    # sections of a TC answer to it); from this server with this id, it
-                    # answers this query, and TC sends the question over TCP
-                    return data
-            if deadline - time.monotonic() <= 0:
-                raise dns.exception.Timeout()  # type: ignore[no-untyped-call]
-            _wait_at_most(sock, _left(deadline, watch))
+
+
+class _Sent:
+    """A query already sent to the first server, its answer not read yet: the lookup
+    that takes it over (``Resolver._claim``) reads the answer instead of asking."""
+
+    __slots__ = ("sock", "host", "port", "query")
+
+    def __init__(self, sock: socket.socket, host: str, port: int,
+                 query: tuple[dns.name.Name, dns.rdatatype.RdataType, bytes, bytes]) -> None:
+        self.sock, self.host, self.port = sock, host, port
+        self.query = query   # as ``_question`` made it: the lookup that reads it needs it all
+
+
+def _question(name: str, qtype: str
+              ) -> tuple[dns.name.Name, dns.rdatatype.RdataType, bytes, bytes]:
+    """(name, type, question section, the whole query with a fresh random id)."""
+    qname = _name(name)
+    rdtype = dns.rdatatype.from_text(qtype)
+    question = cast(bytes, qname.to_wire()) + _QTAIL.pack(rdtype, dns.rdataclass.IN)
+    wire = _QHEAD.pack(secrets.randbits(16), dns.flags.RD, 1, 0, 0, 0) + question
+    return qname, rdtype, question, wire
 
 
 class _Positive:
@@ -537,16 +573,17 @@ def _name(text: str) -> dns.name.Name:
     return dns.name.from_text(text)
 
 
-#: At most this many lookups of one process run ahead of the evaluations that asked for
-#: them (``Resolver.ahead``), each on a thread of its own that ends with its lookup.
-AHEAD_THREADS = 8
-_ahead_slots = threading.BoundedSemaphore(AHEAD_THREADS)
+#: At most this many queries of one process are sent ahead of the lookups that will read
+#: them (``Resolver.ahead``) and not yet taken over: each holds a socket until its
+#: evaluation ends.
+AHEAD_QUERIES = 64
+_ahead_slots = threading.BoundedSemaphore(AHEAD_QUERIES)
 
 
 def _fresh_slots() -> None:
-    """A forked child has none of its parent's threads, so none of their slots are taken."""
+    """A forked child has none of its parent's queries, so none of their slots are taken."""
     global _ahead_slots
-    _ahead_slots = threading.BoundedSemaphore(AHEAD_THREADS)
+    _ahead_slots = threading.BoundedSemaphore(AHEAD_QUERIES)
 
 
 os.register_at_fork(after_in_child=_fresh_slots)
@@ -560,12 +597,14 @@ class Flight:
     """One lookup on the network of a (name, type), which other lookups of the same key
     wait for instead of asking again (the answer is the same; a second query is not)."""
 
-    __slots__ = ("done", "entry", "error")
+    __slots__ = ("done", "entry", "error", "sent", "owner")
 
-    def __init__(self) -> None:
+    def __init__(self, sent: _Sent | None = None, owner: object = None) -> None:
         self.done = threading.Event()
         self.entry: _Cached | None = None       # the answer, also when it is not cached
         self.error: TempFailure | None = None   # or the failure; neither: asked for nothing
+        self.sent = sent      # sent ahead, to be taken over by the first lookup of its key
+        self.owner = owner    # who sent it ahead (and gives it up if nobody takes it)
 
 
 class Resolver:
@@ -632,13 +671,15 @@ class Resolver:
         answer, _ = self._query(name, qtype, lifetime)
         return cast(dns.resolver.Answer | None, answer)
 
-    def _query(self, name: str, qtype: str, lifetime: float, lean: bool = False
+    def _query(self, name: str, qtype: str, lifetime: float, lean: bool = False,
+               sent: _Sent | None = None
                ) -> tuple[dns.resolver.Answer | _Positive | None, float | None]:
         """(answer, None), or (None, expiration of the negative answer, if it has one).
-        ``lean``: a plain positive answer may come as a _Positive (records, expiration)."""
+        ``lean``: a plain positive answer may come as a _Positive (records, expiration).
+        ``sent``: the query already sent ahead to the first server (its answer is read)."""
         try:
             if self._servers:
-                return self._direct(name, qtype, max(lifetime, 0.001), lean)
+                return self._direct(name, qtype, max(lifetime, 0.001), lean, sent)
             answer = self._resolver.resolve(name, qtype, lifetime=max(lifetime, 0.001),
                                             search=False, raise_on_no_answer=False)
             return answer, None
@@ -659,25 +700,35 @@ class Resolver:
             raise _failed(f"DNS error looking up {name}/{qtype}", name, qtype,
                           f"{type(exc).__name__}: {exc}") from exc
 
-    def _direct(self, name: str, qtype: str, lifetime: float, lean: bool = False
+    def _direct(self, name: str, qtype: str, lifetime: float, lean: bool = False,
+                sent: _Sent | None = None
                 ) -> tuple[dns.resolver.Answer | _Positive | None, float | None]:
         """One query to the servers in turn, as dnspython's Resolver would ask them
         (recursion desired, no search list; each server may use the whole budget)."""
-        qname = _name(name)
-        rdtype = dns.rdatatype.from_text(qtype)
-        question = cast(bytes, qname.to_wire()) + _QTAIL.pack(rdtype, dns.rdataclass.IN)
-        qid = secrets.randbits(16)
-        wire = _QHEAD.pack(qid, dns.flags.RD, 1, 0, 0, 0) + question
+        try:
+            return self._servers_in_turn(name, qtype, lifetime, lean, sent)
+        finally:
+            if sent is not None:    # read, or never reached (its server gone)
+                sent.sock.close()
+
+    def _servers_in_turn(self, name: str, qtype: str, lifetime: float, lean: bool,
+                         sent: _Sent | None
+                         ) -> tuple[dns.resolver.Answer | _Positive | None, float | None]:
+        qname, rdtype, question, wire = sent.query if sent is not None else _question(name, qtype)
         deadline = time.monotonic() + lifetime
         failures: list[tuple[str, str]] = []   # (what went wrong, with which server and how)
         for host, port in self._servers:
             if deadline <= time.monotonic():  # the budget went to the servers before
                 raise dns.exception.Timeout()  # type: ignore[no-untyped-call]
             try:
-                data = _udp_exchange(wire, question.lower(), host, port, deadline)
+                if sent is not None and (host, port) == (sent.host, sent.port):
+                    data = _udp_receive(sent.sock, wire, question.lower(), deadline)
+                    sent = None     # any other server gets a query of its own
+                else:
+                    data = _udp_exchange(wire, question.lower(), host, port, deadline)
                 if data[2] & _TC:  # too long for UDP: the same question over TCP
                     query = dns.message.make_query(qname, rdtype, dns.rdataclass.IN)
-                    query.id = qid
+                    query.id = _QHEAD.unpack_from(wire)[0]
                     response = dns.query.tcp(query, host, timeout=deadline - time.monotonic(),
                                              port=port)
                 else:
@@ -744,6 +795,9 @@ class Resolver:
                 flight, lead = boarded
                 if lead:
                     return self._fly(flight, key, name, qtype, deadline - time.monotonic())
+            sent = self._claim(flight)
+            if sent is not None:    # sent ahead and not taken over yet: this lookup reads it
+                return self._fly(flight, key, name, qtype, deadline - time.monotonic(), sent)
             entry = self._land(flight, name, qtype, deadline)
             if entry is not None:
                 return entry
@@ -782,12 +836,20 @@ class Resolver:
             raise _timeout(name, qtype)
         return None
 
+    def _claim(self, flight: Flight) -> _Sent | None:
+        """Take over the query ``flight`` sent ahead, if nobody has yet."""
+        with self._lock:
+            sent, flight.sent = flight.sent, None
+        if sent is not None:
+            _ahead_slots.release()
+        return sent
+
     def _fly(self, flight: Flight, key: tuple[str, str], name: str, qtype: str,
-             lifetime: float) -> _Cached:
+             lifetime: float, sent: _Sent | None = None) -> _Cached:
         """Ask the network for ``key``, as ``flight``: its answer (or failure) for
         everyone waiting, then the flight lands whatever happened."""
         try:
-            entry = self._ask(key, name, qtype, lifetime)
+            entry = self._ask(key, name, qtype, lifetime, sent)
             flight.entry = entry
             return entry
         except TempFailure as exc:
@@ -799,8 +861,9 @@ class Resolver:
                     del self._flights[key]
             flight.done.set()
 
-    def _ask(self, key: tuple[str, str], name: str, qtype: str, lifetime: float) -> _Cached:
-        answer, negative_expiration = self._query(name, qtype, lifetime, lean=True)
+    def _ask(self, key: tuple[str, str], name: str, qtype: str, lifetime: float,
+             sent: _Sent | None = None) -> _Cached:
+        answer, negative_expiration = self._query(name, qtype, lifetime, lean=True, sent=sent)
         if answer is None or answer.rrset is None:
             expiration = answer.expiration if answer is not None else negative_expiration
             entry = _Cached(expiration or 0.0, ())
@@ -821,50 +884,59 @@ class Resolver:
         self._cache.put(key, entry)
         return entry
 
-    def ahead(self, name: str, qtype: str, deadline: float) -> Flight | None:
-        """Start looking ``name``/``qtype`` up on a thread of its own, to be done by
-        ``deadline`` (time.monotonic()), for a ``records`` call that is to come: the
-        Flight to hand it, or None when there is nothing to start (cached already, no
-        budget left, every slot taken: that call then asks itself).
+    def ahead(self, name: str, qtype: str, deadline: float, owner: object = None
+              ) -> Flight | None:
+        """Send the query for ``name``/``qtype`` now, for a ``records`` call that is to
+        come and will read its answer: the Flight to hand that call, or None when
+        nothing was sent (cached already, no budget left, every slot taken, servers
+        that are not plain addresses: that call then asks itself).  ``owner`` gives it
+        up (``give_up``) if no lookup has taken it over by then.
 
         Why: an evaluation asks its names one after another, though many are known
-        before the first answer comes.  The threads are bounded per process
-        (AHEAD_THREADS) and each ends with its lookup, by the deadline of the
-        evaluation that started it, so names that never answer cannot pile threads
-        up across transactions."""
+        before the first answer comes; sent together, their answers arrive together.
+        No thread is started: sending is a system call, and the lookup that reads the
+        answer runs on the evaluation's own thread, so looking ahead costs no
+        contention for the interpreter lock.  Queries not taken over are bounded per
+        process (AHEAD_QUERIES), each held only until its evaluation ends."""
         key = (name, qtype)
-        if deadline - time.monotonic() <= 0.001:
+        if deadline - time.monotonic() <= 0.001 or not self._servers:
             return None
-        slots = _ahead_slots
+        flight = self._flights.get(key)
+        if flight is not None:
+            return flight                # asked already: that one is taken over or waited for
+        if self._cache.entry(key) is not None or not _ahead_slots.acquire(blocking=False):
+            return None
+        try:
+            query = _question(name, qtype)
+            host, port = self._servers[0]
+            sent = _Sent(_udp_send(query[3], host, port), host, port, query)
+        except Exception as exc:         # a name or socket the lookup itself will report
+            _ahead_slots.release()
+            _log.debug("action=dns-ahead-error name=%s type=%s error=%s", _quoted(name), qtype,
+                       _quoted(f"{type(exc).__name__}: {exc}"))
+            return None
         with self._lock:
             flight = self._flights.get(key)
-            if flight is not None:
-                return flight            # asked already: wait for that one
-            if self._cache.entry(key) is not None or not slots.acquire(blocking=False):
-                return None
-            flight = self._flights[key] = Flight()
-        try:
-            threading.Thread(target=self._ahead, args=(slots, flight, key, name, qtype, deadline),
-                             name="dns-ahead", daemon=True).start()
-        except BaseException:
-            slots.release()
-            with self._lock:
-                del self._flights[key]
-            flight.done.set()            # asked for nothing: whoever waits asks itself
-            return None
+            if flight is None and self._cache.entry(key) is None:
+                flight = self._flights[key] = Flight(sent, owner)
+                return flight
+        sent.sock.close()                # another lookup of it began meanwhile
+        _ahead_slots.release()
         return flight
 
-    def _ahead(self, slots: threading.BoundedSemaphore, flight: Flight, key: tuple[str, str],
-               name: str, qtype: str, deadline: float) -> None:
-        try:
-            self._fly(flight, key, name, qtype, deadline - time.monotonic())
-        except TempFailure:
-            pass                         # the flight holds it for whoever asks
-        except Exception as exc:         # an answer the lookup could not take: whoever asks
-            _log.debug("action=dns-ahead-error name=%s type=%s error=%s",  # asks itself
-                       _quoted(name), qtype, _quoted(f"{type(exc).__name__}: {exc}"))
-        finally:
-            slots.release()
+    def give_up(self, key: tuple[str, str], flight: Flight, owner: object) -> None:
+        """The evaluation that sent ``flight`` ahead is over and nobody took it over:
+        close its socket (the answer is not read), and whoever looks ``key`` up later
+        asks again."""
+        with self._lock:
+            if flight.owner is not owner or flight.sent is None:
+                return
+            sent, flight.sent = flight.sent, None
+            if self._flights.get(key) is flight:
+                del self._flights[key]
+        sent.sock.close()
+        _ahead_slots.release()
+        flight.done.set()                # asked for nothing: whoever waits asks itself
 
     def _traced(self, lines: list[str], name: str, qtype: str, lifetime: float,
                 ahead: Flight | None) -> list[tuple[tuple[str, str], Any]]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextvars
 import ipaddress
+import math
 import re
 import threading
 import time
@@ -64,9 +65,16 @@ class _Ahead:
             return
         key = (name, qtype)
         if key not in self.flights:
-            flight = self.resolver.ahead(name, qtype, self.deadline)
+            flight = self.resolver.ahead(name, qtype, self.deadline, self)
             if flight is not None:
                 self.flights[key] = flight
+
+    def close(self) -> None:
+        """Give up the queries sent ahead that pyspf never asked for (it stopped at a
+        match or an error first): their sockets close, their answers go unread."""
+        for key, flight in self.flights.items():
+            self.resolver.give_up(key, flight, self)
+        self.flights.clear()
 
 
 _ahead: contextvars.ContextVar[_Ahead | None] = contextvars.ContextVar("spfmilter_ahead",
@@ -363,8 +371,8 @@ class _Query(spf.query):  # type: ignore[misc]  # pyspf has no type hints
         return checked
 
     def look_ahead(self, spf_record: str) -> None:
-        """Start, beside pyspf, the lookups that this record's terms will make it ask
-        for (an include's or redirect's TXT, an ``a`` term's A or AAAA for the
+        """Send, ahead of pyspf, the queries of the lookups that this record's terms
+        will make it ask for (an include's or redirect's TXT, an ``a`` term's A or AAAA for the
         client's address family, an ``mx`` term's MX), so that an evaluation waits
         for the depth of its record tree rather than for the number of its lookups.
 
@@ -552,6 +560,9 @@ def evaluate(identity: Identity, ip: str, sender: str, helo: str, *, resolver: R
     except spf.PermError as exc:
         result, explanation, mechanism, lookups = "permerror", f"SPF Permanent Error: {exc}", None, 0
     finally:
+        ahead = _ahead.get()
+        if ahead is not None:
+            ahead.close()
         _ahead.reset(ahead_token)
         _current.reset(token)
         _void_limit.reset(limit_token)
@@ -612,10 +623,15 @@ def _from_cache(call: Callable[[], SPFResult]) -> SPFResult | None:
     return result
 
 
-def each(calls: Sequence[Callable[[], SPFResult]]) -> list[SPFResult]:
+def each(calls: Sequence[Callable[[], SPFResult]], domains: Sequence[str] = (),
+         resolver: Resolver | None = None) -> list[SPFResult]:
     """The results of ``calls`` in order, each within its own budget, and none waiting
     for another's slow DNS.  Why: each identity has its own Lookup_Time, and a message
     must wait about the slowest of them, not their sum.
+
+    The record of each evaluation behind the first that the cache cannot answer
+    (``domains``: the domain each call evaluates) is asked for through ``resolver``
+    before that first one begins, so its answer is there when its turn comes.
 
     Threads cost: two evaluations running Python at once contend for the interpreter
     lock, which costs more CPU than a cold evaluation's lookups.  So evaluations the
@@ -629,7 +645,16 @@ def each(calls: Sequence[Callable[[], SPFResult]]) -> list[SPFResult]:
             if result is None:
                 break
             done.append(result)
-    return done + _in_turn(calls[len(done):])
+    rest = calls[len(done):]
+    if resolver is None or len(rest) <= 1 or trace.get() is not None:
+        return done + _in_turn(rest)
+    ahead = _Ahead(resolver, math.inf)   # each evaluation's own budget bounds its wait
+    for domain in domains[len(done) + 1:]:
+        ahead.start(domain, "TXT")
+    try:
+        return done + _in_turn(rest)
+    finally:
+        ahead.close()
 
 
 def _in_turn(calls: Sequence[Callable[[], SPFResult]]) -> list[SPFResult]:
@@ -669,5 +694,6 @@ class Checker:
                                  void_limit=self.void_limit, local_rules=local_rules,
                                  best_guess=best_guess), self.pass_all_records)
 
-    def each(self, calls: Sequence[Callable[[], SPFResult]]) -> list[SPFResult]:
-        return each(calls)
+    def each(self, calls: Sequence[Callable[[], SPFResult]],
+             domains: Sequence[str] = ()) -> list[SPFResult]:
+        return each(calls, domains, self.resolver)

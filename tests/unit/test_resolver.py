@@ -72,6 +72,18 @@ def test_truncated_udp_answer_is_retried_over_tcp(dns_server):
     assert protos == {"udp", "tcp"}
 
 
+def test_a_truncated_answer_to_a_query_sent_ahead_is_asked_again_over_tcp(dns_server):
+    big = [{"TXT": "v=spf1 " + "ip4:192.0.2.%d " % i * 1 + "x" * 200} for i in range(20)]
+    dns_server.update({"big2.test": big})
+    r = make(dns_server)
+    dns_server.clear_queries()
+    flight = r.ahead("big2.test", "TXT", time.monotonic() + 2.0)
+    assert flight is not None and flight.sent is not None
+    assert len(r.records("big2.test", "TXT", 2, flight)) == 20
+    assert sorted(p for n, t, p in dns_server.queries if n == "big2.test") == ["tcp", "udp"]
+    assert flight.sent is None and flight.done.is_set() and r._flights == {}
+
+
 @pytest.mark.parametrize("entry", ["TIMEOUT", "SERVFAIL", "REFUSED"])
 def test_no_answer_is_a_temporary_failure(dns_server, entry):
     dns_server.update({"broken.test": [entry]})
@@ -489,9 +501,9 @@ def test_a_lookup_joined_to_a_shorter_one_keeps_its_own_budget(dns_server):
 
 
 def test_a_lookup_ahead_hands_its_answer_over_once_cached_or_not(dns_server):
-    """``ahead`` asks on a thread of its own; the lookup it was started for takes its
-    answer (a NODATA answer without SOA too, which the cache cannot keep) and counts
-    the one miss it was; nothing is started for a name the cache holds."""
+    """``ahead`` sends the query at once; the lookup it was sent for reads its answer
+    (a NODATA answer without SOA too, which the cache cannot keep) and counts the one
+    miss it was; nothing is sent for a name the cache holds."""
     dns_server.update({"later.test": [{"A": "192.0.2.77"}, {"DELAY": 0.1}]})
     r = make(dns_server)
     dns_server.clear_queries()
