@@ -149,9 +149,11 @@ class TempFailure(Exception):
     names the servers asked and the system's errors, for the log and the doctor.
     """
 
-    def __init__(self, message: str, detail: str = "") -> None:
+    def __init__(self, message: str, detail: str = "", timed_out: bool = False) -> None:
         super().__init__(message)
         self.detail = detail
+        #: no answer came within the budget (rather than an answer that is a failure)
+        self.timed_out = timed_out
 
 
 _log = logging.getLogger("spfmilter.resolver")
@@ -289,6 +291,11 @@ class _Cache:
             entry = self._protected.get(key) or self._probation.get(key)
             return entry if entry is not None and entry.expiration > time.time() else None
 
+    def missed(self) -> None:
+        """Count a lookup that the cache did not answer although it asked nothing of it."""
+        with self._lock:
+            self._misses += 1
+
     def hits(self) -> int:
         return self._hits
 
@@ -306,6 +313,10 @@ def _negative_expiration(exc: dns.resolver.NXDOMAIN) -> float | None:
         return dns.resolver.Answer(qname, dns.rdatatype.ANY, dns.rdataclass.IN, response).expiration
     except Exception:
         return None
+
+
+def _timeout(name: str, qtype: str) -> TempFailure:
+    return TempFailure(f"DNS timeout looking up {name}/{qtype}", timed_out=True)
 
 
 def resolv_conf() -> str:
@@ -362,18 +373,36 @@ def _wait_at_most(sock: socket.socket, left: float) -> None:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _TIMEVAL.pack(*divmod(micro, 1_000_000)))
 
 
+def _udp_send(wire: bytes, host: str, port: int) -> socket.socket:
+    """A fresh socket (so a fresh random source port), connected to the server, with
+    the query sent on it: the caller reads the answer with ``_udp_receive``."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        sock.connect((host, port))
+        sock.send(wire)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
 def _udp_exchange(wire: bytes, question: bytes, host: str, port: int, deadline: float) -> bytes:
-    """Send one query over UDP from a fresh socket (so a fresh random source port) and
-    return the first datagram that answers it: from that server (the socket is
-    connected, so the kernel drops any other source and reports a closed port at
-    once), with the query's id, the response bit and the very question asked (DNS
-    names compare ASCII case-blind); anything else is ignored until the deadline,
-    as dnspython's ``udp(ignore_unexpected=True)`` does.  A server that answers a
-    failure (format error, ...) without repeating the question is taken as
-    answering, as dnspython's ``is_response`` does; so is a truncated answer
-    without the question (some servers send one), which only sends the query
-    again over TCP, where the answer's question is checked: at worst a forged
-    one costs a TCP exchange, never a wrong answer.
+    """Send one query over UDP and return the datagram that answers it (``_udp_receive``)."""
+    with _udp_send(wire, host, port) as sock:
+        return _udp_receive(sock, wire, question, deadline)
+
+
+def _udp_receive(sock: socket.socket, wire: bytes, question: bytes, deadline: float) -> bytes:
+    """The first datagram on ``sock`` that answers the query ``wire``: from that server
+    (the socket is connected, so the kernel drops any other source and reports a
+    closed port at once), with the query's id, the response bit and the very
+    question asked (DNS names compare ASCII case-blind); anything else is ignored
+    until the deadline, as dnspython's ``udp(ignore_unexpected=True)`` does.  A
+    server that answers a failure (format error, ...) without repeating the question
+    is taken as answering, as dnspython's ``is_response`` does; so is a truncated
+    answer without the question (some servers send one), which only sends the query
+    again over TCP, where the answer's question is checked: at worst a forged one
+    costs a TCP exchange, never a wrong answer.
 
     Why not ``dns.query.udp``: a cold transaction makes several lookups, and under
     load what they cost is mostly the interpreter lock -- every system call that
@@ -383,35 +412,53 @@ def _udp_exchange(wire: bytes, question: bytes, host: str, port: int, deadline: 
     lookup makes only the calls it needs (socket, connect, send, recv, close), the
     checks are on the header bytes, and dnspython parses only the answer.
     """
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
     qid = wire[:2]
     end = 12 + len(question)
     watch = slow_wait.get()
-    with socket.socket(family, socket.SOCK_DGRAM) as sock:
+    _wait_at_most(sock, _left(deadline, watch))
+    while True:
+        try:
+            data = sock.recv(65535)
+        except (BlockingIOError, TimeoutError):  # the receive timeout ran out
+            if watch is None or time.monotonic() >= deadline:
+                raise dns.exception.Timeout() from None  # type: ignore[no-untyped-call]
+            watch.fire()          # woken before the deadline: for the watch
+            _wait_at_most(sock, deadline - time.monotonic())
+            continue
+        if len(data) >= 12 and data[:2] == qid and data[2] & _QR:
+            if data[4:6] == b"\0\1" and data[12:end].lower() == question:
+                return data
+            if data[4:6] == b"\0\0" and (data[3] & 0x0F or data[2] & _TC):
+                # an error rcode, or a truncated answer, without the question: a server
+                # may drop the question from a truncated answer (RFC 2181 §9 leaves the
+                # sections of a TC answer to it); from this server with this id, it
+                # answers this query, and TC sends the question over TCP
+                return data
+        if deadline - time.monotonic() <= 0:
+            raise dns.exception.Timeout()  # type: ignore[no-untyped-call]
         _wait_at_most(sock, _left(deadline, watch))
-        sock.connect((host, port))
-        sock.send(wire)
-        while True:
-            try:
-                data = sock.recv(65535)
-            except (BlockingIOError, TimeoutError):  # the receive timeout ran out
-                if watch is None or time.monotonic() >= deadline:
-                    raise dns.exception.Timeout() from None  # type: ignore[no-untyped-call]
-                watch.fire()          # woken before the deadline: for the watch
-                _wait_at_most(sock, deadline - time.monotonic())
-                continue
-            if len(data) >= 12 and data[:2] == qid and data[2] & _QR:
-                if data[4:6] == b"\0\1" and data[12:end].lower() == question:
-                    return data
-                if data[4:6] == b"\0\0" and (data[3] & 0x0F or data[2] & _TC):
-                    # an error rcode, or a truncated answer, without the question: a server
-                    # may drop the question from a truncated answer (RFC 2181 §9 leaves the
-                    # sections of a TC answer to it); from this server with this id, it
-                    # answers this query, and TC sends the question over TCP
-                    return data
-            if deadline - time.monotonic() <= 0:
-                raise dns.exception.Timeout()  # type: ignore[no-untyped-call]
-            _wait_at_most(sock, _left(deadline, watch))
+
+
+class _Sent:
+    """A query already sent to the first server, its answer not read yet: the lookup
+    that takes it over (``Resolver._claim``) reads the answer instead of asking."""
+
+    __slots__ = ("sock", "host", "port", "query")
+
+    def __init__(self, sock: socket.socket, host: str, port: int,
+                 query: tuple[dns.name.Name, dns.rdatatype.RdataType, bytes, bytes]) -> None:
+        self.sock, self.host, self.port = sock, host, port
+        self.query = query   # as ``_question`` made it: the lookup that reads it needs it all
+
+
+def _question(name: str, qtype: str
+              ) -> tuple[dns.name.Name, dns.rdatatype.RdataType, bytes, bytes]:
+    """(name, type, question section, the whole query with a fresh random id)."""
+    qname = _name(name)
+    rdtype = dns.rdatatype.from_text(qtype)
+    question = cast(bytes, qname.to_wire()) + _QTAIL.pack(rdtype, dns.rdataclass.IN)
+    wire = _QHEAD.pack(secrets.randbits(16), dns.flags.RD, 1, 0, 0, 0) + question
+    return qname, rdtype, question, wire
 
 
 class _Positive:
@@ -526,6 +573,40 @@ def _name(text: str) -> dns.name.Name:
     return dns.name.from_text(text)
 
 
+#: At most this many queries of one process are sent ahead of the lookups that will read
+#: them (``Resolver.ahead``) and not yet taken over: each holds a socket until its
+#: evaluation ends.
+AHEAD_QUERIES = 64
+_ahead_slots = threading.BoundedSemaphore(AHEAD_QUERIES)
+
+
+def _fresh_slots() -> None:
+    """A forked child has none of its parent's queries, so none of their slots are taken."""
+    global _ahead_slots
+    _ahead_slots = threading.BoundedSemaphore(AHEAD_QUERIES)
+
+
+os.register_at_fork(after_in_child=_fresh_slots)
+
+# A lookup that joined another's and saw it time out asks again itself only with at least
+# this much of its own budget left (an evaluation's own look-ahead ends a moment before it).
+_RETRY_MARGIN = 0.1
+
+
+class Flight:
+    """One lookup on the network of a (name, type), which other lookups of the same key
+    wait for instead of asking again (the answer is the same; a second query is not)."""
+
+    __slots__ = ("done", "entry", "error", "sent", "owner")
+
+    def __init__(self, sent: _Sent | None = None, owner: object = None) -> None:
+        self.done = threading.Event()
+        self.entry: _Cached | None = None       # the answer, also when it is not cached
+        self.error: TempFailure | None = None   # or the failure; neither: asked for nothing
+        self.sent = sent      # sent ahead, to be taken over by the first lookup of its key
+        self.owner = owner    # who sent it ahead (and gives it up if nobody takes it)
+
+
 class Resolver:
     """The lookups pyspf needs, answered through one cached dnspython resolver."""
 
@@ -555,6 +636,7 @@ class Resolver:
         self._servers = tuple(nameservers) if nameservers else _plain_servers(res)
         self._cache = _Cache(cache_size)
         self._lock = threading.Lock()
+        self._flights: dict[tuple[str, str], Flight] = {}
         self.timeouts = 0
 
     def system_servers_changed(self) -> bool:
@@ -589,13 +671,15 @@ class Resolver:
         answer, _ = self._query(name, qtype, lifetime)
         return cast(dns.resolver.Answer | None, answer)
 
-    def _query(self, name: str, qtype: str, lifetime: float, lean: bool = False
+    def _query(self, name: str, qtype: str, lifetime: float, lean: bool = False,
+               sent: _Sent | None = None
                ) -> tuple[dns.resolver.Answer | _Positive | None, float | None]:
         """(answer, None), or (None, expiration of the negative answer, if it has one).
-        ``lean``: a plain positive answer may come as a _Positive (records, expiration)."""
+        ``lean``: a plain positive answer may come as a _Positive (records, expiration).
+        ``sent``: the query already sent ahead to the first server (its answer is read)."""
         try:
             if self._servers:
-                return self._direct(name, qtype, max(lifetime, 0.001), lean)
+                return self._direct(name, qtype, max(lifetime, 0.001), lean, sent)
             answer = self._resolver.resolve(name, qtype, lifetime=max(lifetime, 0.001),
                                             search=False, raise_on_no_answer=False)
             return answer, None
@@ -606,7 +690,7 @@ class Resolver:
         except dns.exception.Timeout as exc:
             with self._lock:
                 self.timeouts += 1
-            raise TempFailure(f"DNS timeout looking up {name}/{qtype}") from exc
+            raise _timeout(name, qtype) from exc
         except dns.resolver.NoNameservers as exc:
             raise _failed(f"DNS server failure looking up {name}/{qtype}", name, qtype,
                           str(exc)) from exc
@@ -616,25 +700,35 @@ class Resolver:
             raise _failed(f"DNS error looking up {name}/{qtype}", name, qtype,
                           f"{type(exc).__name__}: {exc}") from exc
 
-    def _direct(self, name: str, qtype: str, lifetime: float, lean: bool = False
+    def _direct(self, name: str, qtype: str, lifetime: float, lean: bool = False,
+                sent: _Sent | None = None
                 ) -> tuple[dns.resolver.Answer | _Positive | None, float | None]:
         """One query to the servers in turn, as dnspython's Resolver would ask them
         (recursion desired, no search list; each server may use the whole budget)."""
-        qname = _name(name)
-        rdtype = dns.rdatatype.from_text(qtype)
-        question = cast(bytes, qname.to_wire()) + _QTAIL.pack(rdtype, dns.rdataclass.IN)
-        qid = secrets.randbits(16)
-        wire = _QHEAD.pack(qid, dns.flags.RD, 1, 0, 0, 0) + question
+        try:
+            return self._servers_in_turn(name, qtype, lifetime, lean, sent)
+        finally:
+            if sent is not None:    # read, or never reached (its server gone)
+                sent.sock.close()
+
+    def _servers_in_turn(self, name: str, qtype: str, lifetime: float, lean: bool,
+                         sent: _Sent | None
+                         ) -> tuple[dns.resolver.Answer | _Positive | None, float | None]:
+        qname, rdtype, question, wire = sent.query if sent is not None else _question(name, qtype)
         deadline = time.monotonic() + lifetime
         failures: list[tuple[str, str]] = []   # (what went wrong, with which server and how)
         for host, port in self._servers:
             if deadline <= time.monotonic():  # the budget went to the servers before
                 raise dns.exception.Timeout()  # type: ignore[no-untyped-call]
             try:
-                data = _udp_exchange(wire, question.lower(), host, port, deadline)
+                if sent is not None and (host, port) == (sent.host, sent.port):
+                    data = _udp_receive(sent.sock, wire, question.lower(), deadline)
+                    sent = None     # any other server gets a query of its own
+                else:
+                    data = _udp_exchange(wire, question.lower(), host, port, deadline)
                 if data[2] & _TC:  # too long for UDP: the same question over TCP
                     query = dns.message.make_query(qname, rdtype, dns.rdataclass.IN)
-                    query.id = qid
+                    query.id = _QHEAD.unpack_from(wire)[0]
                     response = dns.query.tcp(query, host, timeout=deadline - time.monotonic(),
                                              port=port)
                 else:
@@ -663,24 +757,119 @@ class Resolver:
         raise _failed(f"DNS server failure looking up {name}/{qtype} ({kinds})", name, qtype,
                       "; ".join(detail for _, detail in failures))
 
-    def records(self, name: str, qtype: str, lifetime: float) -> list[tuple[tuple[str, str], Any]]:
+    def records(self, name: str, qtype: str, lifetime: float, ahead: Flight | None = None
+                ) -> list[tuple[tuple[str, str], Any]]:
         """One name's records of one type, through the cache, for every check (SPF's
         pyspf hook and the DKIM key lookup alike), in the shape pyspf's DNSLookup
-        hook returns: [((name, type), data)]."""
+        hook returns: [((name, type), data)].
+
+        ``ahead``: the lookup of this key that ``ahead`` started for the caller's
+        evaluation; its answer is taken (and counted as the cache miss it was) whether
+        or not the cache kept it, so that looking ahead never makes a second query."""
         lines = trace.get()
         if lines is not None:
-            return self._traced(lines, name, qtype, lifetime)
+            return self._traced(lines, name, qtype, lifetime, ahead)
         key = (name, qtype)
         attempt = cache_only.get()
-        cached = self._cache.get(key) if attempt is None else attempt.use(self._cache, key)
-        if cached is not None:   # None when absent or expired
+        if attempt is not None:
+            cached = attempt.use(self._cache, key)
+        elif ahead is not None:
+            cached = None
+            self._cache.missed()
+        else:
+            cached = self._cache.get(key)   # None when absent or expired
+        if cached is not None:
             return cached.pyspf(key)
-        answer, negative_expiration = self._query(name, qtype, lifetime, lean=True)
+        return self._fetch(key, name, qtype, lifetime, ahead).pyspf(key)
+
+    def _fetch(self, key: tuple[str, str], name: str, qtype: str, lifetime: float,
+               flight: Flight | None) -> _Cached:
+        """The answer from the network: this caller's own lookup, or the one in flight
+        for the same key (another evaluation's, or one started ahead), waited for."""
+        deadline = time.monotonic() + lifetime
+        while True:
+            if flight is None:
+                boarded = self._board(key)
+                if isinstance(boarded, _Cached):
+                    return boarded
+                flight, lead = boarded
+                if lead:
+                    return self._fly(flight, key, name, qtype, deadline - time.monotonic())
+            sent = self._claim(flight)
+            if sent is not None:    # sent ahead and not taken over yet: this lookup reads it
+                return self._fly(flight, key, name, qtype, deadline - time.monotonic(), sent)
+            entry = self._land(flight, name, qtype, deadline)
+            if entry is not None:
+                return entry
+            flight = None
+
+    def _board(self, key: tuple[str, str]) -> _Cached | tuple[Flight, bool]:
+        """The cached answer, or the flight in progress for ``key`` (False: to wait for),
+        or a new one that the caller must fly (True)."""
+        with self._lock:
+            flight = self._flights.get(key)
+            if flight is not None:
+                return flight, False
+            entry = self._cache.entry(key)   # a flight puts its answer there before it lands
+            if entry is not None:
+                return entry
+            flight = self._flights[key] = Flight()
+            return flight, True
+
+    def _land(self, flight: Flight, name: str, qtype: str, deadline: float) -> _Cached | None:
+        """Wait (within ``deadline``, waking the evaluation's SlowWatch as a query of
+        its own would) for a lookup in flight: its answer, its failure, or None when
+        this caller must ask itself (the other lookup asked nothing, or ran out of a
+        budget shorter than this caller's)."""
+        watch = slow_wait.get()
+        while not flight.done.wait(max(_left(deadline, watch), 0.0)):
+            if time.monotonic() >= deadline:
+                raise _timeout(name, qtype)
+            if watch is not None:
+                watch.fire()
+        if flight.entry is not None:
+            return flight.entry
+        error = flight.error
+        if error is not None and not error.timed_out:
+            raise TempFailure(str(error), error.detail)
+        if error is not None and deadline - time.monotonic() < _RETRY_MARGIN:
+            raise _timeout(name, qtype)
+        return None
+
+    def _claim(self, flight: Flight) -> _Sent | None:
+        """Take over the query ``flight`` sent ahead, if nobody has yet."""
+        with self._lock:
+            sent, flight.sent = flight.sent, None
+        if sent is not None:
+            _ahead_slots.release()
+        return sent
+
+    def _fly(self, flight: Flight, key: tuple[str, str], name: str, qtype: str,
+             lifetime: float, sent: _Sent | None = None) -> _Cached:
+        """Ask the network for ``key``, as ``flight``: its answer (or failure) for
+        everyone waiting, then the flight lands whatever happened."""
+        try:
+            entry = self._ask(key, name, qtype, lifetime, sent)
+            flight.entry = entry
+            return entry
+        except TempFailure as exc:
+            flight.error = exc
+            raise
+        finally:
+            with self._lock:
+                if self._flights.get(key) is flight:
+                    del self._flights[key]
+            flight.done.set()
+
+    def _ask(self, key: tuple[str, str], name: str, qtype: str, lifetime: float,
+             sent: _Sent | None = None) -> _Cached:
+        answer, negative_expiration = self._query(name, qtype, lifetime, lean=True, sent=sent)
         if answer is None or answer.rrset is None:
             expiration = answer.expiration if answer is not None else negative_expiration
+            entry = _Cached(expiration or 0.0, ())
             if expiration is not None:
-                self._cache.put(key, _Cached(expiration, ()))
-            return []
+                self._cache.put(key, entry)
+            return entry
         values: list[Any] = []
         for rdata in answer.rrset:
             if qtype in ("A", "AAAA"):
@@ -693,14 +882,68 @@ class Resolver:
                 values.append(tuple(rdata.strings))
         entry = _Cached(answer.expiration, tuple(values))
         self._cache.put(key, entry)
-        return entry.pyspf(key)
+        return entry
 
-    def _traced(self, lines: list[str], name: str, qtype: str,
-                lifetime: float) -> list[tuple[tuple[str, str], Any]]:
-        cached = self._cache.peek((name, qtype))
+    def ahead(self, name: str, qtype: str, deadline: float, owner: object = None
+              ) -> Flight | None:
+        """Send the query for ``name``/``qtype`` now, for a ``records`` call that is to
+        come and will read its answer: the Flight to hand that call, or None when
+        nothing was sent (cached already, no budget left, every slot taken, servers
+        that are not plain addresses: that call then asks itself).  ``owner`` gives it
+        up (``give_up``) if no lookup has taken it over by then.
+
+        Why: an evaluation asks its names one after another, though many are known
+        before the first answer comes; sent together, their answers arrive together.
+        No thread is started: sending is a system call, and the lookup that reads the
+        answer runs on the evaluation's own thread, so looking ahead costs no
+        contention for the interpreter lock.  Queries not taken over are bounded per
+        process (AHEAD_QUERIES), each held only until its evaluation ends."""
+        key = (name, qtype)
+        if deadline - time.monotonic() <= 0.001 or not self._servers:
+            return None
+        flight = self._flights.get(key)
+        if flight is not None:
+            return flight                # asked already: that one is taken over or waited for
+        if self._cache.entry(key) is not None or not _ahead_slots.acquire(blocking=False):
+            return None
+        try:
+            query = _question(name, qtype)
+            host, port = self._servers[0]
+            sent = _Sent(_udp_send(query[3], host, port), host, port, query)
+        except Exception as exc:         # a name or socket the lookup itself will report
+            _ahead_slots.release()
+            _log.debug("action=dns-ahead-error name=%s type=%s error=%s", _quoted(name), qtype,
+                       _quoted(f"{type(exc).__name__}: {exc}"))
+            return None
+        with self._lock:
+            flight = self._flights.get(key)
+            if flight is None and self._cache.entry(key) is None:
+                flight = self._flights[key] = Flight(sent, owner)
+                return flight
+        sent.sock.close()                # another lookup of it began meanwhile
+        _ahead_slots.release()
+        return flight
+
+    def give_up(self, key: tuple[str, str], flight: Flight, owner: object) -> None:
+        """The evaluation that sent ``flight`` ahead is over and nobody took it over:
+        close its socket (the answer is not read), and whoever looks ``key`` up later
+        asks again."""
+        with self._lock:
+            if flight.owner is not owner or flight.sent is None:
+                return
+            sent, flight.sent = flight.sent, None
+            if self._flights.get(key) is flight:
+                del self._flights[key]
+        sent.sock.close()
+        _ahead_slots.release()
+        flight.done.set()                # asked for nothing: whoever waits asks itself
+
+    def _traced(self, lines: list[str], name: str, qtype: str, lifetime: float,
+                ahead: Flight | None) -> list[tuple[tuple[str, str], Any]]:
+        cached = ahead is None and self._cache.peek((name, qtype))
         token = trace.set(None)
         try:
-            out = self.records(name, qtype, lifetime)
+            out = self.records(name, qtype, lifetime, ahead)
         except TempFailure as exc:
             lines.append(f"DNS {name} {qtype}: {exc}" + (f" [{exc.detail}]" if exc.detail else ""))
             raise

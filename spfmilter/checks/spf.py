@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextvars
 import ipaddress
+import math
 import re
 import threading
 import time
@@ -30,6 +31,7 @@ from spfmilter.core.policy import PassAllPolicy
 from spfmilter.core.values import RESULTS, Identity, SPFResult
 from spfmilter.resolver import (
     CacheOnly,
+    Flight,
     NotCached,
     Resolver,
     SlowWatch,
@@ -42,6 +44,41 @@ from spfmilter.resolver import (
 _current: contextvars.ContextVar[Resolver] = contextvars.ContextVar("spfmilter_resolver")
 _void_limit: contextvars.ContextVar[int] = contextvars.ContextVar("spfmilter_void_limit",
                                                                   default=2)
+
+
+class _Ahead:
+    """The lookups started ahead of pyspf for one evaluation (see ``_Query.look_ahead``):
+    the flight of each key, handed to pyspf's own lookup of it, and the DNS-querying
+    terms seen so far, which bound how many are started (RFC 7208 §4.6.4's ten)."""
+
+    def __init__(self, resolver: Resolver, deadline: float) -> None:
+        self.resolver = resolver
+        self.deadline = deadline
+        self.flights: dict[tuple[str, str], Flight] = {}
+        self.terms = 0
+
+    def start(self, name: str, qtype: str) -> None:
+        """Look ``name`` up ahead, as pyspf will ask for it (lower case, no final dot);
+        a name pyspf would not ask for (an empty or overlong label) is left alone."""
+        name = (name[:-1] if name.endswith(".") else name).lower()
+        if not name or not all(0 < len(label) < 64 for label in name.split(".")):
+            return
+        key = (name, qtype)
+        if key not in self.flights:
+            flight = self.resolver.ahead(name, qtype, self.deadline, self)
+            if flight is not None:
+                self.flights[key] = flight
+
+    def close(self) -> None:
+        """Give up the queries sent ahead that pyspf never asked for (it stopped at a
+        match or an error first): their sockets close, their answers go unread."""
+        for key, flight in self.flights.items():
+            self.resolver.give_up(key, flight, self)
+        self.flights.clear()
+
+
+_ahead: contextvars.ContextVar[_Ahead | None] = contextvars.ContextVar("spfmilter_ahead",
+                                                                       default=None)
 
 
 class _VoidLimit:
@@ -76,8 +113,10 @@ def _lookup(name: str, qtype: str, strict: Any = True, timeout: float = 20.0) ->
         resolver = _current.get()
     except LookupError:  # pragma: no cover - only reachable if pyspf is used directly
         raise spf.TempError("spfmilter: no resolver for this evaluation") from None
+    ahead = _ahead.get()
+    flight = ahead.flights.pop((name, qtype), None) if ahead is not None else None
     try:
-        return resolver.records(name, qtype, timeout)
+        return resolver.records(name, qtype, timeout, flight)
     except TempFailure as exc:
         raise spf.TempError(str(exc)) from None
 
@@ -136,6 +175,9 @@ _SET_IP_ATTRS = ("iplist", "ipaddr", "c", "A", "v", "i", "cidrmax")
 _A_MX = re.compile(r"(?:a|mx)(?::[^/]*)?(?:/(\d+))?(?://(\d+))?\Z")
 _ZERO_PREFIX = re.compile(r"/0+\Z")
 _INCLUDE = re.compile(r"\+?include:", re.IGNORECASE)
+# The kinds of term that make pyspf look something up (and count toward its ten), told
+# apart without expanding a macro: the name before ":" or "/", after any qualifier.
+_LOOKUP_KIND = re.compile(r"[-+~?]?(include|a|mx|ptr|exists)(?:[:/]|\Z)", re.IGNORECASE)
 
 
 def _network(text: str, prefix: int) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
@@ -280,8 +322,22 @@ class _Query(spf.query):  # type: ignore[misc]  # pyspf has no type hints
     _client_dns = False
 
     def dns(self, name: str, qtype: str, cnames: Any = None, ignore_void: bool = False) -> Any:
-        """pyspf's lookup; one for the client's reverse DNS never counts as void."""
-        return super().dns(name, qtype, cnames, ignore_void or self._client_dns)
+        """pyspf's lookup; one for the client's reverse DNS never counts as void.  An
+        MX answer (asked for by an ``mx`` term only) has the addresses of its hosts
+        looked up ahead: pyspf asks for each of them in turn right after it."""
+        found = super().dns(name, qtype, cnames, ignore_void or self._client_dns)
+        if qtype == "MX" and cnames is None and len(found) > 1:
+            self._look_ahead_hosts(found)
+        return found
+
+    def _look_ahead_hosts(self, mx: list[tuple[int, str]]) -> None:
+        """All but the first host pyspf asks for (that one it asks at once itself), as
+        far as pyspf goes: not at all for more than MAX_MX hosts (a permerror)."""
+        ahead = _ahead.get()
+        if ahead is None or self.strict is not True or len(mx) > spf.MAX_MX:
+            return
+        for _preference, host in sorted(mx)[1:]:
+            ahead.start(str(host), self.A)
 
     def check0(self, spf_record: str, recursion: int) -> tuple[Any, ...]:
         """A record of nothing but ip4:/ip6: terms and ``all`` (the address lists that
@@ -310,8 +366,70 @@ class _Query(spf.query):  # type: ignore[misc]  # pyspf has no type hints
                 if result == "pass" and covers_all:
                     self.passed_all[recursion] = mech
                 return (result, 550 if result == "fail" else 250, self.exps[result])
+        self.look_ahead(spf_record)
         checked: tuple[Any, ...] = super().check0(spf_record, recursion)
         return checked
+
+    def look_ahead(self, spf_record: str) -> None:
+        """Send, ahead of pyspf, the queries of the lookups that this record's terms
+        will make it ask for (an include's or redirect's TXT, an ``a`` term's A or AAAA for the
+        client's address family, an ``mx`` term's MX), so that an evaluation waits
+        for the depth of its record tree rather than for the number of its lookups.
+
+        Only for a record pyspf is evaluating now (check0), in its order, and only
+        as far as pyspf can get: no term after an ip4:/ip6: that matches the client
+        or after ``all`` (pyspf stops there), nothing from a record with an invalid
+        term (pyspf fails it before any lookup), nothing past ten DNS-querying
+        terms in the whole evaluation, counted as pyspf counts them (ptr and exists
+        too, which are not looked up ahead), so a record of fifty includes starts
+        ten lookups.  Terms with a macro are not looked up ahead: expanding one may
+        itself ask DNS (%{p}).  pyspf still makes every lookup itself, in its order;
+        it finds the answer waiting (``_lookup``), so no result changes."""
+        ahead = _ahead.get()
+        if ahead is None or not spf_record or self.strict is not True \
+                or not isinstance(self.iplist, bool):
+            return
+        terms = spf_record.split(" ")
+        if terms[0].lower() != "v=spf1":
+            return
+        wanted: list[tuple[str, str, str]] = []   # (term, kind, name)
+        redirect = None
+        try:
+            for term in terms[1:]:
+                if not term:
+                    continue
+                modifier = spf.RE_MODIFIER.split(term)[1:]
+                if len(modifier) == 2:
+                    if modifier[0] == "redirect" and "%" not in modifier[1]:
+                        redirect = self.expand_domain(modifier[1])
+                    continue
+                if "%" in term:
+                    found = _LOOKUP_KIND.match(term)
+                    if found is not None:
+                        wanted.append((term, found.group(1).lower(), ""))
+                    continue
+                _mech, kind, arg, cidr, _result = self.validate_mechanism(term)
+                if kind in ("ip4", "ip6"):
+                    if (kind == "ip4") == (self.v == "in-addr") and \
+                            self.ipaddr in _network(arg, cidr):
+                        break
+                    continue
+                if kind == "all":
+                    break
+                wanted.append((term, kind, arg))
+            else:
+                if redirect:
+                    wanted.append(("redirect", "redirect", redirect))
+        except Exception:   # pyspf fails this record before it looks anything up
+            return
+        for term, kind, name in wanted:   # (an mx term's hosts: see dns)
+            ahead.terms += 1
+            if ahead.terms > spf.MAX_LOOKUP:
+                return
+            if "%" in term or kind in ("ptr", "exists"):
+                continue
+            qtype: str = {"include": "TXT", "redirect": "TXT", "mx": "MX"}.get(kind) or self.A
+            ahead.start(name, qtype)
 
     def check1(self, spf_record: str, domain: str, recursion: int) -> tuple[Any, ...]:
         self.passed_all[recursion] = None   # until this record passes every address
@@ -411,6 +529,9 @@ def evaluate(identity: Identity, ip: str, sender: str, helo: str, *, resolver: R
                          "SPF Temporary Error: Lookup_Time exceeded", False)
     token, limit_token = _current.set(resolver), _void_limit.set(void_limit)
     started = time.monotonic()
+    # nothing ahead of an attempt on cached answers alone: it asks the network nothing
+    ahead_token = _ahead.set(_Ahead(resolver, started + lookup_time)
+                             if cache_only.get() is None else None)
     best: str | None = None
     void = 0
     try:
@@ -439,6 +560,10 @@ def evaluate(identity: Identity, ip: str, sender: str, helo: str, *, resolver: R
     except spf.PermError as exc:
         result, explanation, mechanism, lookups = "permerror", f"SPF Permanent Error: {exc}", None, 0
     finally:
+        ahead = _ahead.get()
+        if ahead is not None:
+            ahead.close()
+        _ahead.reset(ahead_token)
         _current.reset(token)
         _void_limit.reset(limit_token)
     result = result.lower()
@@ -498,10 +623,15 @@ def _from_cache(call: Callable[[], SPFResult]) -> SPFResult | None:
     return result
 
 
-def each(calls: Sequence[Callable[[], SPFResult]]) -> list[SPFResult]:
+def each(calls: Sequence[Callable[[], SPFResult]], domains: Sequence[str] = (),
+         resolver: Resolver | None = None) -> list[SPFResult]:
     """The results of ``calls`` in order, each within its own budget, and none waiting
     for another's slow DNS.  Why: each identity has its own Lookup_Time, and a message
     must wait about the slowest of them, not their sum.
+
+    The record of each evaluation behind the first that the cache cannot answer
+    (``domains``: the domain each call evaluates) is asked for through ``resolver``
+    before that first one begins, so its answer is there when its turn comes.
 
     Threads cost: two evaluations running Python at once contend for the interpreter
     lock, which costs more CPU than a cold evaluation's lookups.  So evaluations the
@@ -515,7 +645,16 @@ def each(calls: Sequence[Callable[[], SPFResult]]) -> list[SPFResult]:
             if result is None:
                 break
             done.append(result)
-    return done + _in_turn(calls[len(done):])
+    rest = calls[len(done):]
+    if resolver is None or len(rest) <= 1 or trace.get() is not None:
+        return done + _in_turn(rest)
+    ahead = _Ahead(resolver, math.inf)   # each evaluation's own budget bounds its wait
+    for domain in domains[len(done) + 1:]:
+        ahead.start(domain, "TXT")
+    try:
+        return done + _in_turn(rest)
+    finally:
+        ahead.close()
 
 
 def _in_turn(calls: Sequence[Callable[[], SPFResult]]) -> list[SPFResult]:
@@ -555,5 +694,6 @@ class Checker:
                                  void_limit=self.void_limit, local_rules=local_rules,
                                  best_guess=best_guess), self.pass_all_records)
 
-    def each(self, calls: Sequence[Callable[[], SPFResult]]) -> list[SPFResult]:
-        return each(calls)
+    def each(self, calls: Sequence[Callable[[], SPFResult]],
+             domains: Sequence[str] = ()) -> list[SPFResult]:
+        return each(calls, domains, self.resolver)

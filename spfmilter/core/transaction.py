@@ -48,7 +48,7 @@ from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from spfmilter.core import decision, headers, received
-from spfmilter.core.addresses import in_networks
+from spfmilter.core.addresses import domain_of, in_networks
 from spfmilter.core.forged import ForgedHeaders
 from spfmilter.core.policy import Policy
 from spfmilter.core.values import Action, DKIMResult, Facts, Identity, Refusal, Reply, SPFResult, Verdict
@@ -61,8 +61,11 @@ class SPFChecker(Protocol):
                  lookup_time: float, local_rules: str = "",
                  best_guess: str = "") -> SPFResult: ...
 
-    def each(self, calls: Sequence[Callable[[], SPFResult]]) -> list[SPFResult]:
-        """The results of ``calls``, in order; none waits for another's slow DNS."""
+    def each(self, calls: Sequence[Callable[[], SPFResult]],
+             domains: Sequence[str] = ()) -> list[SPFResult]:
+        """The results of ``calls``, in order; none waits for another's slow DNS.
+        ``domains``: the domain each call evaluates, whose record it asks for first
+        (so a checker may ask for the later ones while the first is evaluated)."""
         ...
 
 
@@ -170,16 +173,20 @@ class Transaction:
         reuse_helo = plan.check_mailfrom and not self.sender and (want_helo or
                                                                   helo_known is not None)
         calls: list[tuple[tuple[str, str], Callable[[], SPFResult]]] = []
+        domains: list[str] = []
         if (want_helo or reuse_helo) and helo_known is None:
             calls.append((("id", "helo"), run("helo", "")))
+            domains.append(facts.helo)
         if plan.check_mailfrom and not reuse_helo:
             calls.append((("id", "mailfrom"), run("mailfrom", self.sender)))
+            domains.append(domain_of(self.sender) if self.sender else facts.helo)
         for domain in plan.whitelist_domains:   # never longer than the message waits anyway
             calls.append((("whitelist", domain), run("mailfrom", f"postmaster@{domain}",
                                                      min(s.whitelist_lookup_time, s.lookup_time),
                                                      local=False)))
+            domains.append(domain)
         results = dict(zip([name for name, _ in calls],
-                           check.each([call for _, call in calls]), strict=True))
+                           check.each([call for _, call in calls], domains), strict=True))
         helo = results.get(("id", "helo"), helo_known)
         if conn is not None and helo is not None:
             conn.helo_result = helo

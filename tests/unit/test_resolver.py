@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 
 from spfmilter import resolver as resolver_mod
 from spfmilter.resolver import Resolver, TempFailure
+from tests.kit.wait import wait_for
 
 
 def make(dns_server, timeout=2.0):
@@ -69,6 +70,18 @@ def test_truncated_udp_answer_is_retried_over_tcp(dns_server):
     assert len(r.records("big.test", "TXT", 2)) == 20
     protos = {p for n, t, p in dns_server.queries if n == "big.test"}
     assert protos == {"udp", "tcp"}
+
+
+def test_a_truncated_answer_to_a_query_sent_ahead_is_asked_again_over_tcp(dns_server):
+    big = [{"TXT": "v=spf1 " + "ip4:192.0.2.%d " % i * 1 + "x" * 200} for i in range(20)]
+    dns_server.update({"big2.test": big})
+    r = make(dns_server)
+    dns_server.clear_queries()
+    flight = r.ahead("big2.test", "TXT", time.monotonic() + 2.0)
+    assert flight is not None and flight.sent is not None
+    assert len(r.records("big2.test", "TXT", 2, flight)) == 20
+    assert sorted(p for n, t, p in dns_server.queries if n == "big2.test") == ["tcp", "udp"]
+    assert flight.sent is None and flight.done.is_set() and r._flights == {}
 
 
 @pytest.mark.parametrize("entry", ["TIMEOUT", "SERVFAIL", "REFUSED"])
@@ -434,3 +447,71 @@ def test_names_are_the_names_dnspython_makes_of_the_text(text):
         return
     got = resolver_mod._name(text)
     assert got.labels == expected.labels and got.to_wire() == expected.to_wire()
+
+
+# --- one query per name in flight: lookups of one key wait for the one asked ----------------
+
+def _wait_for_query(dns_server, name):
+    wait_for(lambda: dns_server.query_count(name), 2.0, f"the query for {name}", interval=0.005)
+
+
+def test_concurrent_lookups_of_one_name_make_one_query(dns_server):
+    """A second lookup of a name whose query is on its way waits for that answer."""
+    dns_server.update({"slowish.test": [{"TXT": "v=spf1 -all"}, {"DELAY": 0.3}]})
+    r = make(dns_server)
+    dns_server.clear_queries()
+    first: list = []
+    thread = threading.Thread(target=lambda: first.append(r.records("slowish.test", "TXT", 2)))
+    thread.start()
+    _wait_for_query(dns_server, "slowish.test")
+    second = r.records("slowish.test", "TXT", 2)
+    thread.join(2)
+    assert first == [second] == [[(("slowish.test", "TXT"), [b"v=spf1 -all"])]]
+    assert dns_server.query_count("slowish.test") == 1
+
+
+def test_a_lookup_joined_to_a_shorter_one_keeps_its_own_budget(dns_server):
+    """A lookup that waited for another one, which ran out of its (shorter) budget, asks
+    again itself and fails only at its own deadline; a failure that is an answer
+    (SERVFAIL) is shared, not asked again."""
+    dns_server.update({"gone.test": ["TIMEOUT"], "broken.test": ["SERVFAIL"]})
+    r = make(dns_server)
+    dns_server.clear_queries()
+    short: list = []
+
+    def ask_short():
+        try:
+            r.records("gone.test", "A", 0.3)
+        except TempFailure as exc:
+            short.append(exc)
+
+    thread = threading.Thread(target=ask_short)
+    thread.start()
+    _wait_for_query(dns_server, "gone.test")
+    started = time.monotonic()
+    with pytest.raises(TempFailure, match="timeout looking up gone.test/A"):
+        r.records("gone.test", "A", 1.0)
+    assert time.monotonic() - started >= 0.9
+    thread.join(2)
+    assert len(short) == 1 and short[0].timed_out
+    assert dns_server.query_count("gone.test") == 2
+    with pytest.raises(TempFailure, match="server failure") as failed:
+        r.records("broken.test", "A", 1.0)
+    assert not failed.value.timed_out
+
+
+def test_a_lookup_ahead_hands_its_answer_over_once_cached_or_not(dns_server):
+    """``ahead`` sends the query at once; the lookup it was sent for reads its answer
+    (a NODATA answer without SOA too, which the cache cannot keep) and counts the one
+    miss it was; nothing is sent for a name the cache holds."""
+    dns_server.update({"later.test": [{"A": "192.0.2.77"}, {"DELAY": 0.1}]})
+    r = make(dns_server)
+    dns_server.clear_queries()
+    deadline = time.monotonic() + 2.0
+    later, nodata = r.ahead("later.test", "A", deadline), r.ahead("none.test", "TXT", deadline)
+    assert later is not None and nodata is not None
+    assert r.records("later.test", "A", 2, later) == [(("later.test", "A"), "192.0.2.77")]
+    assert r.records("none.test", "TXT", 2, nodata) == []
+    assert r.ahead("later.test", "A", deadline) is None            # cached now
+    assert (r.stats()["misses"], r.stats()["hits"]) == (2, 0)
+    assert sorted(q[:2] for q in dns_server.queries) == [("later.test", "A"), ("none.test", "TXT")]

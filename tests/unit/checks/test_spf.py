@@ -6,6 +6,8 @@ again once everything is kept, against the test DNS server.
 """
 
 import ipaddress
+import os
+import threading
 import time
 
 import pytest
@@ -14,6 +16,7 @@ from hypothesis import given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
+from spfmilter import resolver as resolver_mod
 from spfmilter.checks import spf as spf_check
 from spfmilter.checks.spf import evaluate
 from spfmilter.core.addresses import parse_ip
@@ -308,7 +311,8 @@ def test_a_message_asks_each_name_the_evaluation_needs_once_and_nothing_else(dns
     """HELO and MAIL FROM of one message, cold: one query per name and type that RFC 7208
     evaluation reaches (the HELO record, its a, its include; the sender's record, its mx,
     the address of each MX host, its a:, its include), the include both share asked once,
-    no SPF-type, PTR or DKIM query; warm, none."""
+    no SPF-type, PTR or DKIM query; warm, none.  The two identities' records are asked
+    for first, together."""
     dns_server.update(_TREE)
     checker = spf_check.Checker(Resolver((dns_server.address,), timeout=2.0), receiver="mx.test",
                                 void_limit=2)
@@ -316,14 +320,239 @@ def test_a_message_asks_each_name_the_evaluation_needs_once_and_nothing_else(dns
     def message():
         return checker.each([
             lambda: checker("helo", "198.19.0.7", "", "h.tree.test", lookup_time=2.0),
-            lambda: checker("mailfrom", "198.19.0.7", "u@tree.test", "h.tree.test", lookup_time=2.0)])
+            lambda: checker("mailfrom", "198.19.0.7", "u@tree.test", "h.tree.test", lookup_time=2.0)],
+            ["h.tree.test", "tree.test"])
 
     dns_server.clear_queries()
     assert [r.result for r in message()] == ["pass", "pass"]
-    assert [q[:2] for q in dns_server.queries] == [
+    # as a multiset: the names a record lists are asked for together (look-ahead), so the
+    # order among them is the network's; each identity's record still comes first
+    queries = [q[:2] for q in dns_server.queries]
+    assert sorted(queries) == sorted([
         ("h.tree.test", "TXT"), ("h.tree.test", "A"), ("_nb.tree.test", "TXT"),
         ("tree.test", "TXT"), ("tree.test", "MX"), ("mx1.tree.test", "A"), ("mx2.tree.test", "A"),
-        ("out.tree.test", "A"), ("_spf.tree.test", "TXT")]
+        ("out.tree.test", "A"), ("_spf.tree.test", "TXT")])
+    assert sorted(queries[:2]) == [("h.tree.test", "TXT"), ("tree.test", "TXT")]
     dns_server.clear_queries()
     assert [r.result for r in message()] == ["pass", "pass"]
     assert dns_server.queries == []
+
+
+# --- looking ahead: a record's names asked for together, pyspf's results unchanged -----------
+
+def test_the_later_identities_records_are_asked_for_while_the_first_is_evaluated(dns_server,
+                                                                                 monkeypatch):
+    """HELO (its record, then its a) and MAIL FROM (its record), every name answered after
+    0.3 s, evaluated one after another (no slow start): the sender's record is asked for
+    before the HELO evaluation begins, so the message waits for two answers, not three;
+    a domain whose evaluation never asks for its record (a Local_Rules match) has its
+    query given up, its socket closed."""
+    monkeypatch.setattr(spf_check, "SLOW_START", 30.0)
+    dns_server.update({
+        "h.seq.test": [{"TXT": "v=spf1 a -all"}, {"A": "192.0.2.10"}, {"DELAY": 0.3}],
+        "seq.test": [{"TXT": "v=spf1 ip4:192.0.2.10 -all"}, {"DELAY": 0.3}],
+        "never.test": [{"TXT": "v=spf1 -all"}, {"DELAY": 0.3}]})
+    checker = spf_check.Checker(Resolver((dns_server.address,), timeout=3.0), receiver="mx.test",
+                                void_limit=2)
+    dns_server.clear_queries()
+    sockets = _open_udp_sockets()
+    started = time.monotonic()
+    results = checker.each([
+        lambda: checker("helo", "192.0.2.10", "", "h.seq.test", lookup_time=3.0),
+        lambda: checker("mailfrom", "192.0.2.10", "u@seq.test", "h.seq.test", lookup_time=3.0),
+        lambda: checker("mailfrom", "192.0.2.10", "u@never.test", "h.seq.test", lookup_time=3.0,
+                        local_rules="ip4:192.0.2.0/24")],
+        ["h.seq.test", "seq.test", "never.test"])
+    took = time.monotonic() - started
+    assert [(r.result, r.mechanism) for r in results] == [
+        ("pass", "a"), ("pass", "ip4:192.0.2.10"), ("pass", "local:ip4:192.0.2.0/24")]
+    assert 0.55 < took < 0.85, took   # one after another: at least 0.9 s
+    assert _open_udp_sockets() == sockets
+    assert sorted(q[:2] for q in dns_server.queries) == [
+        ("h.seq.test", "A"), ("h.seq.test", "TXT"), ("never.test", "TXT"), ("seq.test", "TXT")]
+
+
+def _slow_tree(delay):
+    return {
+        "par.test": [{"TXT": "v=spf1 a:a1.par.test mx:m.par.test include:i1.par.test "
+                             "include:i2.par.test -all"}],
+        "a1.par.test": [{"A": "198.51.100.1"}, {"DELAY": delay}],
+        "m.par.test": [{"MX": [10, "mh.par.test"]}, {"DELAY": delay}],
+        "mh.par.test": [{"A": "198.51.100.2"}],
+        "i1.par.test": [{"TXT": "v=spf1 ip4:198.51.100.3 -all"}, {"DELAY": delay}],
+        "i2.par.test": [{"TXT": "v=spf1 ip4:192.0.2.0/24 -all"}, {"DELAY": delay}],
+    }
+
+
+def test_independent_names_of_a_record_are_looked_up_at_once(dns_server):
+    """Four names of one record, each answered after 0.3 s: the evaluation waits about
+    one answer, not four one after another, and asks each name once."""
+    dns_server.update(_slow_tree(0.3))
+    resolver = Resolver((dns_server.address,), timeout=3.0)
+    dns_server.clear_queries()
+    started = time.monotonic()
+    res = evaluate("mailfrom", "192.0.2.10", "u@par.test", "helo.test", resolver=resolver,
+                   receiver="mx.test", lookup_time=3.0, void_limit=2)
+    took = time.monotonic() - started
+    assert (res.result, res.mechanism, res.lookups) == ("pass", "include:i2.par.test", 4)
+    assert took < 0.75, took          # one after another: at least 1.2 s
+    assert sorted(q[:2] for q in dns_server.queries) == [
+        ("a1.par.test", "A"), ("i1.par.test", "TXT"), ("i2.par.test", "TXT"),
+        ("m.par.test", "MX"), ("mh.par.test", "A"), ("par.test", "TXT")]
+
+
+class _Asked:
+    """A resolver that records what is to be looked up ahead (the choice is pure logic)."""
+
+    def __init__(self):
+        self.asked = []
+
+    def ahead(self, name, qtype, deadline, owner=None):
+        self.asked.append((name, qtype))
+        return object()
+
+
+def _ahead_of(records, client="198.51.100.7", domain="d.test"):
+    asked = _Asked()
+    ahead = spf_check._Ahead(asked, time.monotonic() + 1.0)
+    token = spf_check._ahead.set(ahead)
+    try:
+        q = spf_check._Query(i=client, s=f"u@{domain}", h="helo.test", receiver="mx.test")
+        for record in records:
+            q.look_ahead(record)
+    finally:
+        spf_check._ahead.reset(token)
+    return asked.asked
+
+
+@pytest.mark.parametrize("record,client,expected", [
+    ("v=spf1 a mx include:X.Test. -all", "198.51.100.7",
+     [("d.test", "A"), ("d.test", "MX"), ("x.test", "TXT")]),
+    ("v=spf1 a a:h.test/24//64 -all", "2001:db8::7", [("d.test", "AAAA"), ("h.test", "AAAA")]),
+    # macros, ptr and exists are not looked up ahead
+    ("v=spf1 a:%{d}.m.test ptr exists:e.test include:%{l}.x.test mx:m.test -all", "198.51.100.7",
+     [("m.test", "MX")]),
+    # nothing after a term that matches the client, or after all
+    ("v=spf1 ip4:198.51.100.0/24 include:x.test -all", "198.51.100.7", []),
+    ("v=spf1 ip6:2001:db8::/32 ip4:192.0.2.0/24 include:x.test -all", "198.51.100.7",
+     [("x.test", "TXT")]),
+    ("v=spf1 include:x.test ?all include:y.test redirect=r.test", "198.51.100.7", [("x.test", "TXT")]),
+    ("v=spf1 include:x.test redirect=r.test", "198.51.100.7", [("x.test", "TXT"), ("r.test", "TXT")]),
+    ("v=spf1 include:x.test redirect=%{d}.r.test", "198.51.100.7", [("x.test", "TXT")]),
+    # a record pyspf fails before any lookup, a name pyspf would not ask for, no record
+    ("v=spf1 include:x.test a:192.0.2.1 -all", "198.51.100.7", []),
+    ("v=spf1 include:x.test moo -all", "198.51.100.7", []),
+    ("v=spf1 include:x..test a:" + "l" * 64 + ".test -all", "198.51.100.7", []),
+    ("v=spf2 include:x.test", "198.51.100.7", []),
+])
+def test_look_ahead_starts_only_what_pyspf_will_ask_for(record, client, expected):
+    assert _ahead_of([record], client) == expected
+
+
+def test_look_ahead_stops_at_ten_lookup_terms_per_evaluation():
+    """RFC 7208 §4.6.4's ten terms, counted over the whole evaluation as pyspf counts
+    them (ptr and exists too): fifty includes start ten lookups, not fifty."""
+    fifty = "v=spf1 " + " ".join(f"include:i{n}.test" for n in range(50)) + " -all"
+    assert _ahead_of([fifty]) == [(f"i{n}.test", "TXT") for n in range(10)]
+    nine = "v=spf1 " + "ptr " * 5 + "exists:e.test " * 4 + "include:a.test include:b.test -all"
+    assert _ahead_of([nine]) == [("a.test", "TXT")]
+    six = "v=spf1 " + " ".join(f"a:h{n}.test" for n in range(6)) + " -all"
+    assert len(_ahead_of([six, six.replace(":h", ":g")])) == 10
+
+
+def test_a_record_of_fifty_includes_asks_no_more_than_pyspf_does(dns_server):
+    """pyspf stops at the eleventh lookup term; looking ahead asks nothing beyond the
+    ten names it asks for itself, and the result is pyspf's."""
+    zones = {"fifty.test": [{"TXT": "v=spf1 " + " ".join(f"include:i{n}.fifty.test"
+                                                          for n in range(50)) + " -all"}]}
+    zones.update({f"i{n}.fifty.test": [{"TXT": "v=spf1 -all"}] for n in range(50)})
+    dns_server.update(zones)
+    resolver = Resolver((dns_server.address,), timeout=2.0)
+    dns_server.clear_queries()
+    res = evaluate("mailfrom", "192.0.2.10", "u@fifty.test", "helo.test", resolver=resolver,
+                   receiver="mx.test", lookup_time=2.0, void_limit=2)
+    assert res.result == "permerror" and "Too many DNS lookups" in res.explanation
+    # (the record itself is asked over UDP, then over TCP: too long for a datagram)
+    assert sorted(q[:2] for q in dns_server.queries if q[0] != "fifty.test") == sorted(
+        (f"i{n}.fifty.test", "TXT") for n in range(10))
+
+
+def _open_udp_sockets():
+    """UDP sockets this process holds open (from /proc: the socket inodes of its fds
+    that /proc/net/udp{,6} list)."""
+    inodes = set()
+    for table in ("/proc/net/udp", "/proc/net/udp6"):
+        with open(table) as f:
+            inodes.update(line.split()[9] for line in list(f)[1:])
+    mine = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            mine.add(target[8:-1])
+    return len(mine & inodes)
+
+
+def test_queries_sent_ahead_for_names_pyspf_never_asks_are_bounded_and_closed(dns_server):
+    """Evaluations that pass before pyspf reaches the names that never answer leave
+    those queries unread: none waited for, no socket left open once each evaluation
+    is over, no thread started, and the slots free for the next evaluation."""
+    zones = {"fast.test": [{"A": "192.0.2.10"}]}
+    for i in range(10):
+        zones[f"s{i}.test"] = [{"TXT": f"v=spf1 a:fast.test include:d{i}a.test "
+                                       f"include:d{i}b.test mx:d{i}c.test -all"}]
+        zones.update({f"d{i}{x}.test": ["TIMEOUT"] for x in "abc"})
+    dns_server.update(zones)
+    resolver = Resolver((dns_server.address,), timeout=1.0)
+    threads, sockets = threading.active_count(), _open_udp_sockets()
+    dns_server.clear_queries()
+    started = time.monotonic()
+    for i in range(10):
+        res = evaluate("mailfrom", "192.0.2.10", f"u@s{i}.test", "helo.test", resolver=resolver,
+                       receiver="mx.test", lookup_time=1.0, void_limit=2)
+        assert (res.result, res.mechanism) == ("pass", "a:fast.test")
+        assert _open_udp_sockets() == sockets       # every query sent ahead closed
+        assert threading.active_count() == threads
+    assert time.monotonic() - started < 0.8     # no evaluation waited for what it left behind
+    dead = {q[0] for q in dns_server.queries if q[0].startswith("d")}
+    assert dead == {f"d{i}{x}.test" for i in range(10) for x in "abc"}   # sent ahead, unread
+    assert resolver._flights == {}
+    slots = [resolver.ahead(f"n{n}.test", "A", time.monotonic() + 1.0, "owner")
+             for n in range(resolver_mod.AHEAD_QUERIES + 5)]
+    assert sum(flight is not None for flight in slots) == resolver_mod.AHEAD_QUERIES
+    for n, flight in enumerate(slots):
+        if flight is not None:
+            resolver.give_up((f"n{n}.test", "A"), flight, "owner")
+    assert _open_udp_sockets() == sockets
+    again = resolver.ahead("fast2.test", "A", time.monotonic() + 1.0, "x")   # slots free again
+    assert again is not None
+    resolver.give_up(("fast2.test", "A"), again, "x")
+    # every query sent reached the server before the next test clears its list
+    wanted = resolver_mod.AHEAD_QUERIES + 1
+    until = time.monotonic() + 5.0
+    while sum(1 for q in dns_server.queries if q[0][0] in "nf" and q[0] != "fast.test") < wanted:
+        assert time.monotonic() < until
+        time.sleep(0.01)
+
+
+def test_the_hosts_of_an_mx_answer_are_looked_up_at_once(dns_server):
+    """pyspf asks for each MX host's address in turn; the others are looked up beside
+    the first, each once."""
+    dns_server.update({
+        "mxs.test": [{"TXT": "v=spf1 mx -all"}, {"MX": [10, "h1.mxs.test"]},
+                     {"MX": [20, "h2.mxs.test"]}, {"MX": [30, "h3.mxs.test"]}],
+        **{f"h{n}.mxs.test": [{"A": f"198.51.100.{n}"}, {"DELAY": 0.3}] for n in (1, 2, 3)},
+    })
+    resolver = Resolver((dns_server.address,), timeout=3.0)
+    dns_server.clear_queries()
+    started = time.monotonic()
+    res = evaluate("mailfrom", "198.51.100.3", "u@mxs.test", "helo.test", resolver=resolver,
+                   receiver="mx.test", lookup_time=3.0, void_limit=2)
+    took = time.monotonic() - started
+    assert (res.result, res.mechanism) == ("pass", "mx")
+    assert took < 0.6, took           # one after another: at least 0.9 s
+    assert sorted(q[:2] for q in dns_server.queries) == [
+        ("h1.mxs.test", "A"), ("h2.mxs.test", "A"), ("h3.mxs.test", "A"),
+        ("mxs.test", "MX"), ("mxs.test", "TXT")]

@@ -15,6 +15,7 @@ class Recorder:
 
     def __init__(self, results=None, cost=0.0):
         self.calls = []
+        self.domains = []
         self.results = results or {}
         self.cost = cost
 
@@ -25,14 +26,15 @@ class Recorder:
         return SPFResult(identity, self.results.get(checked, "pass"), checked,
                          checked.rpartition("@")[2], "", False)
 
-    def each(self, calls):
+    def each(self, calls, domains=()):
+        self.domains.append(list(domains))
         return [call() for call in calls]
 
 
 class Concurrent(Recorder):
     """Runs a message's evaluations on threads of their own, as the real checker does."""
 
-    def each(self, calls):
+    def each(self, calls, domains=()):
         with concurrent.futures.ThreadPoolExecutor(len(calls) or 1) as pool:
             return list(pool.map(lambda call: call(), calls))
 
@@ -134,6 +136,15 @@ def test_local_rules_and_best_guess_reach_the_checker_but_not_the_whitelist_chec
     assert mailfrom[3:] == ("ip4:203.0.113.0/24", "v=spf1 a -all")
     assert whitelist[1:2] == ("postmaster@fwd.test",) and whitelist[3:] == ("", "")
     assert txn.whitelisted_by == "fwd.test" and txn.rcpt("r@mx.test").action is Action.ACCEPT
+
+
+def test_the_checker_is_told_which_domain_each_evaluation_checks_in_order():
+    """So that it may ask for the later evaluations' records while the first runs."""
+    conn, check = Connection("192.0.2.10"), Recorder()
+    conn.hello("h.test")
+    Transaction(conn, settings(Domain_Whitelist="fwd.test"), "u@x.test").evaluate(check)
+    Transaction(conn, settings(), "").evaluate(check)            # HELO known: nothing to ask
+    assert check.domains == [["h.test", "x.test", "fwd.test"], []]
 
 
 def test_behind_a_trusted_relay_spf_is_for_the_hop_at_end_of_headers():
