@@ -39,7 +39,7 @@ import struct
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, cast
 
 import dns.exception
@@ -85,20 +85,40 @@ class CacheOnly:
 
     def __init__(self) -> None:
         self.missed = False
-        self._used: list[tuple[_Cache, tuple[str, str]]] = []
+        self._used: list[tuple[_Cache, tuple[str, str], _Cached]] = []
 
-    def use(self, cache: _Cache, key: tuple[str, str]) -> _Cached | None:
+    def use(self, cache: _Cache, key: tuple[str, str]) -> _Cached:
         entry = cache.entry(key)
         if entry is None:
             self.missed = True
             raise NotCached(*key)
-        self._used.append((cache, key))
+        self._used.append((cache, key, entry))
         return entry
 
-    def confirm(self) -> None:
-        for cache, key in self._used:
-            cache.get(key)
+    def mark(self) -> int:
+        """Where ``used_since`` starts."""
+        return len(self._used)
 
+    def used_since(self, mark: int) -> Used:
+        """The cache entries this attempt read after ``mark``."""
+        return tuple(self._used[mark:])
+
+    def reuse(self, used: Used) -> bool:
+        """Count ``used`` as read by this attempt if every entry is still the one in its
+        cache (neither expired nor replaced): whatever was derived from them stands."""
+        for cache in {cache for cache, _key, _entry in used}:
+            if not cache.holds((key, entry) for c, key, entry in used if c is cache):
+                return False
+        self._used.extend(used)
+        return True
+
+    def confirm(self) -> None:
+        for cache in {cache for cache, _key, _entry in self._used}:
+            cache.get_all(key for c, key, _entry in self._used if c is cache)
+
+
+# cache entries one evaluation read: (cache, key, entry)
+Used = tuple[tuple["_Cache", tuple[str, str], "_Cached"], ...]
 
 cache_only: contextvars.ContextVar[CacheOnly | None] = contextvars.ContextVar(
     "dns_cache_only", default=None)
@@ -250,25 +270,47 @@ class _Cache:
 
     def get(self, key: tuple[str, str]) -> _Cached | None:
         with self._lock:
-            protected = self._protected
-            entry = protected.get(key)
-            if entry is not None:
-                if entry.expiration > time.time():
-                    protected.move_to_end(key)
-                    self._hits += 1
-                    return entry
-                del protected[key]
-            else:
-                entry = self._probation.pop(key, None)
-                if entry is not None and entry.expiration > time.time():
-                    protected[key] = entry  # asked for twice: worth keeping
-                    if len(protected) > self._protected_max:
-                        old, demoted = protected.popitem(last=False)
-                        self._probation[old] = demoted
-                    self._hits += 1
-                    return entry
-            self._misses += 1
-            return None
+            return self._get(key, time.time())
+
+    def get_all(self, keys: Iterable[tuple[str, str]]) -> None:
+        """``get`` each of ``keys`` (counted and moved as it counts and moves), under one
+        acquisition of the lock."""
+        now = time.time()
+        with self._lock:
+            for key in keys:
+                self._get(key, now)
+
+    def _get(self, key: tuple[str, str], now: float) -> _Cached | None:
+        protected = self._protected
+        entry = protected.get(key)
+        if entry is not None:
+            if entry.expiration > now:
+                protected.move_to_end(key)
+                self._hits += 1
+                return entry
+            del protected[key]
+        else:
+            entry = self._probation.pop(key, None)
+            if entry is not None and entry.expiration > now:
+                protected[key] = entry  # asked for twice: worth keeping
+                if len(protected) > self._protected_max:
+                    old, demoted = protected.popitem(last=False)
+                    self._probation[old] = demoted
+                self._hits += 1
+                return entry
+        self._misses += 1
+        return None
+
+    def holds(self, entries: Iterable[tuple[tuple[str, str], _Cached]]) -> bool:
+        """Whether each (key, entry) is still the live entry of its key (counts and moves
+        nothing)."""
+        now = time.time()
+        with self._lock:
+            for key, entry in entries:
+                if (self._protected.get(key) or self._probation.get(key)) is not entry \
+                        or entry.expiration <= now:
+                    return False
+        return True
 
     def put(self, key: tuple[str, str], entry: _Cached) -> None:
         with self._lock:

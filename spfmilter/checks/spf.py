@@ -15,16 +15,19 @@ installed is refused, not sent to the network behind our back.
 from __future__ import annotations
 
 import contextvars
+import dataclasses
 import ipaddress
 import math
 import re
 import threading
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import spf
 
+import spfmilter.checks.spf_memo as spf_memo
 from spfmilter.core.addresses import domain_of, parse_ip
 from spfmilter.core.decision import NO_CLIENT_ADDRESS, reported
 from spfmilter.core.policy import PassAllPolicy
@@ -274,13 +277,18 @@ class _Query(spf.query):  # type: ignore[misc]  # pyspf has no type hints
             return own
         client = self.ipaddr
         matched = False
+        networks = []
         for ip in ipaddrs:  # all parsed, as pyspf does: a bad one is a PermError even after a match
             try:
                 network = _network(ip, n)
             except ValueError as exc:
                 raise spf.PermError(str(exc)) from None
+            networks.append(network)
             if not matched and client in network:
                 matched = True
+        recorded = spf_memo.recording.get()
+        if recorded is not None:
+            recorded.tested("any", networks, int(matched))
         return matched
 
     def validated_ptrs(self) -> list[str]:
@@ -344,6 +352,9 @@ class _Query(spf.query):  # type: ignore[misc]  # pyspf has no type hints
         providers' includes publish, often dozens of terms) is walked as a list of
         networks kept per (record, domain, IP version); any other record, and any
         record pyspf would find an error in, is pyspf's own check0."""
+        recorded = spf_memo.recording.get()
+        if recorded is not None and spf_record:
+            recorded.record(spf_record)
         if spf_record and self.strict is True and isinstance(self.iplist, bool):
             key = (spf_record, self.d, self.v)
             kept = _address_lists.data.get(key) or _not_lists.data.get(key)
@@ -356,11 +367,13 @@ class _Query(spf.query):  # type: ignore[misc]  # pyspf has no type hints
             if not isinstance(kept, bool):
                 networks, covers_all = kept
                 client = self.ipaddr
-                for network, mech, result in networks:
+                for index, (network, mech, result) in enumerate(networks):
                     if network is None or client in network:
                         break
                 else:
-                    result, mech = "neutral", None   # no match, no redirect: the default
+                    index, result, mech = -1, "neutral", None   # no match, no redirect: the default
+                if recorded is not None:
+                    recorded.tested("first", [network for network, _, _ in networks], index)
                 if not recursion:
                     self.mechanism = mech
                 if result == "pass" and covers_all:
@@ -509,6 +522,8 @@ def evaluate(identity: Identity, ip: str, sender: str, helo: str, *, resolver: R
     ``local_rules`` (mechanisms) are tried before the domain's record: a match
     is a pass by local policy.  ``best_guess`` (a record) is evaluated for a
     domain that publishes none; its outcome is reported, the result stays none.
+    On cached answers alone (``cache_only``), the result of an earlier evaluation for a
+    client that takes the same path through the same records is taken (``spf_memo``).
     """
     if identity not in ("helo", "mailfrom"):
         raise ValueError(identity)
@@ -527,6 +542,50 @@ def evaluate(identity: Identity, ip: str, sender: str, helo: str, *, resolver: R
     if lookup_time <= 0.001:  # the message's Lookup_Time is spent (pyspf reads 0 as "no limit")
         return SPFResult(identity, "temperror", checked, domain_of(checked),
                          "SPF Temporary Error: Lookup_Time exceeded", False)
+    attempt = cache_only.get()
+    if attempt is None or trace.get() is not None or "@" not in checked:
+        return _evaluate(identity, ip, checked, helo, resolver, receiver, lookup_time,
+                         void_limit, local_rules, best_guess)
+    # on cached answers alone: a result kept for this client's kind, or one to keep
+    started = time.monotonic()
+    memo = _memo_of(resolver)
+    client = parse_ip(ip)    # as pyspf's set_ip takes it: an IPv4-mapped address is IPv4
+    assert client is not None
+    key = (identity, checked.rpartition("@")[2], client.version, receiver, lookup_time,
+           void_limit, local_rules, best_guess)
+    kept = memo.find(key, client, attempt)
+    if kept is not None:
+        return dataclasses.replace(kept, sender=checked, domain=domain_of(checked),
+                                   seconds=time.monotonic() - started)
+    recorded = spf_memo.Recording()
+    mark = attempt.mark()
+    token = spf_memo.recording.set(recorded)
+    try:
+        result = _evaluate(identity, ip, checked, helo, resolver, receiver, lookup_time,
+                           void_limit, local_rules, best_guess)
+    finally:
+        spf_memo.recording.reset(token)
+    if recorded.keepable and not attempt.missed and result.result != "temperror":
+        memo.keep(key, recorded.tests, result, attempt.used_since(mark))
+    return result
+
+
+_memos: weakref.WeakKeyDictionary[Resolver, spf_memo.ResultMemo] = weakref.WeakKeyDictionary()
+_memos_lock = threading.Lock()
+
+
+def _memo_of(resolver: Resolver) -> spf_memo.ResultMemo:
+    """The kept results of evaluations on ``resolver``'s cache (see spf_memo)."""
+    memo = _memos.get(resolver)
+    if memo is None:
+        with _memos_lock:
+            memo = _memos.setdefault(resolver, spf_memo.ResultMemo())
+    return memo
+
+
+def _evaluate(identity: Identity, ip: str, checked: str, helo: str, resolver: Resolver,
+              receiver: str, lookup_time: float, void_limit: int, local_rules: str,
+              best_guess: str) -> SPFResult:
     token, limit_token = _current.set(resolver), _void_limit.set(void_limit)
     started = time.monotonic()
     # nothing ahead of an attempt on cached answers alone: it asks the network nothing

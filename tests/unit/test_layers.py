@@ -21,7 +21,8 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "spfmilter.config": ("spfmilter.core", "spfmilter.endpoint", "spfmilter.config_values"),
     "spfmilter.config_values": ("spfmilter.core", "spfmilter.endpoint"),
     "spfmilter.resolver": (),
-    "spfmilter.checks": ("spfmilter.core", "spfmilter.resolver"),
+    # (spf_memo is a part of the SPF check, kept apart for its one concern)
+    "spfmilter.checks": ("spfmilter.core", "spfmilter.resolver", "spfmilter.checks.spf_memo"),
     "spfmilter.log": ("spfmilter.core",),
     "spfmilter.metrics": ("spfmilter.core",),
     "spfmilter.summary": (),                 # plain records in, counts out

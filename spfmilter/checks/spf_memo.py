@@ -1,0 +1,193 @@
+"""Results of SPF evaluations made on cached answers, kept for the next client of the same kind.
+
+Why: once a sender's records are cached, most of a message's CPU is pyspf walking the
+same record tree again for every new client address, although the walk can only end in
+a few ways.
+
+Why it is exact: an evaluation whose records hold no macro, no ``ptr``, no ``exists``
+and no ``exp=`` depends on the client address only through its IP version and through
+the outcome of each address test it makes ("is the client in one of these networks",
+"which of these networks is the first to hold it").  Given the same cached answers, the
+same outcomes take pyspf down the same path to the same result, lookup and void counts
+included.  So each (identity, domain, IP version, settings) has a tree: each inner node
+is the address test the evaluation made next, each branch one of its outcomes, each leaf
+the result and the cache entries the evaluation read.  A new client is walked down the
+tree with its own address; a leaf answers only while every entry it was computed from is
+still the very one in the cache (not expired, not replaced), so a kept result never
+outlives the records it came from.  A path not seen yet is evaluated by pyspf and added.
+
+Anything that reads the address in another way (macros expand %{i}, ``ptr`` and
+``exists`` look names up from it, an ``exp=`` text may show it) marks the evaluation as
+not kept; so does a temperror (it depends on time).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import ipaddress
+from collections.abc import Sequence
+from typing import Any
+
+from spfmilter.core.values import SPFResult
+from spfmilter.resolver import CacheOnly, Used
+
+_Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+_Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+# ("any", networks): whether the client is in one of them (pyspf's cidrmatch);
+# ("first", networks or None for ``all``): the index of the first that holds it, -1 if none
+Test = tuple[str, tuple[_Network | None, ...]]
+
+
+def outcome(test: Test, client: _Address) -> int:
+    kind, networks = test
+    if kind == "any":
+        for network in networks:
+            if network is not None and client in network:
+                return 1
+        return 0
+    for index, network in enumerate(networks):
+        if network is None or client in network:
+            return index
+    return -1
+
+
+_NOT_KEPT = ("ptr", "exists", "exp=")
+_kept_records: dict[str, bool] = {}
+
+
+def keepable(record: str) -> bool:
+    """Whether an evaluation of ``record`` reads the client address only through address
+    tests (kept per record text; a pure function of it)."""
+    found = _kept_records.get(record)
+    if found is None:
+        found = "%" not in record and not any(
+            term.lower().lstrip("+-~?").startswith(_NOT_KEPT) for term in record.split(" ")[1:])
+        if len(_kept_records) >= 4096:
+            _kept_records.clear()
+        _kept_records[record] = found
+    return found
+
+
+class Recording:
+    """What one evaluation did that its result depends on (set in ``recording``)."""
+
+    __slots__ = ("tests", "keepable")
+
+    def __init__(self) -> None:
+        self.tests: list[tuple[Test, int]] = []
+        self.keepable = True
+
+    def record(self, text: str) -> None:
+        """A record pyspf evaluates."""
+        if self.keepable and not keepable(text):
+            self.keepable = False
+
+    def tested(self, kind: str, networks: Sequence[_Network | None], result: int) -> None:
+        self.tests.append(((kind, tuple(networks)), result))
+
+
+recording: contextvars.ContextVar[Recording | None] = contextvars.ContextVar(
+    "spf_memo_recording", default=None)
+
+
+class _Leaf:
+    __slots__ = ("result", "used")
+
+    def __init__(self, result: SPFResult, used: Used) -> None:
+        self.result = result
+        self.used = used
+
+
+class _Node:
+    __slots__ = ("test", "branches")
+
+    def __init__(self, test: Test) -> None:
+        self.test = test
+        self.branches: dict[int, _Node | _Leaf] = {}
+
+
+class _Tree:
+    __slots__ = ("top", "leaves")
+
+    def __init__(self, top: _Node | _Leaf) -> None:
+        self.top = top
+        self.leaves = 1
+
+
+def _chain(tests: Sequence[tuple[Test, int]], leaf: _Leaf) -> _Node | _Leaf:
+    child: _Node | _Leaf = leaf
+    for test, result in reversed(tests):
+        node = _Node(test)
+        node.branches[result] = child
+        child = node
+    return child
+
+
+def _size(tests: Sequence[tuple[Test, int]], used: Used) -> int:
+    """What a path holds, in references: each test's networks and the entries read."""
+    return sum(1 + len(test[1]) for test, _ in tests) + len(used) + 1
+
+
+class ResultMemo:
+    """The trees of one resolver's cache (a reload's new resolver starts empty), bounded
+    in trees, in leaves per tree and in what all paths hold together (``size``: records
+    are the sender's, as long as pyspf takes them, so one path may hold thousands of
+    networks); past that bound it starts again empty.  Each new path costs the sender
+    one ordinary evaluation, as every message did without it."""
+
+    def __init__(self, trees: int = 4096, leaves: int = 64, size: int = 250_000) -> None:
+        self.max_trees = trees
+        self.max_leaves = leaves
+        self.max_size = size
+        self.size = 0
+        self._trees: dict[Any, _Tree] = {}
+
+    def find(self, key: Any, client: _Address, attempt: CacheOnly) -> SPFResult | None:
+        """The kept result for ``client``, if its path is known and every answer it was
+        computed from is still in the cache (then counted as used by ``attempt``)."""
+        tree = self._trees.get(key)
+        if tree is None:
+            return None
+        node: _Node | _Leaf | None = tree.top
+        while type(node) is _Node:
+            node = node.branches.get(outcome(node.test, client))
+        if node is None or not attempt.reuse(node.used):  # type: ignore[union-attr]
+            return None
+        return node.result  # type: ignore[union-attr]
+
+    def keep(self, key: Any, tests: Sequence[tuple[Test, int]], result: SPFResult,
+             used: Used) -> None:
+        leaf = _Leaf(result, used)
+        self.size += _size(tests, used)   # counted whole, even where a path shares nodes
+        if self.size > self.max_size:
+            self._trees.clear()
+            self.size = _size(tests, used)
+        tree = self._trees.get(key)
+        if tree is None:
+            if len(self._trees) >= self.max_trees:
+                for old in list(self._trees)[: self.max_trees // 4]:  # oldest quarter
+                    self._trees.pop(old, None)
+            self._trees[key] = _Tree(_chain(tests, leaf))
+            return
+        node = tree.top
+        for i, (test, result_of_test) in enumerate(tests):
+            if type(node) is not _Node or node.test != test:
+                break   # the records changed under this tree: it starts again from this path
+            below = node.branches.get(result_of_test)
+            if below is None:
+                if tree.leaves >= self.max_leaves:
+                    return
+                node.branches[result_of_test] = _chain(tests[i + 1:], leaf)
+                tree.leaves += 1
+                return
+            if i == len(tests) - 1:
+                if type(below) is _Leaf:
+                    node.branches[result_of_test] = leaf   # a stale leaf, computed again
+                    return
+                break
+            node = below
+        else:
+            if type(node) is _Leaf:   # no test at all: the result is the same for every client
+                tree.top = leaf
+                return
+        self._trees[key] = _Tree(_chain(tests, leaf))
