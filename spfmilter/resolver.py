@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextvars
 import errno
 import ipaddress
+import itertools
 import logging
 import os
 import re
@@ -85,14 +86,14 @@ class CacheOnly:
 
     def __init__(self) -> None:
         self.missed = False
-        self._used: list[tuple[_Cache, tuple[str, str], _Cached]] = []
+        self._used: list[tuple[_Cache, tuple[str, str], int]] = []
 
     def use(self, cache: _Cache, key: tuple[str, str]) -> _Cached:
         entry = cache.entry(key)
         if entry is None:
             self.missed = True
             raise NotCached(*key)
-        self._used.append((cache, key, entry))
+        self._used.append((cache, key, entry.serial))
         return entry
 
     def mark(self) -> int:
@@ -100,25 +101,25 @@ class CacheOnly:
         return len(self._used)
 
     def used_since(self, mark: int) -> Used:
-        """The cache entries this attempt read after ``mark``."""
+        """The cache entries this attempt read after ``mark`` (named by serial)."""
         return tuple(self._used[mark:])
 
     def reuse(self, used: Used) -> bool:
         """Count ``used`` as read by this attempt if every entry is still the one in its
         cache (neither expired nor replaced): whatever was derived from them stands."""
-        for cache in {cache for cache, _key, _entry in used}:
-            if not cache.holds((key, entry) for c, key, entry in used if c is cache):
+        for cache in {cache for cache, _key, _serial in used}:
+            if not cache.holds((key, serial) for c, key, serial in used if c is cache):
                 return False
         self._used.extend(used)
         return True
 
     def confirm(self) -> None:
-        for cache in {cache for cache, _key, _entry in self._used}:
-            cache.get_all(key for c, key, _entry in self._used if c is cache)
+        for cache in {cache for cache, _key, _serial in self._used}:
+            cache.get_all(key for c, key, _serial in self._used if c is cache)
 
 
-# cache entries one evaluation read: (cache, key, entry)
-Used = tuple[tuple["_Cache", tuple[str, str], "_Cached"], ...]
+# cache entries one evaluation read: (cache, key, the entry's serial)
+Used = tuple[tuple["_Cache", tuple[str, str], int], ...]
 
 cache_only: contextvars.ContextVar[CacheOnly | None] = contextvars.ContextVar(
     "dns_cache_only", default=None)
@@ -215,14 +216,22 @@ class NotCached(Exception):
     nothing failed, and no caller may report it as a result)."""
 
 
-class _Cached:
-    """One cached lookup: its record values (TXT: a tuple of byte strings) and expiry."""
+_serials = itertools.count(1)
 
-    __slots__ = ("expiration", "values")
+
+class _Cached:
+    """One cached lookup: its record values (TXT: a tuple of byte strings) and expiry.
+
+    ``serial`` tells this answer from any other, also one made later for the same key:
+    what is derived from answers (spf_memo) names them by it, so that it neither
+    holds an answer the cache has let go nor mistakes a new one for it."""
+
+    __slots__ = ("expiration", "values", "serial")
 
     def __init__(self, expiration: float, values: tuple[Any, ...]) -> None:
         self.expiration = expiration
         self.values = values
+        self.serial = next(_serials)
 
     @property
     def value(self) -> _Cached:  # dnspython's LRUCache node spelling: cache.data[key].value
@@ -301,14 +310,14 @@ class _Cache:
         self._misses += 1
         return None
 
-    def holds(self, entries: Iterable[tuple[tuple[str, str], _Cached]]) -> bool:
-        """Whether each (key, entry) is still the live entry of its key (counts and moves
+    def holds(self, entries: Iterable[tuple[tuple[str, str], int]]) -> bool:
+        """Whether each (key, serial) names the live entry of its key (counts and moves
         nothing)."""
         now = time.time()
         with self._lock:
-            for key, entry in entries:
-                if (self._protected.get(key) or self._probation.get(key)) is not entry \
-                        or entry.expiration <= now:
+            for key, serial in entries:
+                entry = self._protected.get(key) or self._probation.get(key)
+                if entry is None or entry.serial != serial or entry.expiration <= now:
                     return False
         return True
 

@@ -13,8 +13,9 @@ included.  So each (identity, domain, IP version, settings) has a tree: each inn
 is the address test the evaluation made next, each branch one of its outcomes, each leaf
 the result and the cache entries the evaluation read.  A new client is walked down the
 tree with its own address; a leaf answers only while every entry it was computed from is
-still the very one in the cache (not expired, not replaced), so a kept result never
-outlives the records it came from.  A path not seen yet is evaluated by pyspf and added.
+still the very one in the cache (not expired, not replaced: named by its serial, so that a
+leaf holds no answer the cache has let go), so a kept result never outlives the records
+it came from.  A path not seen yet is evaluated by pyspf and added.
 
 Anything that reads the address in another way (macros expand %{i}, ``ptr`` and
 ``exists`` look names up from it, an ``exp=`` text may show it) marks the evaluation as

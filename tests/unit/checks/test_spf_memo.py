@@ -1,6 +1,7 @@
 """Results kept per kind of client (spf_memo) against pyspf's own evaluation, with the
 records served by a DNS server of the test's own on loopback."""
 
+import gc
 import time
 
 import pytest
@@ -156,3 +157,20 @@ def test_what_kept_paths_hold_together_is_bounded():
         assert memo.size <= 5_000
         held = sum(1 for _ in memo._trees)
         assert held * 10 * 101 <= 5_000
+
+
+def test_a_kept_result_holds_no_answer_the_cache_has_let_go(server):
+    """Kept results name the answers they came from; they do not keep them: an answer
+    the cache drops (expired, pushed out) is freed, whatever results were kept."""
+    resolver = Resolver((server.address,), timeout=2.0)
+    _evaluate(resolver, "192.0.2.10", "top.memo.test")
+    _kept_way(resolver, "192.0.2.10", "top.memo.test")
+    _kept_way(resolver, "192.0.2.11", "top.memo.test")
+    key = ("top.memo.test", "TXT")
+    entry = resolver.cache.entry(key)
+    assert entry is not None
+    resolver.cache._protected.pop(key, None)
+    resolver.cache._probation.pop(key, None)
+    gc.collect()
+    assert gc.get_referrers(entry) == []
+    assert _kept_way(resolver, "192.0.2.12", "top.memo.test").result == "pass"
