@@ -124,17 +124,13 @@ def _chain(tests: Sequence[tuple[Test, int]], leaf: _Leaf) -> _Node | _Leaf:
     return child
 
 
-def _size(tests: Sequence[tuple[Test, int]], used: Used) -> int:
-    """What a path holds, in references: each test's networks and the entries read."""
-    return sum(1 + len(test[1]) for test, _ in tests) + len(used) + 1
-
-
 class ResultMemo:
     """The trees of one resolver's cache (a reload's new resolver starts empty), bounded
-    in trees, in leaves per tree and in what all paths hold together (``size``: records
-    are the sender's, as long as pyspf takes them, so one path may hold thousands of
-    networks); past that bound it starts again empty.  Each new path costs the sender
-    one ordinary evaluation, as every message did without it."""
+    in trees, in leaves per tree and in what they hold together (``size``, in references:
+    records are the sender's, so one path may test thousands of networks); past that
+    bound it starts again empty.  Each new path costs the sender one ordinary
+    evaluation, as every message did without it.  Tests and the names of cache entries
+    are held once however many paths share them."""
 
     def __init__(self, trees: int = 4096, leaves: int = 64, size: int = 250_000) -> None:
         self.max_trees = trees
@@ -142,6 +138,14 @@ class ResultMemo:
         self.max_size = size
         self.size = 0
         self._trees: dict[Any, _Tree] = {}
+        self._held: dict[Any, Any] = {}   # each test and entry name once: itself
+
+    def _hold(self, item: Any, size: int) -> Any:
+        held = self._held.get(item)
+        if held is None:
+            self._held[item] = held = item
+            self.size += size
+        return held
 
     def find(self, key: Any, client: _Address, attempt: CacheOnly) -> SPFResult | None:
         """The kept result for ``client``, if its path is known and every answer it was
@@ -158,17 +162,20 @@ class ResultMemo:
 
     def keep(self, key: Any, tests: Sequence[tuple[Test, int]], result: SPFResult,
              used: Used) -> None:
-        leaf = _Leaf(result, used)
-        self.size += _size(tests, used)   # counted whole, even where a path shares nodes
         if self.size > self.max_size:
             self._trees.clear()
-            self.size = _size(tests, used)
+            self._held.clear()
+            self.size = 0
+        used = tuple(self._hold(name, 3) for name in used)
+        tests = [(self._hold(test, 1 + len(test[1])), outcome_) for test, outcome_ in tests]
+        leaf = _Leaf(result, used)
+        self.size += 1 + len(used)
         tree = self._trees.get(key)
         if tree is None:
             if len(self._trees) >= self.max_trees:
                 for old in list(self._trees)[: self.max_trees // 4]:  # oldest quarter
                     self._trees.pop(old, None)
-            self._trees[key] = _Tree(_chain(tests, leaf))
+            self._trees[key] = _Tree(self._chain(tests, leaf))
             return
         node = tree.top
         for i, (test, result_of_test) in enumerate(tests):
@@ -178,7 +185,7 @@ class ResultMemo:
             if below is None:
                 if tree.leaves >= self.max_leaves:
                     return
-                node.branches[result_of_test] = _chain(tests[i + 1:], leaf)
+                node.branches[result_of_test] = self._chain(tests[i + 1:], leaf)
                 tree.leaves += 1
                 return
             if i == len(tests) - 1:
@@ -191,4 +198,8 @@ class ResultMemo:
             if type(node) is _Leaf:   # no test at all: the result is the same for every client
                 tree.top = leaf
                 return
-        self._trees[key] = _Tree(_chain(tests, leaf))
+        self._trees[key] = _Tree(self._chain(tests, leaf))
+
+    def _chain(self, tests: Sequence[tuple[Test, int]], leaf: _Leaf) -> _Node | _Leaf:
+        self.size += 2 * len(tests)
+        return _chain(tests, leaf)
