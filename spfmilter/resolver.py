@@ -9,8 +9,9 @@ transaction would pay every round trip again; here all connections share one
 scan-resistant cache that honours TTLs (and negative answers' SOA minimum).
 
 An uncached lookup is one query message sent straight to the configured
-servers from a fresh socket (so a fresh source port) per query, TCP when the
-answer comes back truncated; dnspython builds the name, parses the answer and
+servers from a fresh socket (so a fresh source port) per query, or a kept one
+for a server on a loopback address (``_Sockets``), TCP when the answer comes
+back truncated; dnspython builds the name, parses the answer and
 works out its CNAME chain and TTL (its ``Answer``), as its Resolver would: the
 same result for less CPU.  Why: the Resolver's per-query bookkeeping (a
 Resolution, nameserver selection, retry state) and ``dns.query.udp``'s polling
@@ -424,12 +425,84 @@ def _wait_at_most(sock: socket.socket, left: float) -> None:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _TIMEVAL.pack(*divmod(micro, 1_000_000)))
 
 
+#: Idle sockets kept per loopback server (``_Sockets``).
+IDLE_SOCKETS = 64
+
+
+class _Sockets:
+    """Connected UDP sockets to servers on a loopback address, kept between lookups.
+
+    Why: under load what a cold lookup costs is mostly the interpreter lock, given
+    up at every system call that may block and taken back with other threads
+    waiting; a socket made, connected and closed per query is three of those
+    calls beside the send and the receive.  A fresh socket per query is kept for
+    its fresh random source port, which makes a forged answer from off the
+    host hard to land; no packet from off the host can carry a loopback source,
+    so for a server on a loopback address a kept socket loses nothing.  Only a
+    socket whose exchange ended with its answer read is kept (one that timed
+    out or failed may still get a late datagram); whatever else waits on a kept
+    one is read past as any unexpected datagram is."""
+
+    def __init__(self) -> None:
+        self._idle: dict[tuple[str, int], list[socket.socket]] = {}
+        self._loopback: dict[str, bool] = {}
+
+    def take(self, host: str, port: int) -> socket.socket:
+        """An idle socket connected to the server, or a fresh one."""
+        idle = self._idle.get((host, port))
+        if idle:
+            try:
+                return idle.pop()
+            except IndexError:  # another thread took the last one meanwhile
+                pass
+        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            sock.connect((host, port))
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    def give(self, sock: socket.socket, host: str, port: int) -> None:
+        """Keep ``sock``, whose answer was read, for the next lookup (or close it)."""
+        loopback = self._loopback.get(host)
+        if loopback is None:
+            try:
+                loopback = ipaddress.ip_address(host).is_loopback
+            except ValueError:
+                loopback = False
+            self._loopback[host] = loopback
+        idle = self._idle.setdefault((host, port), []) if loopback else None
+        if idle is None or len(idle) >= IDLE_SOCKETS:
+            sock.close()
+            return
+        idle.append(sock)
+
+    def close(self) -> None:
+        for idle in self._idle.values():
+            while idle:
+                idle.pop().close()
+
+
+_sockets = _Sockets()
+
+
+def _fresh_sockets() -> None:
+    """A forked child must not read answers from its parent's sockets, nor they its."""
+    global _sockets
+    old, _sockets = _sockets, _Sockets()
+    old.close()
+
+
+os.register_at_fork(after_in_child=_fresh_sockets)
+
+
 def _udp_send(wire: bytes, host: str, port: int) -> socket.socket:
-    """A fresh socket (so a fresh random source port), connected to the server, with
-    the query sent on it: the caller reads the answer with ``_udp_receive``."""
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM)
+    """A socket connected to the server (``_Sockets``), with the query sent on it:
+    the caller reads the answer with ``_udp_receive`` and then hands the socket
+    back (``_Sockets.give``) or, when no answer was read, closes it."""
+    sock = _sockets.take(host, port)
     try:
-        sock.connect((host, port))
         sock.send(wire)
     except BaseException:
         sock.close()
@@ -439,8 +512,14 @@ def _udp_send(wire: bytes, host: str, port: int) -> socket.socket:
 
 def _udp_exchange(wire: bytes, question: bytes, host: str, port: int, deadline: float) -> bytes:
     """Send one query over UDP and return the datagram that answers it (``_udp_receive``)."""
-    with _udp_send(wire, host, port) as sock:
-        return _udp_receive(sock, wire, question, deadline)
+    sock = _udp_send(wire, host, port)
+    try:
+        data = _udp_receive(sock, wire, question, deadline)
+    except BaseException:
+        sock.close()
+        raise
+    _sockets.give(sock, host, port)
+    return data
 
 
 def _udp_receive(sock: socket.socket, wire: bytes, question: bytes, deadline: float) -> bytes:
@@ -460,7 +539,8 @@ def _udp_receive(sock: socket.socket, wire: bytes, question: bytes, deadline: fl
     may block gives it up, and taking it back with other threads waiting costs a
     switch.  dnspython polls before each send and each receive and parses every
     datagram; here the socket blocks in the kernel (with a receive timeout), so a
-    lookup makes only the calls it needs (socket, connect, send, recv, close), the
+    lookup makes only the calls it needs (send and recv; socket, connect and close
+    where the socket is not kept), the
     checks are on the header bytes, and dnspython parses only the answer.
     """
     qid = wire[:2]
@@ -494,11 +574,12 @@ class _Sent:
     """A query already sent to the first server, its answer not read yet: the lookup
     that takes it over (``Resolver._claim``) reads the answer instead of asking."""
 
-    __slots__ = ("sock", "host", "port", "query")
+    __slots__ = ("sock", "host", "port", "query", "read")
 
     def __init__(self, sock: socket.socket, host: str, port: int,
                  query: tuple[dns.name.Name, dns.rdatatype.RdataType, bytes, bytes]) -> None:
         self.sock, self.host, self.port = sock, host, port
+        self.read = False   # its answer was read and the socket handed back (``_Sockets.give``)
         self.query = query   # as ``_question`` made it: the lookup that reads it needs it all
 
 
@@ -759,7 +840,7 @@ class Resolver:
         try:
             return self._servers_in_turn(name, qtype, lifetime, lean, sent)
         finally:
-            if sent is not None:    # read, or never reached (its server gone)
+            if sent is not None and not sent.read:  # failed, or never reached (its server gone)
                 sent.sock.close()
 
     def _servers_in_turn(self, name: str, qtype: str, lifetime: float, lean: bool,
@@ -774,6 +855,8 @@ class Resolver:
             try:
                 if sent is not None and (host, port) == (sent.host, sent.port):
                     data = _udp_receive(sent.sock, wire, question.lower(), deadline)
+                    _sockets.give(sent.sock, host, port)
+                    sent.read = True
                     sent = None     # any other server gets a query of its own
                 else:
                     data = _udp_exchange(wire, question.lower(), host, port, deadline)

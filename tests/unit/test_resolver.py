@@ -1,6 +1,7 @@
 """The one resolver: answers in pyspf's shape, a TTL-respecting shared cache, TCP fallback."""
 
 import logging
+import os
 import socket
 import struct
 import threading
@@ -515,3 +516,84 @@ def test_a_lookup_ahead_hands_its_answer_over_once_cached_or_not(dns_server):
     assert r.ahead("later.test", "A", deadline) is None            # cached now
     assert (r.stats()["misses"], r.stats()["hits"]) == (2, 0)
     assert sorted(q[:2] for q in dns_server.queries) == [("later.test", "A"), ("none.test", "TXT")]
+
+
+# --- sockets kept between queries to a server on the host ------------------------------
+
+def _spy_on_sockets(monkeypatch) -> list[socket.socket]:
+    """Every socket the resolver takes for a query, in order (idle ones closed first)."""
+    resolver_mod._sockets.close()
+    taken: list[socket.socket] = []
+    take = resolver_mod._sockets.take
+
+    def spy(host: str, port: int) -> socket.socket:
+        taken.append(take(host, port))
+        return taken[-1]
+    monkeypatch.setattr(resolver_mod._sockets, "take", spy)
+    return taken
+
+
+def test_a_socket_is_used_again_only_after_its_answer_was_read(dns_server, monkeypatch):
+    """The socket of a query to a loopback server whose answer was read serves the next
+    query (no socket, connect and close per lookup); one whose query timed out may still
+    get the late answer, and one sent ahead and never read gets its answer unread, so
+    both are closed, never used again."""
+    dns_server.update({"late.test": [{"TXT": "v=spf1 +all"}, {"DELAY": 0.5}]})
+    taken = _spy_on_sockets(monkeypatch)
+    r = make(dns_server)
+    assert r.records("allowed.test", "TXT", 2) and r.records("none.test", "A", 2)
+    assert len(taken) == 2 and taken[1] is taken[0] and taken[0].fileno() != -1
+    with pytest.raises(TempFailure, match="timeout"):
+        r.records("late.test", "TXT", 0.2)
+    assert taken[2] is taken[0] and taken[0].fileno() == -1
+    flight = r.ahead("never.test", "A", time.monotonic() + 2.0, "owner")
+    assert flight is not None
+    r.give_up(("never.test", "A"), flight, "owner")
+    assert len(taken) == 4 and taken[3].fileno() == -1
+    assert r.records("none.test", "TXT", 2) == []
+    assert len(taken) == 5 and all(taken[4] is not s for s in taken[:4])
+    assert resolver_mod._sockets._idle[dns_server.address] == [taken[4]]
+
+
+def test_the_late_answer_to_a_query_that_timed_out_answers_nothing_else(dns_server, monkeypatch):
+    """A query given up and the same name asked again at once: the second answer is its
+    own, however the first one's late datagram arrives."""
+    dns_server.update({"late2.test": [{"TXT": "v=spf1 -all"}, {"DELAY": 0.3}],
+                       "next.test": [{"TXT": "v=spf1 +all"}, {"DELAY": 0.5}]})
+    taken = _spy_on_sockets(monkeypatch)
+    r = make(dns_server)
+    with pytest.raises(TempFailure, match="timeout"):
+        r.records("late2.test", "TXT", 0.1)
+    assert r.records("next.test", "TXT", 2) == [(("next.test", "TXT"), [b"v=spf1 +all"])]
+    assert taken[1] is not taken[0]
+
+
+@pytest.mark.parametrize("host, kept", [("127.0.0.1", True), ("127.8.9.10", True), ("::1", True),
+                                        ("192.0.2.53", False), ("10.0.0.53", False),
+                                        ("2001:db8::53", False), ("::ffff:192.0.2.53", False)])
+def test_only_sockets_to_a_server_on_a_loopback_address_are_kept(host, kept):
+    """Off the host, a fresh socket (so a fresh random source port) per query keeps
+    forged answers hard to land; a loopback source cannot come from off the host."""
+    pool = resolver_mod._Sockets()
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM)
+    pool.give(sock, host, 53)
+    assert (sock.fileno() != -1) == kept
+    pool.close()
+    assert sock.fileno() == -1
+
+
+def test_a_forked_worker_keeps_none_of_its_parents_sockets(dns_server):
+    """A worker forked from a process that has asked must not read its parent's answers
+    (nor its parent the worker's): the child closes the sockets it inherited idle."""
+    resolver_mod._sockets.close()
+    r = make(dns_server)
+    assert r.records("allowed.test", "TXT", 2)
+    kept = list(resolver_mod._sockets._idle[dns_server.address])
+    assert len(kept) == 1
+    pid = os.fork()
+    if pid == 0:   # the child: exit 0 only when nothing of the parent's is kept
+        fresh = not any(resolver_mod._sockets._idle.values()) and kept[0].fileno() == -1
+        os._exit(0 if fresh else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert resolver_mod._sockets._idle[dns_server.address] == kept and kept[0].fileno() != -1

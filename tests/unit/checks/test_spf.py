@@ -478,8 +478,10 @@ def test_a_record_of_fifty_includes_asks_no_more_than_pyspf_does(dns_server):
 
 
 def _open_udp_sockets():
-    """UDP sockets this process holds open (from /proc: the socket inodes of its fds
-    that /proc/net/udp{,6} list)."""
+    """UDP sockets this process holds open besides those kept idle for the next query
+    (closed first: a socket whose answer was read may be kept, one never read may not),
+    from /proc: the socket inodes of its fds that /proc/net/udp{,6} list."""
+    resolver_mod._sockets.close()
     inodes = set()
     for table in ("/proc/net/udp", "/proc/net/udp6"):
         with open(table) as f:
