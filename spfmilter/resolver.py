@@ -28,6 +28,7 @@ dictionary get, and a full cache stays small beside the process.
 
 from __future__ import annotations
 
+import array
 import contextvars
 import errno
 import ipaddress
@@ -35,13 +36,12 @@ import itertools
 import logging
 import os
 import re
-import secrets
 import socket
 import struct
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, cast
 
 import dns.exception
@@ -583,13 +583,44 @@ class _Sent:
         self.query = query   # as ``_question`` made it: the lookup that reads it needs it all
 
 
+class _QueryIds:
+    """Query ids from the kernel's random source, read a few thousand at a time.
+
+    Why: ``os.urandom`` (and so ``secrets``) is a system call that gives up the
+    interpreter lock, one more handoff per lookup under load; ids read ahead are
+    as unpredictable as ids read one by one.  Taking one is a single step of a C
+    iterator, so no two threads get the same id; a forked worker reads its own
+    (``_fresh_ids``), so no two workers share the ones to come."""
+
+    def __init__(self) -> None:
+        self._ids: Iterator[int] = iter(())
+
+    def take(self) -> int:
+        for qid in self._ids:
+            return qid
+        fresh = iter(array.array("H", os.urandom(4096)))
+        self._ids = fresh
+        return next(fresh)
+
+
+_query_ids = _QueryIds()
+
+
+def _fresh_ids() -> None:
+    global _query_ids
+    _query_ids = _QueryIds()
+
+
+os.register_at_fork(after_in_child=_fresh_ids)
+
+
 def _question(name: str, qtype: str
               ) -> tuple[dns.name.Name, dns.rdatatype.RdataType, bytes, bytes]:
     """(name, type, question section, the whole query with a fresh random id)."""
     qname = _name(name)
     rdtype = dns.rdatatype.from_text(qtype)
     question = cast(bytes, qname.to_wire()) + _QTAIL.pack(rdtype, dns.rdataclass.IN)
-    wire = _QHEAD.pack(secrets.randbits(16), dns.flags.RD, 1, 0, 0, 0) + question
+    wire = _QHEAD.pack(_query_ids.take(), dns.flags.RD, 1, 0, 0, 0) + question
     return qname, rdtype, question, wire
 
 

@@ -1,5 +1,6 @@
 """The one resolver: answers in pyspf's shape, a TTL-respecting shared cache, TCP fallback."""
 
+import array
 import logging
 import os
 import socket
@@ -597,3 +598,49 @@ def test_a_forked_worker_keeps_none_of_its_parents_sockets(dns_server):
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     assert resolver_mod._sockets._idle[dns_server.address] == kept and kept[0].fileno() != -1
+
+
+# --- query ids ---------------------------------------------------------------------------
+
+def test_query_ids_are_the_kernels_random_bytes_each_handed_out_once(monkeypatch):
+    """Read a batch at a time (one system call, not one per lookup), every id of a
+    batch used, none twice however many threads take them at once."""
+    batches: list[int] = []
+
+    def urandom(n: int) -> bytes:   # distinct 16-bit values across batches
+        start = len(batches) * (n // 2)
+        batches.append(n)
+        return array.array("H", range(start, start + n // 2)).tobytes()
+    monkeypatch.setattr(resolver_mod.os, "urandom", urandom)
+    ids = resolver_mod._QueryIds()
+    first = [ids.take() for _ in range(2049)]
+    assert first == list(range(2049)) and len(batches) == 2
+    taken: list[list[int]] = [[] for _ in range(8)]
+
+    def take(into: list[int]) -> None:
+        for _ in range(3000):
+            into.append(ids.take())
+    threads = [threading.Thread(target=take, args=(into,)) for into in taken]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    every = first + [qid for into in taken for qid in into]
+    assert len(set(every)) == len(every) == 2049 + 8 * 3000
+
+
+def test_a_forked_worker_takes_ids_of_its_own(dns_server):
+    """Two workers forked from one process must not send the same ids in turn (one
+    seen would tell the other's next)."""
+    assert make(dns_server).records("allowed.test", "TXT", 2)   # the parent has read ahead
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.write(write, array.array("H", [resolver_mod._query_ids.take() for _ in range(16)]).tobytes())
+        os._exit(0)
+    os.close(write)
+    child = array.array("H", os.read(read, 64)).tolist()
+    os.close(read)
+    os.waitpid(pid, 0)
+    assert len(child) == 16
+    assert child != [resolver_mod._query_ids.take() for _ in range(16)]
