@@ -47,6 +47,8 @@ from typing import Any, cast
 import dns.exception
 import dns.flags
 import dns.inet
+import dns.ipv4
+import dns.ipv6
 import dns.message
 import dns.name
 import dns.query
@@ -625,14 +627,28 @@ def _question(name: str, qtype: str
 
 
 class _Positive:
-    """A NOERROR answer's records of the type asked for (at the end of its CNAMEs) and
-    when it expires: the two things ``Resolver.records`` keeps of dnspython's Answer."""
+    """A NOERROR answer's records of the type asked for (at the end of its CNAMEs), as
+    the values ``Resolver.records`` keeps (``_value``), and when it expires."""
 
-    __slots__ = ("expiration", "rrset")
+    __slots__ = ("expiration", "values")
 
-    def __init__(self, rrset: list[Any], expiration: float) -> None:
-        self.rrset = rrset
+    def __init__(self, values: list[Any], expiration: float) -> None:
+        self.values = values
         self.expiration = expiration
+
+
+def _value(rdtype: int, rdata: Any) -> Any:
+    """What the cache keeps of a record of a type ``Resolver.records`` asks for: what
+    pyspf's own dnspython driver would hand it."""
+    if rdtype in (dns.rdatatype.A, dns.rdatatype.AAAA):
+        return rdata.address
+    if rdtype == dns.rdatatype.MX:
+        return (rdata.preference, rdata.exchange.to_text(omit_final_dot=True))
+    if rdtype == dns.rdatatype.PTR:
+        return rdata.target.to_text(omit_final_dot=True)
+    if rdtype in (dns.rdatatype.TXT, dns.rdatatype.SPF):
+        return tuple(rdata.strings)
+    return None
 
 
 def _key(name: dns.name.Name) -> tuple[bytes, ...]:
@@ -651,6 +667,85 @@ _SAME: dict[int, Callable[[Any], Any]] = {
     dns.rdatatype.PTR: lambda rd: _key(rd.target),
 }
 _CNAME = dns.rdatatype.CNAME
+_IN = dns.rdataclass.IN
+_TEXT_TYPES = (dns.rdatatype.TXT, dns.rdatatype.SPF)
+
+
+_PLAIN_LABEL = re.compile(rb"[A-Za-z0-9_-]+")
+
+
+def _plain_name(data: bytes, at: int, end: int) -> tuple[list[bytes], int] | None:
+    """The labels of the name at ``data[at]`` and where it ends there (after its first
+    compression pointer, or its root label), read only within ``end``; None for a name
+    that is not plain (a label of other characters, which its text escapes; the root
+    alone; a pointer that does not point before where the last one led, as dnspython
+    demands; over 255 bytes), which dnspython then reads."""
+    labels: list[bytes] = []
+    length, earliest, after = 1, at, 0
+    while True:
+        if at >= end:
+            return None
+        count = data[at]
+        if count == 0:
+            break
+        if count >= 0xC0:
+            if at + 1 >= end:
+                return None
+            target = (count & 0x3F) << 8 | data[at + 1]
+            if target >= earliest:
+                return None
+            after = after or at + 2
+            earliest = at = target
+            continue
+        if count >= 64 or at + 1 + count > end:
+            return None
+        label = data[at + 1:at + 1 + count]
+        length += 1 + count
+        if length > 255 or not _PLAIN_LABEL.fullmatch(label):
+            return None
+        labels.append(label)
+        at += 1 + count
+    if not labels:
+        return None
+    return labels, after or at + 1
+
+
+def _plain(data: bytes, at: int, rdlen: int, rdtype: int) -> tuple[Any, Any] | None:
+    """(the ``_SAME`` key, the ``_value``) of a well-formed A, AAAA, MX, TXT or SPF record
+    whose data is ``data[at:at + rdlen]``, read without dnspython's rdata objects; None
+    for another type or anything unusual, which dnspython then decodes."""
+    if rdtype == dns.rdatatype.A:
+        if rdlen != 4:
+            return None
+        address = dns.ipv4.inet_ntoa(data[at:at + 4])
+        return address, address
+    if rdtype == dns.rdatatype.AAAA:
+        if rdlen != 16:
+            return None
+        address = dns.ipv6.inet_ntoa(data[at:at + 16])
+        return address, address
+    if rdtype == dns.rdatatype.MX:
+        if rdlen < 3:
+            return None
+        name = _plain_name(data, at + 2, at + rdlen)
+        if name is None or name[1] != at + rdlen:   # data left over: dnspython refuses it
+            return None
+        preference = int.from_bytes(data[at:at + 2], "big")
+        labels = name[0]
+        return ((preference, (*(label.lower() for label in labels), b"")),
+                (preference, ".".join(label.decode() for label in labels)))
+    if rdtype not in _TEXT_TYPES or rdlen == 0:
+        return None
+    strings = []
+    end = at + rdlen
+    while at < end:
+        size = data[at]
+        at += 1 + size
+        if at > end:
+            return None
+        strings.append(data[at - size:at])
+    text = tuple(strings)
+    return text, text
 _SPECIAL = (dns.rdatatype.OPT, dns.rdatatype.TSIG)
 _MAX_CHAIN = 16                # dnspython's (dns.message.MAX_CHAIN)
 _MAX_TTL = 2**32 - 1
@@ -693,21 +788,28 @@ def _positive(data: bytes, qname: dns.name.Name, rdtype: int, end: int) -> _Posi
         rrtype, rrclass, ttl, rdlen = parser.get_struct("!HHIH")
         if rrtype in _SPECIAL:
             return None
-        with parser.restrict_to(rdlen):
-            rd = dns.rdata.from_wire_parser(rrclass, rrtype, parser)
-        if rrclass != dns.rdataclass.IN or (rrtype != rdtype and rrtype != _CNAME):
-            continue
+        plain = _plain(data, parser.current, rdlen, rrtype) \
+            if rrtype == rdtype and rrclass == _IN and parser.remaining() >= rdlen else None
+        if plain is not None:
+            parser.seek(parser.current + rdlen)
+            key, value = plain
+        else:
+            with parser.restrict_to(rdlen):
+                rd = dns.rdata.from_wire_parser(rrclass, rrtype, parser)
+            if rrclass != _IN or (rrtype != rdtype and rrtype != _CNAME):
+                continue
+            key, value = (same(rd), _value(rdtype, rd)) if rrtype == rdtype else (0, rd)
         if ttl > 0x7FFFFFFF:
             ttl = 0
         kept = found.get((owner, rrtype))
         if kept is None:
-            found[(owner, rrtype)] = ([ttl], {same(rd) if rrtype == rdtype else 0: rd})
+            found[(owner, rrtype)] = ([ttl], {key: value})
             continue
         kept[0][0] = min(kept[0][0], ttl)
         if rrtype == _CNAME:
-            kept[1][0] = rd             # a singleton type: the last one stays
+            kept[1][0] = value          # a singleton type: the last one stays
         else:
-            kept[1].setdefault(same(rd), rd)
+            kept[1].setdefault(key, value)
     if parser.remaining() != 0:
         return None
     name, least = question, _MAX_TTL
@@ -1029,23 +1131,19 @@ class Resolver:
     def _ask(self, key: tuple[str, str], name: str, qtype: str, lifetime: float,
              sent: _Sent | None = None) -> _Cached:
         answer, negative_expiration = self._query(name, qtype, lifetime, lean=True, sent=sent)
+        if isinstance(answer, _Positive):
+            entry = _Cached(answer.expiration, tuple(answer.values))
+            self._cache.put(key, entry)
+            return entry
         if answer is None or answer.rrset is None:
             expiration = answer.expiration if answer is not None else negative_expiration
             entry = _Cached(expiration or 0.0, ())
             if expiration is not None:
                 self._cache.put(key, entry)
             return entry
-        values: list[Any] = []
-        for rdata in answer.rrset:
-            if qtype in ("A", "AAAA"):
-                values.append(rdata.address)
-            elif qtype == "MX":
-                values.append((rdata.preference, rdata.exchange.to_text(omit_final_dot=True)))
-            elif qtype == "PTR":
-                values.append(rdata.target.to_text(omit_final_dot=True))
-            elif qtype in ("TXT", "SPF"):
-                values.append(tuple(rdata.strings))
-        entry = _Cached(answer.expiration, tuple(values))
+        rdtype = answer.rrset.rdtype
+        values = (_value(rdtype, rdata) for rdata in answer.rrset)
+        entry = _Cached(answer.expiration, tuple(value for value in values if value is not None))
         self._cache.put(key, entry)
         return entry
 
