@@ -11,9 +11,9 @@ scan-resistant cache that honours TTLs (and negative answers' SOA minimum).
 An uncached lookup is one query message sent straight to the configured
 servers from a fresh socket (so a fresh source port) per query, or a kept one
 for a server on a loopback address (``_Sockets``), TCP when the answer comes
-back truncated; dnspython builds the name, parses the answer and
-works out its CNAME chain and TTL (its ``Answer``), as its Resolver would: the
-same result for less CPU.  Why: the Resolver's per-query bookkeeping (a
+back truncated; the answer is read as dnspython's Resolver would read it (its
+``Answer``: the CNAME chain, the TTL, the records), a plain one straight from its
+bytes (``_positive``): the same result for less CPU.  Why: the Resolver's per-query bookkeeping (a
 Resolution, nameserver selection, retry state) and ``dns.query.udp``'s polling
 and parsing of every datagram are paid on every cold lookup, and a cold
 transaction makes several (see ``_udp_exchange``); ``make bench`` shows the
@@ -761,12 +761,14 @@ def _positive(data: bytes, qname: dns.name.Name, rdtype: int, end: int) -> _Posi
     Why: a cold transaction's lookups are mostly this case, and the full way builds a
     Message (the question parsed again although ``_udp_exchange`` compared its bytes,
     every record hashed in its canonical wire form into an RRset) and then looks the
-    records up again to follow the CNAMEs.  The records themselves are still decoded
-    by dnspython (``dns.rdata.from_wire_parser``), so a malformed one raises as before;
-    the RRset rules are dnspython's: records merge per (owner, class, type), the TTL is
-    the least of them (one above 2^31-1 counts as 0), a duplicate record is kept once,
-    the last of several CNAMEs of one owner replaces the others, and the chain is
-    followed from the question's name through the first target, at most 16 links.
+    records up again to follow the CNAMEs.  Records of the type asked for in their
+    plain forms are read from their bytes (``_plain``: the form every cold lookup
+    gets); every other record is decoded by dnspython (``dns.rdata.from_wire_parser``),
+    so a malformed one raises as before; the RRset rules are dnspython's: records merge
+    per (owner, class, type), the TTL is the least of them (one above 2^31-1 counts as
+    0), a duplicate record is kept once, the last of several CNAMEs of one owner
+    replaces the others, and the chain is followed from the question's name through
+    the first target, at most 16 links.
 
     ``end`` is where the question ends (its bytes are the ones sent, but for the case of
     letters: an owner that points to them is ``qname``, names compare case-blind)."""
