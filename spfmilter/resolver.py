@@ -12,9 +12,10 @@ An uncached lookup is one query message sent straight to the configured
 servers from a fresh socket (so a fresh source port) per query, or a kept one
 for a server on a loopback address (``_Sockets``), TCP when the answer comes
 back truncated; the answer is read as dnspython's Resolver would read it (its
-``Answer``: the CNAME chain, the TTL, the records), a plain one straight from its
-bytes (``_positive``): the same result for less CPU.  Why: the Resolver's per-query bookkeeping (a
-Resolution, nameserver selection, retry state) and ``dns.query.udp``'s polling
+``Answer``: the CNAME chain, the TTL, the records), a plain one straight from
+its bytes (``_positive``): the same result for less CPU.  Why: the Resolver's
+per-query bookkeeping (a Resolution, nameserver selection, retry state) and
+``dns.query.udp``'s polling
 and parsing of every datagram are paid on every cold lookup, and a cold
 transaction makes several (see ``_udp_exchange``); ``make bench`` shows the
 difference.  Servers that are not plain addresses (DNS over HTTPS or TLS in
@@ -542,8 +543,8 @@ def _udp_receive(sock: socket.socket, wire: bytes, question: bytes, deadline: fl
     switch.  dnspython polls before each send and each receive and parses every
     datagram; here the socket blocks in the kernel (with a receive timeout), so a
     lookup makes only the calls it needs (send and recv; socket, connect and close
-    where the socket is not kept), the
-    checks are on the header bytes, and dnspython parses only the answer.
+    where the socket is not kept), the checks are on the header bytes, and only
+    the answer is parsed.
     """
     qid = wire[:2]
     end = 12 + len(question)
@@ -669,9 +670,11 @@ _SAME: dict[int, Callable[[Any], Any]] = {
 _CNAME = dns.rdatatype.CNAME
 _IN = dns.rdataclass.IN
 _TEXT_TYPES = (dns.rdatatype.TXT, dns.rdatatype.SPF)
-
-
-_PLAIN_LABEL = re.compile(rb"[A-Za-z0-9_-]+")
+_PLAIN_LABEL = re.compile(rb"[A-Za-z0-9_-]+")   # a label whose text dnspython does not escape
+_SPECIAL = (dns.rdatatype.OPT, dns.rdatatype.TSIG)
+_MAX_CHAIN = 16                # dnspython's (dns.message.MAX_CHAIN)
+_MAX_TTL = 2**32 - 1
+_TO_QUESTION = b"\xc0\x0c"     # a compression pointer to the name right after the header
 
 
 def _plain_name(data: bytes, at: int, end: int) -> tuple[list[bytes], int] | None:
@@ -746,10 +749,6 @@ def _plain(data: bytes, at: int, rdlen: int, rdtype: int) -> tuple[Any, Any] | N
         strings.append(data[at - size:at])
     text = tuple(strings)
     return text, text
-_SPECIAL = (dns.rdatatype.OPT, dns.rdatatype.TSIG)
-_MAX_CHAIN = 16                # dnspython's (dns.message.MAX_CHAIN)
-_MAX_TTL = 2**32 - 1
-_TO_QUESTION = b"\xc0\x0c"     # a compression pointer to the name right after the header
 
 
 def _positive(data: bytes, qname: dns.name.Name, rdtype: int, end: int) -> _Positive | None:

@@ -589,9 +589,9 @@ def test_a_socket_is_used_again_only_after_its_answer_was_read(dns_server, monke
     assert resolver_mod._sockets._idle[dns_server.address] == [taken[4]]
 
 
-def test_the_late_answer_to_a_query_that_timed_out_answers_nothing_else(dns_server, monkeypatch):
-    """A query given up and the same name asked again at once: the second answer is its
-    own, however the first one's late datagram arrives."""
+def test_a_query_after_a_timeout_gets_a_socket_of_its_own(dns_server, monkeypatch):
+    """The socket of a query that timed out is not the next query's: the late answer
+    arrives on a closed socket, while the next query reads its own answer."""
     dns_server.update({"late2.test": [{"TXT": "v=spf1 -all"}, {"DELAY": 0.3}],
                        "next.test": [{"TXT": "v=spf1 +all"}, {"DELAY": 0.5}]})
     taken = _spy_on_sockets(monkeypatch)
