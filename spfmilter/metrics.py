@@ -71,6 +71,16 @@ class Metrics:
                                     registry=r)
         self.dns = (("lookups", self.dns_lookups), ("misses", self.dns_misses),
                     ("hits", self.dns_hits), ("timeouts", self.dns_timeouts))
+        # each labelled child once: ``labels()`` validates and locks on every call
+        self._children: dict[tuple[object, ...], Any] = {}
+
+    def child(self, metric: Any, *labels: str) -> Any:
+        """``metric.labels(*labels)``, kept (a handful of label values: results, actions)."""
+        key = (id(metric), *labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children.setdefault(key, metric.labels(*labels))
+        return found
 
 
 _lock = threading.Lock()
@@ -154,15 +164,16 @@ def record_evaluation(txn: Transaction) -> None:
     if source is not None:
         dns.sync(source())
     if txn.skipped:
-        m.skips.labels(txn.skipped).inc()
+        m.child(m.skips, txn.skipped).inc()
         return
     m.decision.observe(txn.seconds)
     for res in txn.results():
-        m.results.labels(res.identity, res.result).inc()
+        m.child(m.results, res.identity, res.result).inc()
 
 
 def record_verdict(verdict: Verdict) -> None:
-    current().actions.labels(verdict.action.value).inc()
+    m = current()
+    m.child(m.actions, verdict.action.value).inc()
 
 
 def connections_moved(by: int) -> None:

@@ -59,10 +59,16 @@ class Runtime:
                    observers=observers if observers is not None else standard_observers(settings))
 
 
-def standard_observers(settings: cfg.Settings) -> tuple[Observer, ...]:
+def standard_observers(settings: cfg.Settings, *,
+                       counting: bool | None = None) -> tuple[Observer, ...]:
     """The metrics, then the log: a count is made before the line that reports it is
-    written, so whoever waits for the line finds it counted."""
-    return (metrics.Counting(), log.DecisionLog(log_queue_id=settings.log_queue_id))
+    written, so whoever waits for the line finds it counted.  The metrics only when
+    ``Metrics`` is set (or ``counting`` says so): without the endpoint no one can read a
+    count, so no message pays for keeping one."""
+    lines = log.DecisionLog(log_queue_id=settings.log_queue_id)
+    if counting if counting is not None else settings.metrics is not None:
+        return (metrics.Counting(), lines)
+    return (lines,)
 
 
 def preload() -> None:
@@ -111,11 +117,12 @@ def reporter() -> Reporter:
     tuned, a server started or stopped, bad input before a message, the gauge of
     connections in flight): the current runtime's engine.  Before one is installed
     (a listener opened by the supervisor, ``spfmilter check`` setting up), the standard
-    observers of default settings: the same line and the same count, never lost."""
+    observers of default settings, counting too (nothing says yet whether ``Metrics``
+    is set): the same line and the same count, never lost."""
     current = current_or_none()
     return current.engine if current is not None else _before_any_runtime()
 
 
 @functools.cache
 def _before_any_runtime() -> Reporter:
-    return Reporter(standard_observers(cfg.Settings()))
+    return Reporter(standard_observers(cfg.Settings(), counting=True))

@@ -256,7 +256,7 @@ def test_a_milter_connection_moves_the_gauge_through_the_engines_observers(insta
 def test_the_standard_observers_move_the_metrics_connections_gauge(install, dns_server):
     """With the observers the daemon runs with, the gauge moves exactly as a front end's
     connections open and close (policy's count, here)."""
-    s = cfg.from_mapping({"Nameservers": dns_server.nameserver})
+    s = cfg.from_mapping({"Nameservers": dns_server.nameserver, "Metrics": "127.0.0.1:9100"})
     install(*runtime.standard_observers(s))
     def in_flight() -> float | None:
         return metrics.current().registry.get_sample_value("spfmilter_connections_in_flight")

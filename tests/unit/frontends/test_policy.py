@@ -87,7 +87,7 @@ def test_temperror_under_tempError_defer_is_defer_if_permit(use):
 
 
 def test_recipients_of_one_instance_share_one_evaluation_and_one_header(use, dns_server):
-    s = use()
+    s = use(Metrics="127.0.0.1:9100")   # counted only with the endpoint set
     metrics_before = metrics.TRANSACTIONS._value.get()
     first = s.answer(req(recipient="a@example.com"))
     queries = len(dns_server.queries)
