@@ -206,8 +206,10 @@ class Session:
     def wants_message(self) -> bool:
         """Whether end of message will need the message itself (DKIM_Rescue with a held
         refusal, or a relayed message whose refusal may be held at end of headers)."""
+        if not self.policy.dkim_rescue:
+            return False
         txn = self.transaction()
-        return self.policy.dkim_rescue and (txn.held is not None or txn.via_relay)
+        return txn.held is not None or txn.via_relay
 
     @property
     def needs_body(self) -> bool:
