@@ -12,6 +12,7 @@ import logging.handlers
 import os
 import stat
 import sys
+import time
 from collections.abc import Mapping
 
 from spfmilter.core.keyvalue import kv as kv  # the lines' form; spfmilter.log.kv for callers
@@ -20,6 +21,23 @@ from spfmilter.core.values import Verdict
 
 LOGGER_NAME = "spfmilter"
 log = logging.getLogger(LOGGER_NAME)
+
+
+class _Formatter(logging.Formatter):
+    """logging's own format, with the date and time written once per second: every
+    decision line needs them, and each is a localtime and a strftime otherwise."""
+
+    def __init__(self, fmt: str) -> None:
+        super().__init__(fmt)
+        self._second: tuple[int, str] = (-1, "")
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        second = int(record.created)
+        kept = self._second
+        if kept[0] != second:
+            kept = (second, time.strftime(self.default_time_format, self.converter(second)))
+            self._second = kept
+        return f"{kept[1]},{int(record.msecs):03d}"   # logging's default_msec_format
 
 
 def setup(debug_level: int = 1, *, stderr: bool | None = None,
@@ -43,16 +61,16 @@ def setup(debug_level: int = 1, *, stderr: bool | None = None,
     handler: logging.Handler
     if file:
         handler = logging.handlers.WatchedFileHandler(file)
-        handler.setFormatter(logging.Formatter("%(asctime)s spfmilter[%(process)d]: %(message)s"))
+        handler.setFormatter(_Formatter("%(asctime)s spfmilter[%(process)d]: %(message)s"))
     elif use_stderr and stderr is None and protocol_on_stdout and stderr_is_stdout():
         handler = logging.NullHandler()  # only syslog or a file can take them here
     elif use_stderr:
         handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s spfmilter[%(process)d]: %(message)s"))
+        handler.setFormatter(_Formatter("%(asctime)s spfmilter[%(process)d]: %(message)s"))
     else:
         handler = logging.handlers.SysLogHandler(
             address=syslog_socket, facility=logging.handlers.SysLogHandler.LOG_MAIL)
-        handler.setFormatter(logging.Formatter("spfmilter[%(process)d]: %(message)s"))
+        handler.setFormatter(_Formatter("spfmilter[%(process)d]: %(message)s"))
     root.addHandler(handler)
     root.setLevel(logging.DEBUG if debug_level >= 2 else logging.INFO)
     root.propagate = False
@@ -76,17 +94,21 @@ def decision(txn: Transaction, verdict: Verdict, recipient: str, *, log_queue_id
              **extra: object) -> None:
     """The decision line, the same from every front end (``extra``: where it came from;
     ``log_queue_id``: QueueID, a setting of the service, not of the policy)."""
+    if not log.isEnabledFor(logging.INFO):
+        return
     h, m = txn.helo_result, txn.mailfrom_result
     main = m or h
     facts = txn.facts
-    log.info("%s", kv(
+    # the line is the message itself (no arguments): logging formats nothing more into it
+    log.info(kv(
         action=verdict.action.value, reason=verdict.reason,
         identity=main.identity if main else None, result=main.result if main else None,
         helo_result=h.result if h else None,
-        authorizes_all=next((r.authorizes_all for r in (m, h) if r and r.authorizes_all), None),
+        authorizes_all=(m and m.authorizes_all) or (h and h.authorizes_all) or None,
         client_ip=facts.client_ip, helo=facts.helo, envelope_from=txn.sender,
         relay=txn.connection.client_ip if txn.hop is not None or txn.via_relay else None,
-        dkim=" ".join(f"{d.result}:{d.domain}" for d in txn.dkim_results) or None,
+        dkim=" ".join(f"{d.result}:{d.domain}" for d in txn.dkim_results)
+        if txn.dkim_results else None,
         rcpt=recipient, receiver=txn.policy.authserv_id,
         queue_id=(txn.queue_id or None) if log_queue_id else None, **extra,
         reply=f"{verdict.reply.code} {verdict.reply.status}" if verdict.reply else None))

@@ -22,7 +22,9 @@ def kv(**fields: object) -> str:
     for key, value in fields.items():
         if value is None:
             continue
-        text = clean(value if type(value) is str else str(value), 512)
+        text = value if type(value) is str else str(value)
+        if len(text) > 512 or not (text.isascii() and text.isprintable()):
+            text = clean(text, 512)   # (printable ASCII within the bound it leaves as it is)
         if not text or _NEEDS_QUOTES.search(text):
             text = '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
         parts.append(f"{key}={text}")

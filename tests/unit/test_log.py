@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import logging
 
+from spfmilter import log as log_module
 from spfmilter.log import DecisionLog
 from tests.kit import ROOT
 
@@ -58,3 +59,17 @@ def test_a_fault_without_its_exception_writes_no_traceback(caplog):
     with caplog.at_level(logging.DEBUG, logger="spfmilter"):
         DecisionLog(log_queue_id=True).fault("policy-close", "OSError: x", {}, None)
     assert [r.getMessage() for r in caplog.records] == ['action=policy-close error="OSError: x"']
+
+
+def test_the_time_on_a_line_is_what_loggings_own_formatter_writes():
+    """The formatter writes the date once per second; every record still gets the
+    text logging's default formatter would give it, its milliseconds included,
+    across second boundaries and back again."""
+    fmt = "%(asctime)s spfmilter[%(process)d]: %(message)s"
+    ours, standard = log_module._Formatter(fmt), logging.Formatter(fmt)
+    base = 1_764_000_000.0
+    for created in (base + 0.001, base + 0.999, base + 1.0, base + 1.5004, base + 59.25,
+                    base + 0.5, base + 86_400.0, base + 86_400.9996):
+        record = logging.LogRecord("spfmilter", logging.INFO, "", 0, "action=x", None, None)
+        record.created, record.msecs = created, (created - int(created)) * 1000
+        assert ours.format(record) == standard.format(record)
