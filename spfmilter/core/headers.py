@@ -63,7 +63,20 @@ _COMMENT_SPECIALS = re.compile(r"([()\\])")
 
 def comment(text: str) -> str:
     """Escape text for use inside an RFC 5322 comment."""
+    if "(" not in text and ")" not in text and "\\" not in text:
+        return text
     return _COMMENT_SPECIALS.sub(r"\\\1", text)
+
+
+_DESCRIBED = {
+    "pass": "domain of {who} designates {ip} as permitted sender",
+    "fail": "domain of {who} does not designate {ip} as permitted sender",
+    "softfail": "transitioning domain of {who} does not designate {ip} as permitted sender",
+    "neutral": "{ip} is neither permitted nor denied by domain of {who}",
+    "none": "domain of {who} does not designate permitted sender hosts",
+    "permerror": "permanent error in processing during lookup of {who}: {why}",
+    "temperror": "temporary error in processing during lookup of {who}: {why}",
+}
 
 
 def _describe(res: SPFResult, ip: str) -> str:
@@ -72,44 +85,39 @@ def _describe(res: SPFResult, ip: str) -> str:
     who = res.sender or "the sender"
     if res.result == "pass" and (res.mechanism or "").startswith("local:"):
         return f"{ip} is permitted for {who} by local policy (Local_Rules)"
-    texts = {
-        "pass": f"domain of {who} designates {ip} as permitted sender",
-        "fail": f"domain of {who} does not designate {ip} as permitted sender",
-        "softfail": f"transitioning domain of {who} does not designate {ip} as permitted sender",
-        "neutral": f"{ip} is neither permitted nor denied by domain of {who}",
-        "none": f"domain of {who} does not designate permitted sender hosts",
-        "permerror": f"permanent error in processing during lookup of {who}: {res.explanation}",
-        "temperror": f"temporary error in processing during lookup of {who}: {res.explanation}",
-    }
+    text = _DESCRIBED[res.result].format(who=who, ip=ip, why=res.explanation)
     if res.authorizes_all and res.result in ("pass", "neutral"):  # see decision.reported
-        return f"{texts[res.result]}; its record authorizes every address: {res.authorizes_all}"
-    return texts[res.result]
+        return f"{text}; its record authorizes every address: {res.authorizes_all}"
+    return text
+
+
+def _pair(key: str, value: str) -> str:
+    """``key=value;`` with the value a dot-atom when it is one, else quoted."""
+    return f"{key}={value if _DOT_ATOM.match(value) else quote(value)};"
 
 
 def received_spf(res: SPFResult, *, client_ip: str, helo: str, envelope_from: str,
                  receiver: str | None) -> str:
     """The Received-SPF value (without the field name) for one identity."""
     ip = clean(client_ip, 64)
-    prefix = f"{receiver}: " if receiver else ""
     described = _describe(res, ip)
+    if receiver:
+        described = f"{receiver}: {described}"
     if res.best_guess:
         described += f"; best guess record gives {res.best_guess}"
     # escaping may double it: 450 characters stay within one 998-character line
-    text = comment(clean(prefix + described, 450))
-    pairs = [("client-ip", ip)]
+    items = [f"{res.result} ({comment(clean(described, 450))})", _pair("client-ip", ip)]
     if res.identity == "mailfrom":
-        pairs.append(("envelope-from", clean(envelope_from or res.sender)))
+        items.append(_pair("envelope-from", clean(envelope_from or res.sender)))
     if helo:
-        pairs.append(("helo", clean(helo)))
+        items.append(_pair("helo", clean(helo)))
     if receiver:
-        pairs.append(("receiver", receiver))
+        items.append(_pair("receiver", receiver))
     if res.mechanism:
-        pairs.append(("mechanism", clean(res.mechanism)))
+        items.append(_pair("mechanism", clean(res.mechanism)))
     if res.result in ("permerror", "temperror"):
-        pairs.append(("problem", clean(res.explanation)))
-    pairs.append(("identity", res.identity))
-    items = [f"{res.result} ({text})"] + [f"{k}={quote(v)};" for k, v in pairs]
-    items[-1] = items[-1].rstrip(";")
+        items.append(_pair("problem", clean(res.explanation)))
+    items.append(f"identity={quote(res.identity)}")
     line = " ".join(items)
     if len(RECEIVED_SPF) + 2 + len(line) <= MAX_LINE:
         return line
