@@ -15,7 +15,6 @@ installed is refused, not sent to the network behind our back.
 from __future__ import annotations
 
 import contextvars
-import dataclasses
 import ipaddress
 import math
 import re
@@ -551,12 +550,12 @@ def evaluate(identity: Identity, ip: str, sender: str, helo: str, *, resolver: R
     memo = _memo_of(resolver)
     client = parse_ip(ip)    # as pyspf's set_ip takes it: an IPv4-mapped address is IPv4
     assert client is not None
-    key = (identity, checked.rpartition("@")[2], client.version, receiver, lookup_time,
-           void_limit, local_rules, best_guess)
+    domain = domain_of(checked)
+    key = (identity, domain, client.version, receiver, lookup_time, void_limit, local_rules,
+           best_guess)
     kept = memo.find(key, client, attempt)
     if kept is not None:
-        return dataclasses.replace(kept, sender=checked, domain=domain_of(checked),
-                                   seconds=time.monotonic() - started)
+        return _copied(kept, sender=checked, domain=domain, seconds=time.monotonic() - started)
     recorded = spf_memo.Recording()
     mark = attempt.mark()
     token = spf_memo.recording.set(recorded)
@@ -568,6 +567,15 @@ def evaluate(identity: Identity, ip: str, sender: str, helo: str, *, resolver: R
     if recorded.keepable and not attempt.missed and result.result != "temperror":
         memo.keep(key, recorded.tests, result, attempt.used_since(mark))
     return result
+
+
+def _copied(result: SPFResult, **changes: object) -> SPFResult:
+    """``dataclasses.replace`` without its walk over the fields' definitions (a kept
+    result is copied for every message it answers): a frozen SPFResult has no
+    ``__post_init__``, so its fields are all there is to copy."""
+    copy = object.__new__(SPFResult)
+    copy.__dict__.update(result.__dict__, **changes)
+    return copy
 
 
 _memos: weakref.WeakKeyDictionary[Resolver, spf_memo.ResultMemo] = weakref.WeakKeyDictionary()

@@ -39,15 +39,29 @@ _Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 Test = tuple[str, tuple[_Network | None, ...]]
 
 
+# A test's networks as integers, (version, netmask, network address) each, None for
+# ``all``: a client is tested against them as one integer, not through ipaddress
+Compiled = tuple[tuple[int, int, int] | None, ...]
+
+
+def compiled(test: Test) -> Compiled:
+    return tuple(None if n is None else (n.version, int(n.netmask), int(n.network_address))
+                 for n in test[1])
+
+
 def outcome(test: Test, client: _Address) -> int:
-    kind, networks = test
-    if kind == "any":
+    """The outcome of ``test`` for ``client``, as the evaluation recorded it."""
+    return _outcome(test[0] == "any", compiled(test), client.version, int(client))
+
+
+def _outcome(any_: bool, networks: Compiled, version: int, value: int) -> int:
+    if any_:
         for network in networks:
-            if network is not None and client in network:
+            if network is not None and network[0] == version and value & network[1] == network[2]:
                 return 1
         return 0
     for index, network in enumerate(networks):
-        if network is None or client in network:
+        if network is None or (network[0] == version and value & network[1] == network[2]):
             return index
     return -1
 
@@ -100,10 +114,12 @@ class _Leaf:
 
 
 class _Node:
-    __slots__ = ("test", "branches")
+    __slots__ = ("test", "any", "networks", "branches")
 
-    def __init__(self, test: Test) -> None:
+    def __init__(self, test: Test, networks: Compiled) -> None:
         self.test = test
+        self.any = test[0] == "any"
+        self.networks = networks
         self.branches: dict[int, _Node | _Leaf] = {}
 
 
@@ -113,15 +129,6 @@ class _Tree:
     def __init__(self, top: _Node | _Leaf) -> None:
         self.top = top
         self.leaves = 1
-
-
-def _chain(tests: Sequence[tuple[Test, int]], leaf: _Leaf) -> _Node | _Leaf:
-    child: _Node | _Leaf = leaf
-    for test, result in reversed(tests):
-        node = _Node(test)
-        node.branches[result] = child
-        child = node
-    return child
 
 
 class ResultMemo:
@@ -139,6 +146,7 @@ class ResultMemo:
         self.size = 0
         self._trees: dict[Any, _Tree] = {}
         self._held: dict[Any, Any] = {}   # each test and entry name once: itself
+        self._compiled: dict[Test, Compiled] = {}   # each held test's networks as integers
 
     def _hold(self, item: Any, size: int) -> Any:
         held = self._held.get(item)
@@ -147,15 +155,25 @@ class ResultMemo:
             self.size += size
         return held
 
+    def _hold_test(self, test: Test) -> Test:
+        """The test held once, its networks compiled once (they count four references
+        each: the three integers and their tuple)."""
+        held = self._hold(test, 1 + len(test[1]))
+        if held not in self._compiled:
+            self._compiled[held] = compiled(held)
+            self.size += 4 * len(held[1])
+        return held  # type: ignore[no-any-return]
+
     def find(self, key: Any, client: _Address, attempt: CacheOnly) -> SPFResult | None:
         """The kept result for ``client``, if its path is known and every answer it was
         computed from is still in the cache (then counted as used by ``attempt``)."""
         tree = self._trees.get(key)
         if tree is None:
             return None
+        version, value = client.version, int(client)
         node: _Node | _Leaf | None = tree.top
         while type(node) is _Node:
-            node = node.branches.get(outcome(node.test, client))
+            node = node.branches.get(_outcome(node.any, node.networks, version, value))
         if node is None or not attempt.reuse(node.used):  # type: ignore[union-attr]
             return None
         return node.result  # type: ignore[union-attr]
@@ -165,9 +183,10 @@ class ResultMemo:
         if self.size > self.max_size:
             self._trees.clear()
             self._held.clear()
+            self._compiled.clear()
             self.size = 0
         used = tuple(self._hold(name, 3) for name in used)
-        tests = [(self._hold(test, 1 + len(test[1])), outcome_) for test, outcome_ in tests]
+        tests = [(self._hold_test(test), outcome_) for test, outcome_ in tests]
         leaf = _Leaf(result, used)
         self.size += 1 + len(used)
         tree = self._trees.get(key)
@@ -201,5 +220,11 @@ class ResultMemo:
         self._trees[key] = _Tree(self._chain(tests, leaf))
 
     def _chain(self, tests: Sequence[tuple[Test, int]], leaf: _Leaf) -> _Node | _Leaf:
+        """The path of ``tests`` (held) down to ``leaf``."""
         self.size += 2 * len(tests)
-        return _chain(tests, leaf)
+        child: _Node | _Leaf = leaf
+        for test, result in reversed(tests):
+            node = _Node(test, self._compiled[test])
+            node.branches[result] = child
+            child = node
+        return child

@@ -135,6 +135,20 @@ def test_a_kept_result_ends_with_the_record_it_came_from():
         assert _kept_way(resolver, "198.51.100.1", "change.memo.test").result == "pass"
 
 
+@pytest.mark.parametrize("client, first", [
+    ("192.0.2.10", 1), ("8.8.8.8", -1), ("2001:db8::1", 1), ("2001:db9::1", -1)])
+def test_a_client_is_in_no_network_of_the_other_ip_version(client, first):
+    """Address tests are made on integers: an IPv4 address is never inside ``::/0`` (nor
+    an IPv6 one inside ``0.0.0.0/0``), as ipaddress and pyspf have it."""
+    address = ipaddress.ip_address(client)
+    everything, own = (("::/0", "192.0.2.0/24") if address.version == 4
+                       else ("0.0.0.0/0", "2001:db8::/32"))
+    networks = (ipaddress.ip_network(everything), ipaddress.ip_network(own))
+    assert spf_memo.outcome(("first", networks), address) == first
+    assert spf_memo.outcome(("any", networks[:1]), address) == 0
+    assert spf_memo.outcome(("any", networks), address) == int(first == 1)
+
+
 def test_kept_results_are_bounded_in_trees_and_in_paths_per_tree():
     memo = spf_memo.ResultMemo(trees=8, leaves=4)
     result = SPFResult("mailfrom", "pass", "u@d.test", "d.test", "", False)
@@ -155,7 +169,9 @@ def test_what_kept_paths_hold_together_is_bounded():
     for n in range(200):
         wide = ("first", tuple(ipaddress.ip_network(f"10.{n}.{i}.0/24") for i in range(100)))
         memo.keep(("d", n), [(wide, 0)] * 10, result, ())
-        assert memo.size <= 5_000 + 200
+        # past the bound by at most one path: its test (101), its networks as integers
+        # (4 x 100), its nodes and leaf
+        assert memo.size <= 5_000 + 101 + 400 + 30
     assert len(memo._trees) < 200
 
 
@@ -165,7 +181,7 @@ def test_paths_that_share_tests_and_answers_hold_them_once():
     wide = ("first", tuple(ipaddress.ip_network(f"10.0.{i}.0/24") for i in range(100)))
     for n in range(50):
         memo.keep(("d", n), [(("first", tuple(wide[1])), n % 7)], result, ())
-    assert memo.size < 50 * 10 + 101
+    assert memo.size < 50 * 10 + 101 + 400   # the test and its integers once
 
 
 def test_a_kept_result_holds_no_answer_the_cache_has_let_go(server):
