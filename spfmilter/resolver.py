@@ -108,9 +108,16 @@ class CacheOnly:
         """The cache entries this attempt read after ``mark`` (named by serial)."""
         return tuple(self._used[mark:])
 
-    def reuse(self, used: Used) -> bool:
+    def reuse(self, used: Used, cache: _Cache | None = None) -> bool:
         """Count ``used`` as read by this attempt if every entry is still the one in its
-        cache (neither expired nor replaced): whatever was derived from them stands."""
+        cache (neither expired nor replaced): whatever was derived from them stands.
+
+        ``cache``: the one cache every entry of ``used`` is in, when the caller knows
+        it.  Whatever is derived from them is the attempt's whole answer then (a kept
+        result), so it stands at once: the entries are checked and read (counted as
+        hits, moved) under one hold of that cache's lock, not held for ``confirm``."""
+        if cache is not None:
+            return cache.take(used)
         for cache in {cache for cache, _key, _serial in used}:
             if not cache.holds((key, serial) for c, key, serial in used if c is cache):
                 return False
@@ -323,6 +330,20 @@ class _Cache:
                 entry = self._protected.get(key) or self._probation.get(key)
                 if entry is None or entry.serial != serial or entry.expiration <= now:
                     return False
+        return True
+
+    def take(self, used: Used) -> bool:
+        """Whether each entry of ``used`` (all of this cache) is still the live entry of
+        its key; if so each is read as ``get`` reads it, all under one hold of the lock."""
+        now = time.time()
+        with self._lock:
+            protected, probation = self._protected, self._probation
+            for _cache, key, serial in used:
+                entry = protected.get(key) or probation.get(key)
+                if entry is None or entry.serial != serial or entry.expiration <= now:
+                    return False
+            for _cache, key, _serial in used:
+                self._get(key, now)
         return True
 
     def put(self, key: tuple[str, str], entry: _Cached) -> None:

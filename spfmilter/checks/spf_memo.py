@@ -106,11 +106,14 @@ recording: contextvars.ContextVar[Recording | None] = contextvars.ContextVar(
 
 
 class _Leaf:
-    __slots__ = ("result", "used")
+    __slots__ = ("result", "used", "cache")
 
     def __init__(self, result: SPFResult, used: Used) -> None:
         self.result = result
         self.used = used
+        caches = {cache for cache, _key, _serial in used}
+        # the one cache all of them are in (the usual case: checked in one step)
+        self.cache = caches.pop() if len(caches) == 1 else None
 
 
 class _Node:
@@ -174,7 +177,7 @@ class ResultMemo:
         node: _Node | _Leaf | None = tree.top
         while type(node) is _Node:
             node = node.branches.get(_outcome(node.any, node.networks, version, value))
-        if node is None or not attempt.reuse(node.used):  # type: ignore[union-attr]
+        if node is None or not attempt.reuse(node.used, node.cache):  # type: ignore[union-attr]
             return None
         return node.result  # type: ignore[union-attr]
 

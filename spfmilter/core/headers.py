@@ -18,6 +18,7 @@ it): the core imports nothing outside it and the standard library.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Sequence
 
@@ -92,8 +93,14 @@ def _describe(res: SPFResult, ip: str) -> str:
 
 
 def _pair(key: str, value: str) -> str:
-    """``key=value;`` with the value a dot-atom when it is one, else quoted."""
+    """``key=value;`` with the value cleaned, then a dot-atom when it is one, else quoted."""
+    value = clean(value)
     return f"{key}={value if _DOT_ATOM.match(value) else quote(value)};"
+
+
+# The same HELO names, receivers and mechanisms come back message after message: their
+# pairs are kept (a pure function of the text; bounded, least recently used first out).
+_kept_pair = functools.lru_cache(maxsize=4096)(_pair)
 
 
 def received_spf(res: SPFResult, *, client_ip: str, helo: str, envelope_from: str,
@@ -108,15 +115,15 @@ def received_spf(res: SPFResult, *, client_ip: str, helo: str, envelope_from: st
     # escaping may double it: 450 characters stay within one 998-character line
     items = [f"{res.result} ({comment(clean(described, 450))})", _pair("client-ip", ip)]
     if res.identity == "mailfrom":
-        items.append(_pair("envelope-from", clean(envelope_from or res.sender)))
+        items.append(_pair("envelope-from", envelope_from or res.sender))
     if helo:
-        items.append(_pair("helo", clean(helo)))
+        items.append(_kept_pair("helo", helo))
     if receiver:
-        items.append(_pair("receiver", receiver))
+        items.append(_kept_pair("receiver", receiver))
     if res.mechanism:
-        items.append(_pair("mechanism", clean(res.mechanism)))
+        items.append(_kept_pair("mechanism", res.mechanism))
     if res.result in ("permerror", "temperror"):
-        items.append(_pair("problem", clean(res.explanation)))
+        items.append(_pair("problem", res.explanation))
     items.append(f"identity={quote(res.identity)}")
     line = " ".join(items)
     if len(RECEIVED_SPF) + 2 + len(line) <= MAX_LINE:
@@ -141,6 +148,7 @@ def _ascii(text: str) -> str:
     return "".join(ch if ch.isascii() else "?" for ch in text)
 
 
+@functools.lru_cache(maxsize=4096)   # HELO names and sender domains come back: kept
 def _pvalue_domain(name: str) -> str:
     """An RFC 8601 pvalue for a domain: its ASCII (A-label) form, or a quoted-string.
 

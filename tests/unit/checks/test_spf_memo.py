@@ -67,8 +67,17 @@ def _evaluate(resolver, ip, domain, identity="mailfrom"):
                               void_limit=2)
 
 
-def _kept_way(resolver, ip, domain, identity="mailfrom"):
-    """The way a message's evaluation goes once its records are cached (the memo's way)."""
+def _kept_way(resolver, ip, domain, identity="mailfrom", walk=False):
+    """The way a message's evaluation goes once its records are cached (the memo's way);
+    with ``walk``, without the kept results (pyspf walks the cached records)."""
+    if walk:
+        memo = spf_check._memo_of(resolver)
+        kept, memo._trees = memo._trees, {}
+        try:
+            return spf_check.each([lambda: _evaluate(resolver, ip, domain, identity)], [domain],
+                                  resolver)[0]
+        finally:
+            memo._trees = kept
     done = spf_check.each([lambda: _evaluate(resolver, ip, domain, identity)], [domain], resolver)
     return done[0]
 
@@ -111,6 +120,23 @@ def test_a_new_client_of_a_known_kind_is_answered_without_pyspf(server, monkeypa
     walks.clear()
     _same(_kept_way(resolver, "192.0.2.152", "nested.memo.test"), other)
     assert walks == []
+
+
+def test_a_kept_result_counts_each_answer_it_came_from_as_one_cache_hit(server, monkeypatch):
+    """A message answered by a kept result reads its answers as the walk would have: each
+    counted once as a cache hit, none as a lookup on the network."""
+    resolver = Resolver((server.address,), timeout=2.0)
+    _kept_way(resolver, "192.0.2.10", "nested.memo.test")
+    _kept_way(resolver, "192.0.2.10", "nested.memo.test")   # cached and kept now
+    before = resolver.stats()
+    walked = _kept_way(resolver, "192.0.2.11", "nested.memo.test", walk=True)
+    by_walk = resolver.stats()["hits"] - before["hits"]
+    assert by_walk > 1
+    before = resolver.stats()
+    monkeypatch.setattr(spf_check._Query, "check", lambda *a, **k: pytest.fail("walked"))
+    _same(_kept_way(resolver, "192.0.2.12", "nested.memo.test"), walked)
+    after = resolver.stats()
+    assert (after["hits"] - before["hits"], after["misses"] - before["misses"]) == (by_walk, 0)
 
 
 def test_an_explanation_that_shows_the_client_address_is_never_kept(resolver):

@@ -1,6 +1,11 @@
 """The one definition of client addresses, domains and recipient patterns."""
 
+import ipaddress
+
 import pytest
+from hypothesis import given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
 from spfmilter.config_values import networks as _networks
 from spfmilter.core.addresses import (
@@ -9,6 +14,7 @@ from spfmilter.core.addresses import (
     client_address,
     in_networks,
     is_domain,
+    parse_ip,
     recipient_matches,
     recipient_pattern,
     strip_brackets,
@@ -67,3 +73,29 @@ def test_ascii_address_keeps_the_sender_recognisable(address, ascii):
 def test_ascii_domain_is_a_labels_or_escapes():
     assert ascii_domain("bücher.example") == "xn--bcher-kva.example"
     assert ascii_domain("x" * 70 + "ü.example").isascii()   # too long a label for IDNA
+
+
+def _ipaddress_reading(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        addr = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped:
+        return addr.ipv4_mapped
+    return addr
+
+
+_OCTETS = st.one_of(st.integers(0, 300).map(str),
+                    st.sampled_from(["00", "01", "007", "0x1", "1e1", " 1", "1 ", "+1", "-1", "",
+                                     "\u0663", "\u00b2", "1\x00", "1\n"]))
+
+
+@hsettings(max_examples=3000, deadline=None)
+@given(st.one_of(st.lists(_OCTETS, min_size=1, max_size=6).map(".".join),
+                 st.text(max_size=24), st.ip_addresses().map(str)))
+def test_an_address_is_read_as_ipaddress_reads_it(text):
+    """Dotted quads are read by a pattern of our own, not by ipaddress: every text --
+    leading zeros, signs, spaces, non-ASCII digits, too many or too few parts, every
+    real address -- still means what ipaddress (an IPv4-mapped address as IPv4) says."""
+    parse_ip.cache_clear()
+    assert parse_ip(text) == _ipaddress_reading(text)
