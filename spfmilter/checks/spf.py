@@ -208,6 +208,16 @@ def _matches_everything(term: str, ipv6: bool) -> bool:
     return prefix is not None and int(prefix) == 0
 
 
+_ANSWER_OF = {"pass": 0, "fail": 1, "softfail": 2, "neutral": 3}
+
+
+def _answers(listed: _Listed) -> tuple[str, tuple[int, ...]]:
+    """An address list's kept-result test by answer (see spf_memo.Test): each term's
+    result as a number, and last the result when no term holds the client (neutral)."""
+    return ("answer", tuple(_ANSWER_OF[result] for _, _, result in listed)
+            + (_ANSWER_OF["neutral"],))
+
+
 def _covers_all(listed: _Listed) -> bool:
     """Whether the pass terms of an address list (ip4/ip6 networks and ``all``, for one
     IP version) together cover every address of that version."""
@@ -372,7 +382,14 @@ class _Query(spf.query):  # type: ignore[misc]  # pyspf has no type hints
                 else:
                     index, result, mech = -1, "neutral", None   # no match, no redirect: the default
                 if recorded is not None:
-                    recorded.tested("first", [network for network, _, _ in networks], index)
+                    if recursion and not covers_all:
+                        # below the top the walk gives back only its result (the mechanism
+                        # is the top record's): any network with the same result leads on alike
+                        answers = _answers(networks)
+                        recorded.tested(answers, [network for network, _, _ in networks],
+                                        answers[1][index])
+                    else:
+                        recorded.tested("first", [network for network, _, _ in networks], index)
                 if not recursion:
                     self.mechanism = mech
                 if result == "pass" and covers_all:

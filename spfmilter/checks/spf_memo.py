@@ -7,9 +7,10 @@ a few ways.
 Why it is exact: an evaluation whose records hold no macro, no ``ptr``, no ``exists``
 and no ``exp=`` depends on the client address only through its IP version and through
 the outcome of each address test it makes ("is the client in one of these networks",
-"which of these networks is the first to hold it").  Given the same cached answers, the
-same outcomes take pyspf down the same path to the same result, lookup and void counts
-included.  So each (identity, domain, IP version, settings) has a tree: each inner node
+"which of these networks is the first to hold it"; below the top record, where a list's
+walk gives back only its result, "which result does the first network to hold it
+give").  Given the same cached answers, the same outcomes take pyspf down the same path
+to the same result, lookup and void counts included.  So each (identity, domain, IP version, settings) has a tree: each inner node
 is the address test the evaluation made next, each branch one of its outcomes, each leaf
 the result and the cache entries the evaluation read.  A new client is walked down the
 tree with its own address; a leaf answers only while every entry it was computed from is
@@ -35,8 +36,10 @@ from spfmilter.resolver import CacheOnly, Used
 _Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 _Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 # ("any", networks): whether the client is in one of them (pyspf's cidrmatch);
-# ("first", networks or None for ``all``): the index of the first that holds it, -1 if none
-Test = tuple[str, tuple[_Network | None, ...]]
+# ("first", networks or None for ``all``): the index of the first that holds it, -1 if none;
+# (("answer", answers), networks): the answer of the first that holds it (answers[i]), or
+# the last answer if none does -- for a walk whose outcome is only the result it gives
+Test = tuple[Any, tuple[_Network | None, ...]]
 
 
 # A test's networks as integers, (version, netmask, network address) each, None for
@@ -49,21 +52,35 @@ def compiled(test: Test) -> Compiled:
                  for n in test[1])
 
 
+_ANY, _FIRST, _ANSWER = 0, 1, 2
+
+
+def _mode(test: Test) -> tuple[int, tuple[int, ...]]:
+    kind = test[0]
+    if kind == "any":
+        return _ANY, ()
+    if kind == "first":
+        return _FIRST, ()
+    return _ANSWER, kind[1]
+
+
 def outcome(test: Test, client: _Address) -> int:
     """The outcome of ``test`` for ``client``, as the evaluation recorded it."""
-    return _outcome(test[0] == "any", compiled(test), client.version, int(client))
+    mode, answers = _mode(test)
+    return _outcome(mode, compiled(test), answers, client.version, int(client))
 
 
-def _outcome(any_: bool, networks: Compiled, version: int, value: int) -> int:
-    if any_:
+def _outcome(mode: int, networks: Compiled, answers: tuple[int, ...], version: int,
+             value: int) -> int:
+    if mode == _ANY:
         for network in networks:
             if network is not None and network[0] == version and value & network[1] == network[2]:
                 return 1
         return 0
     for index, network in enumerate(networks):
         if network is None or (network[0] == version and value & network[1] == network[2]):
-            return index
-    return -1
+            return index if mode == _FIRST else answers[index]
+    return -1 if mode == _FIRST else answers[-1]
 
 
 _NOT_KEPT = ("ptr", "exists", "exp=")
@@ -97,7 +114,7 @@ class Recording:
         if self.keepable and not keepable(text):
             self.keepable = False
 
-    def tested(self, kind: str, networks: Sequence[_Network | None], result: int) -> None:
+    def tested(self, kind: Any, networks: Sequence[_Network | None], result: int) -> None:
         self.tests.append(((kind, tuple(networks)), result))
 
 
@@ -117,11 +134,11 @@ class _Leaf:
 
 
 class _Node:
-    __slots__ = ("test", "any", "networks", "branches")
+    __slots__ = ("test", "mode", "answers", "networks", "branches")
 
     def __init__(self, test: Test, networks: Compiled) -> None:
         self.test = test
-        self.any = test[0] == "any"
+        self.mode, self.answers = _mode(test)
         self.networks = networks
         self.branches: dict[int, _Node | _Leaf] = {}
 
@@ -161,7 +178,7 @@ class ResultMemo:
     def _hold_test(self, test: Test) -> Test:
         """The test held once, its networks compiled once (they count four references
         each: the three integers and their tuple)."""
-        held = self._hold(test, 1 + len(test[1]))
+        held = self._hold(test, 2 + 2 * len(test[1]))   # (an answer test's answers too)
         if held not in self._compiled:
             self._compiled[held] = compiled(held)
             self.size += 4 * len(held[1])
@@ -176,7 +193,8 @@ class ResultMemo:
         version, value = client.version, int(client)
         node: _Node | _Leaf | None = tree.top
         while type(node) is _Node:
-            node = node.branches.get(_outcome(node.any, node.networks, version, value))
+            node = node.branches.get(_outcome(node.mode, node.networks, node.answers, version,
+                                              value))
         if node is None or not attempt.reuse(node.used, node.cache):  # type: ignore[union-attr]
             return None
         return node.result  # type: ignore[union-attr]

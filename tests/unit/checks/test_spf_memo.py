@@ -34,6 +34,8 @@ ZONES = {
     "all.memo.test": [{"TXT": "v=spf1 ip4:192.0.2.0/24 +all"}],
     "everything.memo.test": [{"TXT": "v=spf1 include:wide.memo.test -all"}],
     "wide.memo.test": [{"TXT": "v=spf1 ip4:0.0.0.0/1 ip4:128.0.0.0/1 ip6:::/0 -all"}],
+    "pair.memo.test": [{"TXT": "v=spf1 ip4:192.0.2.0/25 ip4:198.51.100.0/24 -all"}],
+    "incpair.memo.test": [{"TXT": "v=spf1 include:pair.memo.test -all"}],
     # what reads the client address other than by address tests: never kept
     "exp.memo.test": [{"TXT": "v=spf1 ip4:192.0.2.0/24 -all exp=why.memo.test"}],
     "why.memo.test": [{"TXT": "%{i} may not send for %{d}"}],
@@ -122,6 +124,37 @@ def test_a_new_client_of_a_known_kind_is_answered_without_pyspf(server, monkeypa
     assert walks == []
 
 
+def test_clients_of_different_terms_of_an_included_list_share_one_kept_result(server,
+                                                                             monkeypatch):
+    """Below the top record an address list gives back only its result: a client matched
+    by another term with the same result takes the same kept result, without pyspf."""
+    resolver = Resolver((server.address,), timeout=2.0)
+    _kept_way(resolver, "192.0.2.10", "incpair.memo.test")
+    first = _kept_way(resolver, "192.0.2.10", "incpair.memo.test")
+    monkeypatch.setattr(spf_check._Query, "check", lambda *a, **k: pytest.fail("walked"))
+    again = _kept_way(resolver, "198.51.100.7", "incpair.memo.test")
+    _same(again, first)
+    monkeypatch.undo()
+    _same(again, _evaluate(resolver, "198.51.100.7", "incpair.memo.test"))
+
+
+@pytest.mark.parametrize("domain, ips, field", [
+    ("pair.memo.test", ["192.0.2.10", "198.51.100.7"], "mechanism"),   # the top record's term
+    ("everything.memo.test", ["8.8.8.8", "192.0.2.10"], "authorizes_all"),   # a covering list
+])
+def test_a_kept_result_keeps_the_term_that_matched_where_it_is_reported(server, domain, ips,
+                                                                        field):
+    """Where the matching term shows (the top record's mechanism, the term of an included
+    list that authorizes every address), clients of another term get their own result."""
+    resolver = Resolver((server.address,), timeout=2.0)
+    for ip in ips:
+        _kept_way(resolver, ip, domain)
+        _kept_way(resolver, ip, domain)
+    kept = [getattr(_kept_way(resolver, ip, domain), field) for ip in ips]
+    assert kept == [getattr(_evaluate(resolver, ip, domain), field) for ip in ips]
+    assert kept[0] != kept[1]
+
+
 def test_a_kept_result_counts_each_answer_it_came_from_as_one_cache_hit(server, monkeypatch):
     """A message answered by a kept result reads its answers as the walk would have: each
     counted once as a cache hit, none as a lookup on the network."""
@@ -195,9 +228,9 @@ def test_what_kept_paths_hold_together_is_bounded():
     for n in range(200):
         wide = ("first", tuple(ipaddress.ip_network(f"10.{n}.{i}.0/24") for i in range(100)))
         memo.keep(("d", n), [(wide, 0)] * 10, result, ())
-        # past the bound by at most one path: its test (101), its networks as integers
-        # (4 x 100), its nodes and leaf
-        assert memo.size <= 5_000 + 101 + 400 + 30
+        # past the bound by at most one path: its test (2 + 2 x 100), its networks as
+        # integers (4 x 100), its nodes and leaf
+        assert memo.size <= 5_000 + 202 + 400 + 30
     assert len(memo._trees) < 200
 
 
@@ -207,7 +240,7 @@ def test_paths_that_share_tests_and_answers_hold_them_once():
     wide = ("first", tuple(ipaddress.ip_network(f"10.0.{i}.0/24") for i in range(100)))
     for n in range(50):
         memo.keep(("d", n), [(("first", tuple(wide[1])), n % 7)], result, ())
-    assert memo.size < 50 * 10 + 101 + 400   # the test and its integers once
+    assert memo.size < 50 * 10 + 202 + 400   # the test and its integers once
 
 
 def test_a_kept_result_holds_no_answer_the_cache_has_let_go(server):
