@@ -10,13 +10,14 @@ the outcome of each address test it makes ("is the client in one of these networ
 "which of these networks is the first to hold it"; below the top record, where a list's
 walk gives back only its result, "which result does the first network to hold it
 give").  Given the same cached answers, the same outcomes take pyspf down the same path
-to the same result, lookup and void counts included.  So each (identity, domain, IP version, settings) has a tree: each inner node
-is the address test the evaluation made next, each branch one of its outcomes, each leaf
-the result and the cache entries the evaluation read.  A new client is walked down the
-tree with its own address; a leaf answers only while every entry it was computed from is
-still the very one in the cache (not expired, not replaced: named by its serial, so that a
-leaf holds no answer the cache has let go), so a kept result never outlives the records
-it came from.  A path not seen yet is evaluated by pyspf and added.
+to the same result, lookup and void counts included.  So each (identity, domain, IP
+version, settings) has a tree: each inner node is the address test the evaluation made
+next, each branch one of its outcomes, each leaf the result and the cache entries the
+evaluation read.  A new client is walked down the tree with its own address; a leaf
+answers only while every entry it was computed from is still the very one in the cache
+(not expired, not replaced: named by its serial, so that a leaf holds no answer the
+cache has let go), so a kept result never outlives the records it came from.  A path
+not seen yet is evaluated by pyspf and added.
 
 Anything that reads the address in another way (macros expand %{i}, ``ptr`` and
 ``exists`` look names up from it, an ``exp=`` text may show it) marks the evaluation as

@@ -121,14 +121,23 @@ class Transaction:
         self.hop: Facts | None = None                    # the host behind the relays
         self.no_hop: str | None = None                   # why there is none to check
         self._relay_verdict: Verdict | None = None
+        self._facts: Facts | None = None
 
     @property
     def facts(self) -> Facts:
+        """What the MTA said, as one value (the host behind a relay, once found); made
+        again only when something it holds changed, as the plan, the decision, the
+        headers and the log line each ask for it."""
         if self.hop is not None:
             return self.hop
         c = self.connection
-        return Facts(client_ip=c.client_ip, helo=c.helo, sender=self.sender,
-                     auth_user=self.auth_user, queue_id=self.queue_id)
+        kept = self._facts
+        if kept is None or kept.client_ip != c.client_ip or kept.helo != c.helo or \
+                kept.sender != self.sender or kept.auth_user != self.auth_user or \
+                kept.queue_id != self.queue_id:
+            kept = self._facts = Facts(client_ip=c.client_ip, helo=c.helo, sender=self.sender,
+                                       auth_user=self.auth_user, queue_id=self.queue_id)
+        return kept
 
     @property
     def needs_body(self) -> bool:

@@ -226,3 +226,23 @@ def test_recipients_of_another_policy_wait_for_their_own_transaction_behind_a_re
     split = txn.rcpt("c@strict.test")
     assert split.action is Action.DEFER and split.reply.code == "452"
     assert txn.recipients == ["a@mx.test", "b@mx.test"]
+
+
+def test_the_facts_follow_what_the_mta_says_after_they_were_read():
+    """The facts are made once and kept while nothing they hold changes; a new HELO,
+    queue id, sender or client address is in the next ones asked for."""
+    conn = Connection("192.0.2.10")
+    conn.hello("one.test")
+    txn = Transaction(conn, settings(), "u@x.test")
+    first = txn.facts
+    assert txn.facts is first
+    conn.hello("two.test")
+    assert txn.facts.helo == "two.test"
+    txn.queue_id = "4XyZ"
+    assert txn.facts.queue_id == "4XyZ"
+    txn.sender = "v@y.test"
+    assert txn.facts.sender == "v@y.test"
+    conn.client_ip = "198.51.100.1"
+    assert txn.facts.client_ip == "198.51.100.1"
+    txn.auth_user = "someone"
+    assert txn.facts.auth_user == "someone"
