@@ -209,15 +209,28 @@ def _clause(res: SPFResult | DKIMResult, helo: str) -> str:
         return _ar_clause("dkim", res.result, None, [
             ("header.d", _pvalue_domain(res.domain)),
             ("header.s", _quote_at(_ascii(clean(res.selector, 63))))])
-    everything = (f"record authorizes every address: {res.authorizes_all}"
-                  if res.authorizes_all and res.result in ("pass", "neutral") else None)
     if res.identity == "mailfrom":
-        comment = f"best guess record gives {res.best_guess}" if res.best_guess else res.note
+        # what the clause shows of the sender is its domain (the whole address only
+        # when it has none): senders of one domain share one clause
+        domain = domain_of(res.sender)
+        return _spf_clause("mailfrom", res.result, res.authorizes_all, res.best_guess,
+                           res.note, domain or res.sender, bool(domain))
+    return _spf_clause("helo", res.result, res.authorizes_all, None, None, helo, True)
+
+
+@functools.lru_cache(maxsize=4096)   # a pure function of what it shows: kept
+def _spf_clause(identity: str, result: str, authorizes_all: str | None, best_guess: str | None,
+                note: str | None, name: str, is_domain: bool) -> str:
+    everything = (f"record authorizes every address: {authorizes_all}"
+                  if authorizes_all and result in ("pass", "neutral") else None)
+    if identity == "mailfrom":
+        comment = f"best guess record gives {best_guess}" if best_guess else note
         comment = everything or comment
-        return _ar_clause("spf", res.result, _comment_text(comment) if comment else None,
-                          [("smtp.mailfrom", _mailfrom_pvalue(res.sender))])
-    return _ar_clause("spf", res.result, _comment_text(everything) if everything else None,
-                      [("smtp.helo", _pvalue_domain(helo))])
+        pvalue = _pvalue_domain(name) if is_domain else _mailfrom_pvalue(name)
+        return _ar_clause("spf", result, _comment_text(comment) if comment else None,
+                          [("smtp.mailfrom", pvalue)])
+    return _ar_clause("spf", result, _comment_text(everything) if everything else None,
+                      [("smtp.helo", _pvalue_domain(name))])
 
 
 def authentication_results(authserv_id: str, results: Sequence[SPFResult | DKIMResult], *,
