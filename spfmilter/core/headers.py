@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 from spfmilter.core.addresses import domain_of, is_domain
 from spfmilter.core.policy import HeaderType, Policy
@@ -98,9 +99,28 @@ def _pair(key: str, value: str) -> str:
     return f"{key}={value if _DOT_ATOM.match(value) else quote(value)};"
 
 
-# The same HELO names, receivers and mechanisms come back message after message: their
-# pairs are kept (a pure function of the text; bounded, least recently used first out).
-_kept_pair = functools.lru_cache(maxsize=4096)(_pair)
+_F = TypeVar("_F", bound=Callable[..., str])
+_KEPT_MAX = 255   # a domain name is at most 253 characters
+
+
+def _kept(function: _F) -> _F:
+    """``function``, a pure function of its arguments, with its results kept (the same
+    HELO names, domains and mechanisms come back message after message), 4,096 at most,
+    least recently used out first; for text longer than a domain name it is called
+    afresh, so a client's long strings never fill the memory the results take."""
+    cached = functools.lru_cache(maxsize=4096)(function)
+
+    @functools.wraps(function)
+    def kept(*args: Any) -> str:
+        for arg in args:
+            if type(arg) is str and len(arg) > _KEPT_MAX:
+                return function(*args)
+        return cached(*args)
+    kept.cache_info = cached.cache_info   # type: ignore[attr-defined]
+    return kept  # type: ignore[return-value]
+
+
+_kept_pair = _kept(_pair)
 
 
 def received_spf(res: SPFResult, *, client_ip: str, helo: str, envelope_from: str,
@@ -148,7 +168,7 @@ def _ascii(text: str) -> str:
     return "".join(ch if ch.isascii() else "?" for ch in text)
 
 
-@functools.lru_cache(maxsize=4096)   # HELO names and sender domains come back: kept
+@_kept
 def _pvalue_domain(name: str) -> str:
     """An RFC 8601 pvalue for a domain: its ASCII (A-label) form, or a quoted-string.
 
@@ -218,7 +238,7 @@ def _clause(res: SPFResult | DKIMResult, helo: str) -> str:
     return _spf_clause("helo", res.result, res.authorizes_all, None, None, helo, True)
 
 
-@functools.lru_cache(maxsize=4096)   # a pure function of what it shows: kept
+@_kept
 def _spf_clause(identity: str, result: str, authorizes_all: str | None, best_guess: str | None,
                 note: str | None, name: str, is_domain: bool) -> str:
     everything = (f"record authorizes every address: {authorizes_all}"

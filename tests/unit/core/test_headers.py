@@ -84,3 +84,17 @@ def test_recognises_our_received_spf():
     assert forged.claims_to_be_ours("received-spf", 'pass receiver="MX.test"; identity=mailfrom', "mx.test")
     assert not forged.claims_to_be_ours("Received-SPF", "pass receiver=other.test", "mx.test")
     assert not forged.claims_to_be_ours("Subject", "receiver=mx.test", "mx.test")
+
+
+def test_rendered_pieces_are_kept_only_for_text_no_longer_than_a_domain_name():
+    """HELO names, domains and clauses are kept for the next message (bounded in number);
+    a client's longer text is rendered each time and never kept, so it cannot make the
+    kept pieces hold more than 4,096 short strings."""
+    res = SPFResult("helo", "pass", "postmaster@h.test", "h.test", "", False)
+    kept = [f.cache_info().currsize for f in (h._spf_clause, h._pvalue_domain)]
+    long_helo = "a" * 60 + "." + "b" * 300
+    values = {h.authentication_results("mx.test", [res], helo=long_helo) for _ in range(2)}
+    assert [v.startswith("mx.test; spf=pass smtp.helo=") for v in values] == [True]
+    assert [f.cache_info().currsize for f in (h._spf_clause, h._pvalue_domain)] == kept
+    h.authentication_results("mx.test", [res], helo=f"short{len(kept)}.kept.test")
+    assert h._spf_clause.cache_info().currsize == kept[0] + 1
