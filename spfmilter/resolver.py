@@ -326,21 +326,20 @@ class _Cache:
         nothing)."""
         now = time.time()
         with self._lock:
-            for key, serial in entries:
-                entry = self._protected.get(key) or self._probation.get(key)
-                if entry is None or entry.serial != serial or entry.expiration <= now:
-                    return False
-        return True
+            return all(self._live(key, serial, now) for key, serial in entries)
+
+    def _live(self, key: tuple[str, str], serial: int, now: float) -> bool:
+        """Whether ``serial`` is the entry of ``key`` now and not expired (lock held)."""
+        entry = self._protected.get(key) or self._probation.get(key)
+        return entry is not None and entry.serial == serial and entry.expiration > now
 
     def take(self, used: Used) -> bool:
         """Whether each entry of ``used`` (all of this cache) is still the live entry of
         its key; if so each is read as ``get`` reads it, all under one hold of the lock."""
         now = time.time()
         with self._lock:
-            protected, probation = self._protected, self._probation
             for _cache, key, serial in used:
-                entry = protected.get(key) or probation.get(key)
-                if entry is None or entry.serial != serial or entry.expiration <= now:
+                if not self._live(key, serial, now):
                     return False
             for _cache, key, _serial in used:
                 self._get(key, now)
